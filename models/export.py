@@ -1,0 +1,474 @@
+#!/usr/bin/env python3
+"""Export a Hugging Face / sentence-transformers checkpoint to ONNX for semantic-sidecar.
+
+What it does, in order:
+  1. reads the checkpoint (a sentence-transformers directory with modules.json, or a plain
+     Hugging Face transformer directory) and works out pooling, normalisation and max length;
+  2. exports the transformer with torch.onnx (opset 17 by default; dynamic batch and sequence
+     axes; inputs input_ids / attention_mask / token_type_ids when the model takes them; outputs
+     last_hidden_state, first_hidden_state (first transformer layer), second_last_hidden_state and,
+     when the checkpoint carries trained pooler weights, pooler_output), so that every pooling
+     strategy of the sidecar (cls, pooler, mean, first_last_avg, last2_avg, none) can run;
+  3. writes tokenizer.json with its baked-in truncation and padding removed (the manifest governs
+     both: some files ship fixed 128-token padding and truncation, which silently breaks parity);
+  4. checks parity: ONNX Runtime through the `tokenizers` pipeline the Rust side uses (truncate
+     to max_seq_len, pad to the longest in the batch) against the reference (sentence-transformers
+     when the checkpoint is one, else the torch model with the same pooling), batched and one by
+     one, and fails below --min-cosine;
+  5. writes golden.json (token ids, per-strategy pooled vectors from torch, and the reference
+     embedding) for the Rust tests, parity.json (the report), and model.toml (the manifest).
+
+A second run with unchanged inputs finds export.stamp up to date and returns before importing
+torch, so it takes well under a second.
+
+Usage:
+  python models/export.py --checkpoint DIR --out models/NAME [--name NAME] [--opset 17]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+EXPORT_FORMAT_VERSION = "1"
+
+# Sentences for the parity check: short, long (beyond max_seq_len, so truncation is exercised),
+# Chinese, emoji, punctuation only, empty, mixed scripts, code and numbers.
+PARITY_SENTENCES = [
+    "",
+    "hi",
+    "A man is playing a guitar.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Vitamin D deficiency is associated with an increased risk of respiratory infections.",
+    "What is the capital of France?",
+    "Paris is the capital and most populous city of France.",
+    "!!!",
+    "?!.,;:-()[]{}",
+    "🙂🚀🔥 emoji-only and emoji with words 👍",
+    "😀😃😄😁",
+    "北京是中华人民共和国的首都。",
+    "机器学习是人工智能的一个分支，研究计算机如何从数据中学习。",
+    "混合检索结合了关键词匹配和向量相似度。",
+    "Elasticsearch と OpenSearch のハイブリッド検索",
+    "Привет, как дела? Это тест на кириллице.",
+    "naïve café résumé Ångström façade",
+    "fn main() { println!(\"hello, world\"); }",
+    "SELECT id, title FROM docs WHERE score > 0.75 ORDER BY score DESC LIMIT 10;",
+    "3.14159 2.71828 1.41421 6.02214076e23 42",
+    "https://example.org/path?query=value&other=1#fragment",
+    "UPPER CASE SENTENCE WITH SHOUTING",
+    "   leading and trailing whitespace   ",
+    " ".join(["Long documents must be truncated at the model's maximum sequence length,"] * 40),
+    " ".join(
+        [
+            "Protein folding is the physical process by which a polypeptide chain acquires its",
+            "native three-dimensional structure, a conformation that is usually biologically",
+            "functional, in an expeditious and reproducible manner.",
+        ]
+        * 12
+    ),
+]
+
+STRATEGIES = ("cls", "pooler", "mean", "first_last_avg", "last2_avg")
+
+
+def log(msg: str) -> None:
+    print(f"export: {msg}", file=sys.stderr, flush=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def input_fingerprint(checkpoint: Path, args: argparse.Namespace) -> str:
+    """Hash of everything the export depends on: this script, the checkpoint files, the options."""
+    h = hashlib.sha256()
+    h.update(EXPORT_FORMAT_VERSION.encode())
+    h.update(Path(__file__).read_bytes())
+    for p in sorted(checkpoint.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            h.update(str(p.relative_to(checkpoint)).encode())
+            h.update(sha256_file(p).encode())
+    opts = {k: v for k, v in sorted(vars(args).items()) if k not in ("out", "force")}
+    h.update(json.dumps(opts, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def describe_checkpoint(ckpt: Path, args: argparse.Namespace) -> dict:
+    """Pooling, normalisation, max length and the transformer's folder, from the checkpoint."""
+    modules = read_json(ckpt / "modules.json")
+    info = {
+        "sentence_transformers": modules is not None,
+        "transformer_dir": ckpt,
+        "pooling": None,
+        "normalize": None,
+        "max_seq_len": None,
+    }
+    if modules is not None:
+        for m in modules:
+            kind = m.get("type", "")
+            path = ckpt / m.get("path", "")
+            if kind.endswith("models.Transformer"):
+                info["transformer_dir"] = path
+                sb = read_json(path / "sentence_bert_config.json") or read_json(ckpt / "sentence_bert_config.json")
+                if sb and sb.get("max_seq_length"):
+                    info["max_seq_len"] = int(sb["max_seq_length"])
+            elif kind.endswith("models.Pooling"):
+                cfg = read_json(path / "config.json") or {}
+                if cfg.get("pooling_mode_cls_token"):
+                    info["pooling"] = "cls"
+                elif cfg.get("pooling_mode_mean_tokens"):
+                    info["pooling"] = "mean"
+                else:
+                    modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
+                    raise SystemExit(f"export: pooling {modes} of {path} is not supported (cls or mean)")
+            elif kind.endswith("models.Normalize"):
+                info["normalize"] = True
+            elif kind.endswith("models.Dense"):
+                raise SystemExit(f"export: a Dense module after pooling ({path}) is not supported yet")
+        if info["normalize"] is None:
+            info["normalize"] = False
+    if args.pooling:
+        info["pooling"] = args.pooling
+    if args.normalize is not None:
+        info["normalize"] = args.normalize
+    if args.max_seq_len:
+        info["max_seq_len"] = args.max_seq_len
+    info["pooling"] = info["pooling"] or "mean"
+    info["normalize"] = True if info["normalize"] is None else info["normalize"]
+    cfg = read_json(info["transformer_dir"] / "config.json")
+    if cfg is None:
+        raise SystemExit(f"export: {info['transformer_dir']} has no config.json: not a Hugging Face checkpoint")
+    max_pos = int(cfg.get("max_position_embeddings", 512))
+    # RoBERTa-style position ids start after the padding index, so fewer positions are usable.
+    usable = max_pos - (int(cfg.get("pad_token_id", 0)) + 1 if cfg.get("model_type") in ("roberta", "xlm-roberta", "camembert") else 0)
+    info["max_seq_len"] = min(info["max_seq_len"] or usable, usable)
+    info["hidden_size"] = int(cfg["hidden_size"])
+    info["model_type"] = cfg.get("model_type", "unknown")
+    return info
+
+
+def has_trained_pooler(transformer_dir: Path) -> bool:
+    """True when the weights file holds pooler weights (else transformers would initialise them randomly)."""
+    st = transformer_dir / "model.safetensors"
+    if st.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(st), framework="pt") as f:
+            return any(k.endswith("pooler.dense.weight") for k in f.keys())
+    binf = transformer_dir / "pytorch_model.bin"
+    if binf.is_file():
+        import torch
+
+        return any(k.endswith("pooler.dense.weight") for k in torch.load(str(binf), map_location="cpu", weights_only=True))
+    return False
+
+
+def prepare_tokenizer(transformer_dir: Path, out: Path) -> Path:
+    """Write out/tokenizer.json without baked-in truncation/padding, plus the vocab files."""
+    from tokenizers import Tokenizer
+
+    src = transformer_dir / "tokenizer.json"
+    if src.is_file():
+        tok = Tokenizer.from_file(str(src))
+    else:
+        # vocab.txt-only checkpoints (e.g. bert-base-chinese): let transformers build the fast tokenizer.
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(str(transformer_dir), use_fast=True)
+        tok = hf.backend_tokenizer
+    tok.no_truncation()
+    tok.no_padding()
+    dst = out / "tokenizer.json"
+    tok.save(str(dst))
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if (transformer_dir / name).is_file():
+            shutil.copyfile(transformer_dir / name, out / name)
+    return dst
+
+
+def pool(strategy: str, outputs: dict, mask):
+    """Reference pooling in numpy; mirrors what the Rust encoder must compute."""
+    import numpy as np
+
+    m = mask[..., None].astype(np.float32)
+
+    def masked_mean(h):
+        return (h * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+
+    if strategy == "cls":
+        return outputs["last_hidden_state"][:, 0, :]
+    if strategy == "pooler":
+        return outputs["pooler_output"]
+    if strategy == "mean":
+        return masked_mean(outputs["last_hidden_state"])
+    if strategy == "first_last_avg":
+        return masked_mean((outputs["first_hidden_state"] + outputs["last_hidden_state"]) / 2.0)
+    if strategy == "last2_avg":
+        return masked_mean((outputs["second_last_hidden_state"] + outputs["last_hidden_state"]) / 2.0)
+    raise ValueError(strategy)
+
+
+def l2_normalize(x):
+    import numpy as np
+
+    return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
+
+
+def cosine_rows(a, b):
+    import numpy as np
+
+    return (l2_normalize(a) * l2_normalize(b)).sum(axis=-1).astype(np.float64)
+
+
+def encode_batch(tokenizer, texts, max_seq_len):
+    import numpy as np
+
+    tokenizer.enable_truncation(max_seq_len)
+    pad_id = tokenizer.token_to_id("[PAD]")
+    if pad_id is None:
+        pad_id = tokenizer.token_to_id("<pad>") or 0
+    tokenizer.enable_padding(pad_id=pad_id)
+    encs = tokenizer.encode_batch(list(texts))
+    ids = np.array([e.ids for e in encs], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+    types = np.array([e.type_ids for e in encs], dtype=np.int64)
+    return ids, mask, types, encs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, type=Path, help="Hugging Face / sentence-transformers checkpoint directory")
+    ap.add_argument("--out", required=True, type=Path, help="output directory (models/NAME)")
+    ap.add_argument("--name", help="model name in the manifest (default: the output folder's name)")
+    ap.add_argument("--opset", type=int, default=17)
+    ap.add_argument("--min-cosine", type=float, default=0.9999)
+    ap.add_argument("--pooling", choices=STRATEGIES, help="override the checkpoint's pooling")
+    ap.add_argument("--normalize", dest="normalize", action="store_true", default=None)
+    ap.add_argument("--no-normalize", dest="normalize", action="store_false")
+    ap.add_argument("--max-seq-len", type=int, help="override the checkpoint's max sequence length")
+    ap.add_argument("--query-prefix", default="", help="text prepended to queries (e.g. 'query: ' for e5)")
+    ap.add_argument("--passage-prefix", default="", help="text prepended to passages (e.g. 'passage: ' for e5)")
+    ap.add_argument("--source", default="", help="where the checkpoint came from, recorded in the manifest")
+    ap.add_argument("--force", action="store_true", help="export even when export.stamp is up to date")
+    args = ap.parse_args()
+
+    ckpt = args.checkpoint.resolve()
+    if not ckpt.is_dir():
+        log(f"checkpoint {ckpt} is not a directory")
+        return 2
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    name = args.name or out.resolve().name
+
+    started = time.time()
+    fingerprint = input_fingerprint(ckpt, args)
+    stamp = out / "export.stamp"
+    needed = ("model.onnx", "tokenizer.json", "model.toml", "golden.json", "parity.json")
+    if not args.force and stamp.is_file() and stamp.read_text().strip() == fingerprint and all((out / n).is_file() for n in needed):
+        report = read_json(out / "parity.json") or {}
+        log(f"{out}/model.onnx is up to date (min cosine {report.get('min_cosine')}); {time.time() - started:.2f}s")
+        return 0
+    stamp.unlink(missing_ok=True)
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModel
+
+    info = describe_checkpoint(ckpt, args)
+    tdir = info["transformer_dir"]
+    log(f"checkpoint {ckpt}: {info['model_type']}, hidden {info['hidden_size']}, pooling {info['pooling']}, "
+        f"normalize {info['normalize']}, max_seq_len {info['max_seq_len']}")
+
+    pooler = has_trained_pooler(tdir)
+    model = AutoModel.from_pretrained(str(tdir), attn_implementation="eager", add_pooling_layer=pooler) if info["model_type"] == "bert" \
+        else AutoModel.from_pretrained(str(tdir), attn_implementation="eager")
+    model.eval()
+    pooler = pooler and getattr(model, "pooler", None) is not None
+    if info["pooling"] == "pooler" and not pooler:
+        log("pooling 'pooler' needs trained pooler weights, and this checkpoint has none")
+        return 2
+    if info["hidden_size"] and getattr(model.config, "num_hidden_layers", 2) < 2:
+        log("the model has fewer than two layers: last2_avg and first_last_avg are meaningless")
+        return 2
+
+    import inspect
+
+    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
+    input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if takes_types else [])
+    output_names = ["last_hidden_state", "first_hidden_state", "second_last_hidden_state"] + (["pooler_output"] if pooler else [])
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            kw = {"input_ids": input_ids, "attention_mask": attention_mask, "output_hidden_states": True, "return_dict": True}
+            if token_type_ids is not None:
+                kw["token_type_ids"] = token_type_ids
+            o = self.inner(**kw)
+            hs = o.hidden_states
+            res = (o.last_hidden_state, hs[1], hs[-2])
+            return res + ((o.pooler_output,) if pooler else ())
+
+    tokenizer_path = prepare_tokenizer(tdir, out)
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    ids, mask, types, _ = encode_batch(tokenizer, ["export sample one", "a second, longer export sample sentence"], info["max_seq_len"])
+    sample = (torch.from_numpy(ids), torch.from_numpy(mask)) + ((torch.from_numpy(types),) if takes_types else ())
+    dyn = {n: {0: "batch", 1: "sequence"} for n in input_names}
+    for n in output_names:
+        dyn[n] = {0: "batch"} if n == "pooler_output" else {0: "batch", 1: "sequence"}
+    onnx_path = out / "model.onnx"
+    for stale in (onnx_path, out / "model.onnx.data"):
+        stale.unlink(missing_ok=True)
+    wrapper = Wrapper(model).eval()
+    with torch.no_grad():
+        try:
+            torch.onnx.export(wrapper, sample, str(onnx_path), input_names=input_names, output_names=output_names,
+                              dynamic_axes=dyn, opset_version=args.opset, do_constant_folding=True, dynamo=False)
+        except TypeError:  # torch versions without the dynamo switch
+            torch.onnx.export(wrapper, sample, str(onnx_path), input_names=input_names, output_names=output_names,
+                              dynamic_axes=dyn, opset_version=args.opset, do_constant_folding=True)
+    log(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB), opset {args.opset}, inputs {input_names}, outputs {output_names}")
+
+    # --- parity -----------------------------------------------------------------------------------
+    texts = PARITY_SENTENCES
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+    def run_ort(batch):
+        b_ids, b_mask, b_types, _ = encode_batch(tokenizer, batch, info["max_seq_len"])
+        feed = {"input_ids": b_ids, "attention_mask": b_mask}
+        if takes_types:
+            feed["token_type_ids"] = b_types
+        outs = dict(zip(output_names, sess.run(output_names, feed)))
+        return outs, b_mask
+
+    def finish(v):
+        return l2_normalize(v) if info["normalize"] else v
+
+    outs, b_mask = run_ort(texts)
+    ort_batched = finish(pool(info["pooling"], outs, b_mask))
+    ort_single = np.stack([finish(pool(info["pooling"], *run_ort([t])))[0] for t in texts])
+
+    # torch reference outputs (same token ids as the Rust side), for per-strategy golden vectors
+    ids, mask, types, encs = encode_batch(tokenizer, texts, info["max_seq_len"])
+    with torch.no_grad():
+        t_out = wrapper(torch.from_numpy(ids), torch.from_numpy(mask), *((torch.from_numpy(types),) if takes_types else ()))
+    t_out = {n: t.numpy() for n, t in zip(output_names, t_out)}
+    golden_pooled = {s: pool(s, t_out, mask) for s in STRATEGIES if s != "pooler" or pooler}
+
+    if info["sentence_transformers"]:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(ckpt), device="cpu")
+        if st.max_seq_length != info["max_seq_len"]:
+            st.max_seq_length = info["max_seq_len"]
+        reference = st.encode(texts, batch_size=8, convert_to_numpy=True, normalize_embeddings=False)
+        reference_kind = f"sentence-transformers {__import__('sentence_transformers').__version__}"
+    else:
+        reference = finish(golden_pooled[info["pooling"]])
+        reference_kind = f"torch {torch.__version__} + {info['pooling']} pooling"
+
+    cos_b = cosine_rows(ort_batched, reference)
+    cos_s = cosine_rows(ort_single, reference)
+    min_cos = float(min(cos_b.min(), cos_s.min()))
+    report = {
+        "model": name,
+        "reference": reference_kind,
+        "onnxruntime": ort.__version__,
+        "sentences": len(texts),
+        "min_cosine": min_cos,
+        "mean_cosine": float((cos_b.mean() + cos_s.mean()) / 2),
+        "min_cosine_batched": float(cos_b.min()),
+        "min_cosine_single": float(cos_s.min()),
+        "max_abs_diff": float(np.abs(ort_batched - reference).max()),
+        "threshold": args.min_cosine,
+        "per_sentence": [
+            {"text": t[:60], "tokens": int(sum(e.attention_mask)), "truncated": bool(e.overflowing), "cos_batched": float(cb), "cos_single": float(cs)}
+            for t, e, cb, cs in zip(texts, encs, cos_b, cos_s)
+        ],
+    }
+    (out / "parity.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    log(f"parity vs {reference_kind} on {len(texts)} sentences: min cosine {min_cos:.9f} "
+        f"(batched {cos_b.min():.9f}, one by one {cos_s.min():.9f}), max abs diff {report['max_abs_diff']:.2e}")
+    if not (min_cos >= args.min_cosine) or math.isnan(min_cos):
+        log(f"FAILED: min cosine {min_cos:.9f} is below {args.min_cosine}; see {out}/parity.json")
+        return 1
+
+    golden = {
+        "model": name,
+        "max_seq_len": info["max_seq_len"],
+        "pooling": info["pooling"],
+        "normalize": info["normalize"],
+        "reference": reference_kind,
+        "note": "pooled vectors are raw (not normalised), from the torch model on the token ids below; "
+                "'embedding' is the reference pipeline's final output",
+        "sentences": [
+            {
+                "text": t,
+                "input_ids": [i for i, m in zip(e.ids, e.attention_mask) if m],
+                "pooled": {s: [round(float(x), 7) for x in golden_pooled[s][k]] for s in golden_pooled},
+                "embedding": [round(float(x), 7) for x in reference[k]],
+            }
+            for k, (t, e) in enumerate(zip(texts, encs))
+        ],
+    }
+    (out / "golden.json").write_text(json.dumps(golden, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    outputs_toml = "\n".join(f'{n} = "{n}"' for n in output_names)
+    manifest = f"""# Model manifest for semantic-sidecar. Generated by models/export.py; re-run scripts/setup to refresh.
+# The encoder checks it against model.onnx at startup (input/output names, hidden size).
+name = "{name}"
+onnx = "model.onnx"
+tokenizer = "tokenizer.json"
+dims = {info['hidden_size']}
+max_seq_len = {info['max_seq_len']}
+# one of: cls, pooler, mean, first_last_avg, last2_avg, none
+pooling = "{info['pooling']}"
+normalize = {str(bool(info['normalize'])).lower()}
+inputs = {json.dumps(input_names)}
+
+# ONNX output names for the tensors each pooling strategy reads.
+[outputs]
+{outputs_toml}
+
+[prefixes]
+query = {json.dumps(args.query_prefix, ensure_ascii=False)}
+passage = {json.dumps(args.passage_prefix, ensure_ascii=False)}
+
+[source]
+checkpoint = {json.dumps(args.source or ckpt.name, ensure_ascii=False)}
+model_type = "{info['model_type']}"
+opset = {args.opset}
+"""
+    (out / "model.toml").write_text(manifest, encoding="utf-8")
+    stamp.write_text(fingerprint + "\n")
+    log(f"wrote {out}/model.toml, golden.json, parity.json in {time.time() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    sys.exit(main())
