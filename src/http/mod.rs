@@ -1,0 +1,166 @@
+//! The HTTP surface: routes, middleware order, and the server's lifecycle.
+//!
+//! Owns translation only: requests in, domain calls, responses out. No business logic lives
+//! here; error codes become statuses in [`error`] alone.
+//!
+//! Routes today: `GET /healthz` (the process is up), `GET /readyz` (the engine answers `GET /`
+//! with a supported flavour and version), `GET /metrics` (Prometheus text). Later capabilities
+//! add the embedding, ingest and search APIs.
+//!
+//! Middleware, outermost first: request id → tracing → metrics → JSON rejections → timeout →
+//! authentication → body-size limit → route. Authentication runs before the body is read.
+//!
+//! Shutdown: [`serve`] stops accepting on the shutdown signal and lets in-flight requests finish
+//! for up to `server.shutdown_grace`.
+
+pub mod error;
+pub mod middleware;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::engine::EngineClient;
+use crate::settings::Settings;
+use crate::telemetry::{EngineLabels, Metrics};
+use middleware::{ApiKeys, SidecarRequestId};
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub engine: EngineClient,
+    pub metrics: Metrics,
+    pub api_keys: ApiKeys,
+}
+
+impl AppState {
+    pub fn new(settings: Settings, engine: EngineClient) -> Self {
+        let api_keys = ApiKeys::new(settings.server.api_keys.iter().map(|k| k.expose()));
+        AppState {
+            settings: Arc::new(settings),
+            engine,
+            metrics: Metrics::new(),
+            api_keys,
+        }
+    }
+}
+
+/// The router with every route and middleware.
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let max_body =
+        usize::try_from(state.settings.server.max_body_size.bytes()).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(middleware::not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authenticate))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::timeout))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::json_rejections))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::record_metrics))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, SidecarRequestId::default()))
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, then drains for `shutdown_grace`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let grace = state.settings.server.shutdown_grace;
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutdown requested, draining in-flight requests"
+        );
+        let _ = stop_tx.send(true);
+    });
+    let mut stop_rx_grace = stop_rx.clone();
+    tokio::select! {
+        res = server => res,
+        _ = async move {
+            let _ = stop_rx_grace.wait_for(|stopped| *stopped).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("shutdown grace period over, closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
+}
+
+/// Ready when the engine answers `GET /` with a supported flavour and version (one attempt, no
+/// retries: a probe must not hang on a dead engine longer than `engine.connect_timeout`).
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.engine.probe().await {
+        Ok(info) => {
+            state.metrics.engine_up.set(1);
+            state.metrics.engine_info.clear();
+            state
+                .metrics
+                .engine_info
+                .get_or_create(&EngineLabels {
+                    flavor: info.flavor.to_string(),
+                    version: info.version.to_string(),
+                })
+                .set(1);
+            let body = json!({
+                "status": "ready",
+                "engine": {
+                    "flavor": info.flavor,
+                    "version": info.version.to_string(),
+                    "dialect": info.dialect,
+                    "cluster_name": info.cluster_name,
+                },
+            });
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Err(e) => {
+            state.metrics.engine_up.set(0);
+            tracing::warn!(error = %e, "readiness probe failed");
+            let body = json!({
+                "status": "not_ready",
+                "engine": {"error": {"type": e.code(), "reason": e.to_string()}},
+            });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

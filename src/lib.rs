@@ -1,0 +1,15 @@
+//! semantic-sidecar: semantic and hybrid search beside an existing Elasticsearch or OpenSearch
+//! cluster, with no ML nodes, licences or engine plugins.
+//!
+//! Module map (see README.md for the concern → file table):
+//! - [`settings`]: layered configuration and every default;
+//! - [`engine`]: the HTTP client for Elasticsearch and OpenSearch (dialects, retries);
+//! - [`http`]: routes, middleware, error → status mapping, server lifecycle;
+//! - [`telemetry`]: logs and Prometheus metrics;
+//! - [`error`]: the error codes shared by the domain modules.
+
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod settings;
+pub mod telemetry;

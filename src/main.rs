@@ -1,0 +1,152 @@
+//! The `semantic-sidecar` binary: command-line parsing and process edges (`anyhow` lives here).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use semantic_sidecar::engine::EngineClient;
+use semantic_sidecar::http::{self, AppState};
+use semantic_sidecar::settings::{LogFormat, Settings};
+use semantic_sidecar::telemetry;
+
+#[derive(Parser)]
+#[command(
+    name = "semantic-sidecar",
+    version,
+    about = "Semantic and hybrid search beside Elasticsearch / OpenSearch"
+)]
+struct Cli {
+    /// TOML configuration file, layered over the embedded defaults (env SIDECAR__* wins over both).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format; overrides `log.format`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Json,
+    Pretty,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service.
+    Serve {
+        /// Write the server's base URL (e.g. http://127.0.0.1:8080) to this file once it listens.
+        #[arg(long, value_name = "FILE")]
+        url_file: Option<PathBuf>,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print the effective values (secrets redacted).
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let mut settings = match Settings::load(cli.config.as_deref(), &env) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(f) = cli.log_format {
+        settings.log.format = match f {
+            LogFormatArg::Json => LogFormat::Json,
+            LogFormatArg::Pretty => LogFormat::Pretty,
+        };
+    }
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            print!("{}", settings.to_redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Serve { url_file } => {
+            telemetry::init_tracing(settings.log.format, &settings.log.level);
+            match run_server(settings, url_file.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "server failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run_server(settings: Settings, url_file: Option<&Path>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let engine = EngineClient::new(&settings.engine).context("building the engine client")?;
+        let addr = settings.server.listen_addr();
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        let url = format!("http://{local}");
+        if let Some(path) = url_file {
+            write_atomically(path, &format!("{url}\n")).with_context(|| format!("writing {}", path.display()))?;
+        }
+        let urls: Vec<&str> = engine.urls().iter().map(|u| u.as_str()).collect();
+        tracing::info!(%url, engine = ?urls, version = env!("CARGO_PKG_VERSION"), "listening");
+        match engine.probe().await {
+            Ok(info) => tracing::info!(flavor = %info.flavor, version = %info.version, "engine reachable"),
+            Err(e) => tracing::warn!(error = %e, "engine not reachable yet; /readyz reports 503 until it is"),
+        }
+        let state = AppState::new(settings, engine);
+        http::serve(listener, state, shutdown_signal()).await.context("serving")?;
+        if let Some(path) = url_file {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, path)
+}

@@ -1,0 +1,453 @@
+//! Layered configuration: embedded defaults → a TOML file → `SIDECAR__SECTION__KEY` environment.
+//!
+//! Owns every default (they live in `config/default.toml`, embedded at compile time) and every
+//! check of a configuration value. Nothing else in the crate reads the process environment: the
+//! binary collects it once and hands it to [`Settings::load`] as a map, which is also how tests
+//! pass their own environment without mutating the process's.
+//!
+//! Contract: a [`Settings`] value is always valid. Unknown keys in any layer are errors; values
+//! are checked (URLs, addresses, sizes, durations, files) before anything starts, and each error
+//! names the key. Secrets ([`Secret`]) never appear in `Debug` or serialised output.
+//!
+//! Not supported: reloading at run time (restart to apply a change), YAML/JSON config files.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize, Serializer};
+use url::Url;
+
+/// The embedded defaults; also the reference documentation of every key.
+pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of the environment variables read as configuration.
+pub const ENV_PREFIX: &str = "SIDECAR";
+
+/// Keys whose environment value is a comma-separated list.
+const ENV_LIST_KEYS: &[&str] = &["server.api_keys", "server.auth_exempt_paths", "engine.urls"];
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A layer could not be read or parsed, or a key is unknown or of the wrong type.
+    #[error("configuration: {0}")]
+    Load(String),
+    /// A value parsed but is not acceptable.
+    #[error("configuration: invalid `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl SettingsError {
+    fn invalid(key: impl Into<String>, reason: impl fmt::Display) -> Self {
+        SettingsError::Invalid {
+            key: key.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// A secret string: redacted in `Debug` and `Serialize`, readable only through [`Secret::expose`].
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself; call only where it is sent (an HTTP header), never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// A size in bytes, written as an integer or with a unit: `512KiB`, `16MiB`, `1GiB`, `100B`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{text}` is not a size (e.g. 16MiB)"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "KB" | "kB" | "K" => 1 << 10,
+            "MiB" | "MB" | "M" => 1 << 20,
+            "GiB" | "GB" | "G" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` in `{text}` (use B, KiB, MiB or GiB)"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{text}` is too large"))
+    }
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b >= 1 << 30 && b % (1 << 30) == 0 {
+            write!(f, "{}GiB", b >> 30)
+        } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+            write!(f, "{}MiB", b >> 20)
+        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+            write!(f, "{}KiB", b >> 10)
+        } else {
+            write!(f, "{b}B")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Int(u64),
+            Text(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Int(n) => Ok(ByteSize(n)),
+            Repr::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The whole configuration, validated.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub engine: EngineSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub max_body_size: ByteSize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    pub api_keys: Vec<Secret>,
+    pub auth_exempt_paths: Vec<String>,
+}
+
+impl ServerSettings {
+    /// The listen address; always parses, since [`Settings::load`] checked it.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.parse().expect("validated at load")
+    }
+}
+
+/// Which engine the sidecar talks to.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FlavorSetting {
+    Auto,
+    Elasticsearch,
+    Opensearch,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    pub urls: Vec<String>,
+    pub flavor: FlavorSetting,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    #[serde(default)]
+    pub bearer_token: Option<Secret>,
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub retry: RetrySettings,
+}
+
+impl EngineSettings {
+    /// The base URLs; always parse, since [`Settings::load`] checked them.
+    pub fn parsed_urls(&self) -> Vec<Url> {
+        self.urls
+            .iter()
+            .map(|u| Url::parse(u).expect("validated at load"))
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    pub max_retries: u32,
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Largest accepted `server.max_body_size`: bulk requests are streamed in later versions, but
+/// today a body is held in memory once.
+const MAX_BODY_LIMIT: u64 = 1 << 30;
+
+impl Settings {
+    /// Loads defaults, then `file` (if any), then the `SIDECAR__*` entries of `env`, and validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Settings, SettingsError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(SettingsError::Load(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        }
+        let sidecar_env: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut environment = Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .try_parsing(true)
+            .source(Some(sidecar_env));
+        for key in ENV_LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        let settings: Settings = builder
+            .add_source(environment)
+            .build()
+            .and_then(Config::try_deserialize)
+            .map_err(|e| SettingsError::Load(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot; every error names its key.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let s = &self.server;
+        s.listen.parse::<SocketAddr>().map_err(|_| {
+            SettingsError::invalid(
+                "server.listen",
+                format!("`{}` is not an address like 127.0.0.1:8080", s.listen),
+            )
+        })?;
+        if s.max_body_size.bytes() == 0 || s.max_body_size.bytes() > MAX_BODY_LIMIT {
+            return Err(SettingsError::invalid(
+                "server.max_body_size",
+                "must be between 1B and 1GiB",
+            ));
+        }
+        positive("server.request_timeout", s.request_timeout)?;
+        for (i, key) in s.api_keys.iter().enumerate() {
+            let k = key.expose();
+            if k.is_empty() || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(SettingsError::invalid(
+                    format!("server.api_keys[{i}]"),
+                    "an API key must be non-empty and contain no whitespace",
+                ));
+            }
+        }
+        for (i, p) in s.auth_exempt_paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                return Err(SettingsError::invalid(
+                    format!("server.auth_exempt_paths[{i}]"),
+                    format!("`{p}` must start with /"),
+                ));
+            }
+        }
+
+        let e = &self.engine;
+        if e.urls.is_empty() {
+            return Err(SettingsError::invalid(
+                "engine.urls",
+                "at least one URL is required",
+            ));
+        }
+        for (i, u) in e.urls.iter().enumerate() {
+            let key = format!("engine.urls[{i}]");
+            let url = Url::parse(u)
+                .map_err(|err| SettingsError::invalid(&key, format!("`{u}`: {err}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(SettingsError::invalid(
+                    key,
+                    format!("`{u}` must be http:// or https://"),
+                ));
+            }
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(SettingsError::invalid(key, format!("`{u}` has no host")));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(SettingsError::invalid(
+                    key,
+                    "credentials in the URL are not accepted: use engine.username and engine.password",
+                ));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(SettingsError::invalid(
+                    key,
+                    format!("`{u}` must not have a query or fragment"),
+                ));
+            }
+        }
+        let basic = e.username.is_some() || e.password.is_some();
+        if e.username.is_some() != e.password.is_some() {
+            return Err(SettingsError::invalid(
+                "engine.password",
+                "username and password go together: set both or neither",
+            ));
+        }
+        let schemes = [basic, e.api_key.is_some(), e.bearer_token.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if schemes > 1 {
+            return Err(SettingsError::invalid(
+                "engine.api_key",
+                "set at most one of username/password, api_key and bearer_token",
+            ));
+        }
+        if let Some(path) = &e.ca_cert {
+            let pem = std::fs::read(path).map_err(|err| {
+                SettingsError::invalid(
+                    "engine.ca_cert",
+                    format!("cannot read {}: {err}", path.display()),
+                )
+            })?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(SettingsError::invalid(
+                    "engine.ca_cert",
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+        }
+        positive("engine.connect_timeout", e.connect_timeout)?;
+        positive("engine.request_timeout", e.request_timeout)?;
+        let r = &e.retry;
+        positive("engine.retry.initial_backoff", r.initial_backoff)?;
+        if r.max_backoff < r.initial_backoff {
+            return Err(SettingsError::invalid(
+                "engine.retry.max_backoff",
+                "must not be shorter than initial_backoff",
+            ));
+        }
+        if r.max_retries > 100 {
+            return Err(SettingsError::invalid(
+                "engine.retry.max_retries",
+                "at most 100",
+            ));
+        }
+
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|err| {
+            SettingsError::invalid("log.level", format!("`{}`: {err}", self.log.level))
+        })?;
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted (for `config check`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+fn positive(key: &str, d: Duration) -> Result<(), SettingsError> {
+    if d.is_zero() {
+        Err(SettingsError::invalid(key, "must be longer than zero"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_parse_with_units() {
+        assert_eq!(ByteSize::parse("16MiB"), Ok(ByteSize(16 << 20)));
+        assert_eq!(ByteSize::parse("512KiB"), Ok(ByteSize(512 << 10)));
+        assert_eq!(ByteSize::parse("1GiB"), Ok(ByteSize(1 << 30)));
+        assert_eq!(ByteSize::parse("100"), Ok(ByteSize(100)));
+        assert_eq!(ByteSize::parse("100B"), Ok(ByteSize(100)));
+        assert!(ByteSize::parse("12 parsecs").is_err());
+        assert!(ByteSize::parse("MiB").is_err());
+        assert!(ByteSize::parse("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn byte_sizes_round_trip_through_display() {
+        for s in ["16MiB", "512KiB", "3GiB", "1000B"] {
+            assert_eq!(ByteSize::parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let s = Settings::load(None, &HashMap::new()).expect("defaults load");
+        assert_eq!(s.server.listen, "127.0.0.1:8080");
+        assert_eq!(s.engine.urls, vec!["http://127.0.0.1:9200".to_string()]);
+    }
+}

@@ -1,0 +1,307 @@
+//! Helpers shared by the integration tests: the real engine's URL, settings built from an
+//! environment map, unique index names, and a fault-injecting HTTP proxy.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use semantic_sidecar::settings::Settings;
+use tokio::net::TcpListener;
+
+/// The URL of the real OpenSearch node that `scripts/test` started (SIDECAR_TEST_ENGINE_URL),
+/// or the one `scripts/engine start` left in .run/engine.url. Fails loudly when there is none:
+/// these tests never fall back to a stand-in.
+pub fn engine_url() -> String {
+    if let Ok(u) = std::env::var("SIDECAR_TEST_ENGINE_URL") {
+        if !u.trim().is_empty() {
+            return u.trim().to_string();
+        }
+    }
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".run/engine.url");
+    match std::fs::read_to_string(&file) {
+        Ok(u) if !u.trim().is_empty() => u.trim().to_string(),
+        _ => panic!(
+            "no engine for the integration tests: run them through scripts/test, or start one with \
+             `scripts/engine start` (it writes {})",
+            file.display()
+        ),
+    }
+}
+
+/// Settings from the embedded defaults plus `pairs` as if they were the process environment.
+pub fn settings(pairs: &[(&str, &str)]) -> Settings {
+    let env: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Settings::load(None, &env).expect("test settings are valid")
+}
+
+/// Settings pointing at `url` with fast retries.
+pub fn engine_settings(url: &str, extra: &[(&str, &str)]) -> Settings {
+    let mut pairs = vec![
+        ("SIDECAR__ENGINE__URLS", url),
+        ("SIDECAR__ENGINE__RETRY__INITIAL_BACKOFF", "10ms"),
+        ("SIDECAR__ENGINE__RETRY__MAX_BACKOFF", "50ms"),
+        ("SIDECAR__ENGINE__CONNECT_TIMEOUT", "2s"),
+    ];
+    pairs.extend_from_slice(extra);
+    settings(&pairs)
+}
+
+/// An index name no other test (or earlier run) uses.
+pub fn unique_index(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// A URL on which nothing listens (a port that was just free).
+pub async fn dead_url() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// What the proxy does with one incoming request.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer with this status and an Elasticsearch-shaped error body, without forwarding.
+    Status(u16),
+    /// Close the connection without answering (the request may have been seen).
+    Drop,
+}
+
+/// A small HTTP proxy in front of the real engine that injects faults on demand.
+///
+/// Each request takes the next scripted fault, if any, else `default_fault`, else is forwarded
+/// to the engine. `required_basic` makes it answer 401 like a secured cluster when the
+/// `Authorization` header does not carry those credentials.
+pub struct FaultProxy {
+    pub url: String,
+    pub requests: Arc<AtomicUsize>,
+    script: Arc<Mutex<VecDeque<Fault>>>,
+    default_fault: Arc<Mutex<Option<Fault>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(target: &str, required_basic: Option<(&str, &str)>) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let script = Arc::new(Mutex::new(VecDeque::new()));
+        let default_fault = Arc::new(Mutex::new(None));
+        let expected_auth = required_basic.map(|(u, p)| {
+            use base64_lite::encode;
+            format!("Basic {}", encode(format!("{u}:{p}").as_bytes()))
+        });
+        let ctx = Arc::new(ProxyCtx {
+            target: target.trim_end_matches('/').to_string(),
+            client: reqwest::Client::new(),
+            requests: requests.clone(),
+            script: script.clone(),
+            default_fault: default_fault.clone(),
+            expected_auth,
+        });
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(ctx.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FaultProxy {
+            url: format!("http://{addr}"),
+            requests,
+            script,
+            default_fault,
+            task,
+        }
+    }
+
+    /// The next `n` requests get `fault`.
+    pub fn inject(&self, fault: Fault, n: usize) {
+        let mut s = self.script.lock().unwrap();
+        for _ in 0..n {
+            s.push_back(fault.clone());
+        }
+    }
+
+    /// Every request not covered by the script gets `fault` (None: forward).
+    pub fn always(&self, fault: Option<Fault>) {
+        *self.default_fault.lock().unwrap() = fault;
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn reset_count(&self) {
+        self.requests.store(0, Ordering::SeqCst);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct ProxyCtx {
+    target: String,
+    client: reqwest::Client,
+    requests: Arc<AtomicUsize>,
+    script: Arc<Mutex<VecDeque<Fault>>>,
+    default_fault: Arc<Mutex<Option<Fault>>>,
+    expected_auth: Option<String>,
+}
+
+#[derive(Debug)]
+struct Dropped;
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped on purpose")
+    }
+}
+impl std::error::Error for Dropped {}
+
+fn error_response(status: u16, kind: &str, reason: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "error": {"root_cause": [{"type": kind, "reason": reason}], "type": kind, "reason": reason},
+        "status": status
+    });
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+async fn handle(
+    ctx: Arc<ProxyCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Dropped> {
+    ctx.requests.fetch_add(1, Ordering::SeqCst);
+    let fault = ctx
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .or_else(|| ctx.default_fault.lock().unwrap().clone());
+    match fault {
+        Some(Fault::Drop) => return Err(Dropped),
+        Some(Fault::Status(429)) => {
+            return Ok(error_response(
+                429,
+                "rejected_execution_exception",
+                "rejected execution of coordinating operation",
+            ))
+        }
+        Some(Fault::Status(s)) => {
+            return Ok(error_response(
+                s,
+                "injected_fault",
+                "fault injected by the test proxy",
+            ))
+        }
+        None => {}
+    }
+    if let Some(expected) = &ctx.expected_auth {
+        let got = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if got != Some(expected.as_str()) {
+            return Ok(error_response(
+                401,
+                "security_exception",
+                "missing authentication credentials for REST request [/]",
+            ));
+        }
+    }
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let content_type = req.headers().get("content-type").cloned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut fwd = ctx
+        .client
+        .request(method, format!("{}{}", ctx.target, path))
+        .body(body);
+    if let Some(ct) = content_type {
+        fwd = fwd.header("content-type", ct.as_bytes());
+    }
+    let Ok(resp) = fwd.send().await else {
+        return Ok(error_response(
+            502,
+            "proxy_error",
+            "the proxy could not reach the engine",
+        ));
+    };
+    let status = resp.status().as_u16();
+    let ct = resp.headers().get("content-type").cloned();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let mut out = Response::builder().status(status);
+    if let Some(ct) = ct {
+        out = out.header("content-type", ct.as_bytes());
+    }
+    Ok(out.body(Full::new(bytes)).unwrap())
+}
+
+/// Minimal base64 (standard alphabet, padded) for the proxy's expected Basic credentials.
+mod base64_lite {
+    pub fn encode(input: &[u8]) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in input.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            out.push(T[(n >> 18) as usize & 63] as char);
+            out.push(T[(n >> 12) as usize & 63] as char);
+            out.push(if chunk.len() > 1 {
+                T[(n >> 6) as usize & 63] as char
+            } else {
+                '='
+            });
+            out.push(if chunk.len() > 2 {
+                T[n as usize & 63] as char
+            } else {
+                '='
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn matches_known_vectors() {
+        assert_eq!(encode(b"elastic:changeme"), "ZWxhc3RpYzpjaGFuZ2VtZQ==");
+        assert_eq!(encode(b"ab"), "YWI=");
+    }
+}
