@@ -27,10 +27,7 @@ async fn detects_flavour_and_version_of_the_real_node() {
 
 #[tokio::test]
 async fn a_flavour_mismatch_with_the_configuration_is_reported() {
-    let c = client(
-        &engine_url(),
-        &[("SIDECAR__ENGINE__FLAVOR", "elasticsearch")],
-    );
+    let c = client(&engine_url(), &[("SIDECAR__ENGINE__FLAVOR", "elasticsearch")]);
     let e = c.info().await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::EngineUnsupported);
     assert!(e.to_string().contains("opensearch"), "{e}");
@@ -50,9 +47,7 @@ async fn knn_vector_index_lifecycle_with_knn_and_match_queries() {
                     "method": {"engine": "lucene", "name": "hnsw", "space_type": "cosinesimil"}}
         }}
     });
-    c.send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&mapping))
-        .await
-        .unwrap();
+    c.send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&mapping)).await.unwrap();
 
     let docs = [
         ("a", "red apples and green pears", [1.0, 0.0, 0.0, 0.0]),
@@ -67,23 +62,14 @@ async fn knn_vector_index_lifecycle_with_knn_and_match_queries() {
         ndjson.push_str(&json!({"title": title, "vec": vec}).to_string());
         ndjson.push('\n');
     }
-    let bulk: Value = c
-        .send(EngineRequest::new(Method::POST, "/_bulk?refresh=true").ndjson(ndjson))
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
+    let bulk: Value =
+        c.send(EngineRequest::new(Method::POST, "/_bulk?refresh=true").ndjson(ndjson)).await.unwrap().json().unwrap();
     assert_eq!(bulk["errors"], json!(false), "{bulk}");
     assert_eq!(bulk["items"].as_array().unwrap().len(), 4);
 
-    let knn =
-        json!({"size": 2, "query": {"knn": {"vec": {"vector": [0.1, 0.05, 0.9, 0.0], "k": 2}}}});
+    let knn = json!({"size": 2, "query": {"knn": {"vec": {"vector": [0.1, 0.05, 0.9, 0.0], "k": 2}}}});
     let hits: Value = c
-        .send(
-            EngineRequest::new(Method::POST, format!("/{index}/_search"))
-                .json(&knn)
-                .idempotent(true),
-        )
+        .send(EngineRequest::new(Method::POST, format!("/{index}/_search")).json(&knn).idempotent(true))
         .await
         .unwrap()
         .json()
@@ -92,11 +78,7 @@ async fn knn_vector_index_lifecycle_with_knn_and_match_queries() {
 
     let m = json!({"query": {"match": {"title": "car"}}});
     let hits: Value = c
-        .send(
-            EngineRequest::new(Method::POST, format!("/{index}/_search"))
-                .json(&m)
-                .idempotent(true),
-        )
+        .send(EngineRequest::new(Method::POST, format!("/{index}/_search")).json(&m).idempotent(true))
         .await
         .unwrap()
         .json()
@@ -105,24 +87,12 @@ async fn knn_vector_index_lifecycle_with_knn_and_match_queries() {
     assert_eq!(hits["hits"]["hits"][0]["_id"], "b");
 
     let mapping: Value = c.get_json(&format!("/{index}/_mapping")).await.unwrap();
-    assert_eq!(
-        mapping[&index]["mappings"]["properties"]["vec"]["type"],
-        "knn_vector"
-    );
+    assert_eq!(mapping[&index]["mappings"]["properties"]["vec"]["type"], "knn_vector");
 
-    c.send(EngineRequest::new(Method::DELETE, format!("/{index}")))
-        .await
-        .unwrap();
-    let gone = c
-        .send(EngineRequest::new(Method::GET, format!("/{index}")))
-        .await
-        .unwrap_err();
+    c.send(EngineRequest::new(Method::DELETE, format!("/{index}"))).await.unwrap();
+    let gone = c.send(EngineRequest::new(Method::GET, format!("/{index}"))).await.unwrap_err();
     match gone {
-        EngineError::Rejected {
-            status,
-            ref error_type,
-            ref reason,
-        } => {
+        EngineError::Rejected { status, ref error_type, ref reason } => {
             assert_eq!(status, 404);
             assert_eq!(error_type, "index_not_found_exception");
             assert!(reason.contains(&index), "{reason}");
@@ -136,10 +106,7 @@ async fn bad_requests_carry_the_engine_reason() {
     let c = client(&engine_url(), &[]);
     let index = unique_index("engine-bad");
     let bad = json!({"mappings": {"properties": {"v": {"type": "knn_vector", "dimension": 0}}}});
-    let e = c
-        .send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&bad))
-        .await
-        .unwrap_err();
+    let e = c.send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&bad)).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::EngineRejected);
     assert_eq!(e.engine_status(), Some(400));
     assert!(e.to_string().to_lowercase().contains("dimension"), "{e}");
@@ -149,35 +116,26 @@ async fn bad_requests_carry_the_engine_reason() {
 async fn a_read_only_block_is_a_rejection_not_an_auth_failure() {
     let c = client(&engine_url(), &[]);
     let index = unique_index("engine-ro");
-    c.send(
-        EngineRequest::new(Method::PUT, format!("/{index}"))
-            .json(&json!({"settings": {"number_of_replicas": 0}})),
-    )
-    .await
-    .unwrap();
-    c.send(
-        EngineRequest::new(Method::PUT, format!("/{index}/_settings"))
-            .json(&json!({"index.blocks.read_only": true})),
-    )
-    .await
-    .unwrap();
-    let e = c
-        .send(EngineRequest::new(Method::PUT, format!("/{index}/_doc/1")).json(&json!({"x": 1})))
+    c.send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&json!({"settings": {"number_of_replicas": 0}})))
         .await
-        .unwrap_err();
+        .unwrap();
+    c.send(
+        EngineRequest::new(Method::PUT, format!("/{index}/_settings")).json(&json!({"index.blocks.read_only": true})),
+    )
+    .await
+    .unwrap();
+    let e =
+        c.send(EngineRequest::new(Method::PUT, format!("/{index}/_doc/1")).json(&json!({"x": 1}))).await.unwrap_err();
     assert!(
         matches!(e, EngineError::Rejected { status: 403, ref error_type, .. } if error_type == "cluster_block_exception"),
         "{e:?}"
     );
     c.send(
-        EngineRequest::new(Method::PUT, format!("/{index}/_settings"))
-            .json(&json!({"index.blocks.read_only": false})),
+        EngineRequest::new(Method::PUT, format!("/{index}/_settings")).json(&json!({"index.blocks.read_only": false})),
     )
     .await
     .unwrap();
-    c.send(EngineRequest::new(Method::DELETE, format!("/{index}")))
-        .await
-        .unwrap();
+    c.send(EngineRequest::new(Method::DELETE, format!("/{index}"))).await.unwrap();
 }
 
 #[tokio::test]
@@ -187,10 +145,7 @@ async fn rejected_credentials_are_a_typed_auth_error() {
     let proxy = FaultProxy::start(&engine_url(), Some(("elastic", "right-password"))).await;
     let wrong = client(
         &proxy.url,
-        &[
-            ("SIDECAR__ENGINE__USERNAME", "elastic"),
-            ("SIDECAR__ENGINE__PASSWORD", "wrong-password"),
-        ],
+        &[("SIDECAR__ENGINE__USERNAME", "elastic"), ("SIDECAR__ENGINE__PASSWORD", "wrong-password")],
     );
     let e = wrong.info().await.unwrap_err();
     assert!(matches!(e, EngineError::Auth { status: 401, .. }), "{e:?}");
@@ -200,10 +155,7 @@ async fn rejected_credentials_are_a_typed_auth_error() {
 
     let right = client(
         &proxy.url,
-        &[
-            ("SIDECAR__ENGINE__USERNAME", "elastic"),
-            ("SIDECAR__ENGINE__PASSWORD", "right-password"),
-        ],
+        &[("SIDECAR__ENGINE__USERNAME", "elastic"), ("SIDECAR__ENGINE__PASSWORD", "right-password")],
     );
     assert_eq!(right.info().await.unwrap().flavor, Flavor::Opensearch);
 }

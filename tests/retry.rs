@@ -10,10 +10,7 @@ use semantic_sidecar::engine::{EngineClient, EngineError, EngineRequest, Flavor}
 use serde_json::json;
 
 fn client(url: &str, max_retries: &str) -> EngineClient {
-    EngineClient::new(
-        &engine_settings(url, &[("SIDECAR__ENGINE__RETRY__MAX_RETRIES", max_retries)]).engine,
-    )
-    .unwrap()
+    EngineClient::new(&engine_settings(url, &[("SIDECAR__ENGINE__RETRY__MAX_RETRIES", max_retries)]).engine).unwrap()
 }
 
 #[tokio::test]
@@ -22,11 +19,7 @@ async fn succeeds_after_429s() {
     proxy.inject(Fault::Status(429), 2);
     let info = client(&proxy.url, "4").info().await.unwrap();
     assert_eq!(info.flavor, Flavor::Opensearch);
-    assert_eq!(
-        proxy.count(),
-        3,
-        "two rejected attempts, then the real answer"
-    );
+    assert_eq!(proxy.count(), 3, "two rejected attempts, then the real answer");
 }
 
 #[tokio::test]
@@ -44,10 +37,7 @@ async fn succeeds_after_gateway_errors_on_idempotent_requests() {
     proxy.inject(Fault::Status(502), 1);
     proxy.inject(Fault::Status(503), 1);
     proxy.inject(Fault::Status(504), 1);
-    let health: serde_json::Value = client(&proxy.url, "4")
-        .get_json("/_cluster/health")
-        .await
-        .unwrap();
+    let health: serde_json::Value = client(&proxy.url, "4").get_json("/_cluster/health").await.unwrap();
     assert!(health["status"].is_string(), "{health}");
     assert_eq!(proxy.count(), 4);
 }
@@ -57,10 +47,7 @@ async fn gives_up_on_persistent_429_after_the_retry_budget() {
     let proxy = FaultProxy::start(&engine_url(), None).await;
     proxy.always(Some(Fault::Status(429)));
     let e = client(&proxy.url, "3").info().await.unwrap_err();
-    assert!(
-        matches!(e, EngineError::Overloaded { attempts: 4 }),
-        "{e:?}"
-    );
+    assert!(matches!(e, EngineError::Overloaded { attempts: 4 }), "{e:?}");
     assert_eq!(proxy.count(), 4, "one attempt plus max_retries=3");
 }
 
@@ -87,15 +74,8 @@ async fn the_time_budget_ends_retrying_before_the_count_does() {
         ],
     );
     let started = Instant::now();
-    let e = EngineClient::new(&s.engine)
-        .unwrap()
-        .info()
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(e, EngineError::Failed { status: 503, .. }),
-        "{e:?}"
-    );
+    let e = EngineClient::new(&s.engine).unwrap().info().await.unwrap_err();
+    assert!(matches!(e, EngineError::Failed { status: 503, .. }), "{e:?}");
     let n = proxy.count();
     assert!(n > 1 && n < 100, "retried {n} times");
     // Generous bound: only proves the 300 ms budget, not 100 retries, decided the end.
@@ -109,25 +89,15 @@ async fn non_idempotent_requests_are_not_repeated_on_gateway_errors() {
     let c = client(&proxy.url, "4");
     let req = EngineRequest::new(Method::POST, "/retry-test-post/_doc").json(&json!({"x": 1}));
     let e = c.send(req).await.unwrap_err();
-    assert!(
-        matches!(e, EngineError::Failed { status: 503, .. }),
-        "{e:?}"
-    );
-    assert_eq!(
-        proxy.count(),
-        1,
-        "a POST that may have run is not sent twice"
-    );
+    assert!(matches!(e, EngineError::Failed { status: 503, .. }), "{e:?}");
+    assert_eq!(proxy.count(), 1, "a POST that may have run is not sent twice");
 
     // ...but a 429 (rejected before running) is retried even for a POST.
     proxy.reset_count();
     proxy.inject(Fault::Status(429), 1);
     let index = common::unique_index("retry-post");
-    let req = EngineRequest::new(Method::POST, format!("/{index}/_doc?refresh=true"))
-        .json(&json!({"x": 1}));
+    let req = EngineRequest::new(Method::POST, format!("/{index}/_doc?refresh=true")).json(&json!({"x": 1}));
     c.send(req).await.unwrap();
     assert_eq!(proxy.count(), 2);
-    c.send(EngineRequest::new(Method::DELETE, format!("/{index}")))
-        .await
-        .unwrap();
+    c.send(EngineRequest::new(Method::DELETE, format!("/{index}"))).await.unwrap();
 }

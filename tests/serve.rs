@@ -30,20 +30,12 @@ impl Server {
         let task = tokio::spawn(http::serve(listener, state, async move {
             let _ = rx.await;
         }));
-        Server {
-            url,
-            stop: Some(tx),
-            task,
-        }
+        Server { url, stop: Some(tx), task }
     }
 
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(15), &mut self.task)
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(15), &mut self.task).await.expect("server stops").unwrap().unwrap();
     }
 }
 
@@ -63,13 +55,7 @@ async fn healthz_readyz_and_unknown_routes() {
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["status"], "ready");
     assert_eq!(body["engine"]["flavor"], "opensearch");
-    assert!(
-        body["engine"]["version"]
-            .as_str()
-            .unwrap()
-            .starts_with("2."),
-        "{body}"
-    );
+    assert!(body["engine"]["version"].as_str().unwrap().starts_with("2."), "{body}");
 
     let (s, body) = get(&format!("{}/no/such/route", server.url)).await;
     assert_eq!(s, 404);
@@ -87,26 +73,15 @@ async fn readyz_is_503_with_a_reason_when_the_engine_is_down() {
     assert_eq!(body["engine"]["error"]["type"], "engine_unavailable");
     let (s, _) = get(&format!("{}/healthz", server.url)).await;
     assert_eq!(s, 200, "the process is still healthy");
-    let metrics = reqwest::get(format!("{}/metrics", server.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.lines().any(|l| l == "sidecar_engine_up 0"),
-        "{metrics}"
-    );
+    let metrics = reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "sidecar_engine_up 0"), "{metrics}");
     server.stop().await;
 }
 
 /// A minimal check of the Prometheus/OpenMetrics text format: every line is a comment
 /// (`# HELP`, `# TYPE`, `# UNIT`, `# EOF`) or `name{labels} value` with a numeric value.
 fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
-    assert!(
-        text.ends_with("# EOF\n"),
-        "OpenMetrics text ends with # EOF"
-    );
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
     let mut samples = Vec::new();
     for line in text.lines() {
         if line.is_empty() {
@@ -114,25 +89,15 @@ fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
         }
         if let Some(rest) = line.strip_prefix("# ") {
             let kind = rest.split_whitespace().next().unwrap();
-            assert!(
-                matches!(kind, "HELP" | "TYPE" | "UNIT" | "EOF"),
-                "bad comment line: {line}"
-            );
+            assert!(matches!(kind, "HELP" | "TYPE" | "UNIT" | "EOF"), "bad comment line: {line}");
             continue;
         }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("no value: {line}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("non-numeric value: {line}"));
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("non-numeric value: {line}"));
         let name_end = series.find('{').unwrap_or(series.len());
         let name = &series[..name_end];
         assert!(
-            !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad metric name: {line}"
         );
         if name_end < series.len() {
@@ -150,31 +115,18 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
         get(&format!("{}/healthz", server.url)).await;
     }
     get(&format!("{}/readyz", server.url)).await;
-    let resp = reqwest::get(format!("{}/metrics", server.url))
-        .await
-        .unwrap();
+    let resp = reqwest::get(format!("{}/metrics", server.url)).await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .contains("text"));
+    assert!(resp.headers()["content-type"].to_str().unwrap().contains("text"));
     let samples = parse_prometheus(&resp.text().await.unwrap());
-    let find = |prefix: &str| {
-        samples
-            .iter()
-            .find(|(s, _)| s.starts_with(prefix))
-            .map(|(_, v)| *v)
-    };
+    let find = |prefix: &str| samples.iter().find(|(s, _)| s.starts_with(prefix)).map(|(_, v)| *v);
     assert_eq!(
         find(r#"sidecar_http_requests_total{method="GET",route="/healthz",status="200"}"#),
         Some(3.0),
         "{samples:?}"
     );
     assert_eq!(find("sidecar_engine_up"), Some(1.0));
-    assert_eq!(
-        find(r#"sidecar_engine_info{flavor="opensearch""#),
-        Some(1.0)
-    );
+    assert_eq!(find(r#"sidecar_engine_info{flavor="opensearch""#), Some(1.0));
     assert!(find("sidecar_http_request_duration_seconds_bucket").is_some());
     assert!(find("sidecar_build_info").is_some());
     server.stop().await;
@@ -185,10 +137,7 @@ async fn api_keys_guard_everything_but_the_probes() {
     let key = "sidecar-test-key-0123456789";
     let server = Server::start(engine_settings(
         &engine_url(),
-        &[(
-            "SIDECAR__SERVER__API_KEYS",
-            &format!("{key},second-key-xyz"),
-        )],
+        &[("SIDECAR__SERVER__API_KEYS", &format!("{key},second-key-xyz"))],
     ))
     .await;
     let c = reqwest::Client::new();
@@ -200,99 +149,33 @@ async fn api_keys_guard_everything_but_the_probes() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "unauthenticated");
 
-    let r = c
-        .get(&metrics)
-        .header("x-api-key", "wrong")
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(&metrics).header("x-api-key", "wrong").send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = c
-        .get(&metrics)
-        .header("authorization", "Basic c2lkZWNhcjp4")
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(&metrics).header("authorization", "Basic c2lkZWNhcjp4").send().await.unwrap();
     assert_eq!(r.status(), 401);
 
-    assert_eq!(
-        c.get(&metrics)
-            .header("x-api-key", key)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.get(&metrics)
-            .bearer_auth("second-key-xyz")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.get(format!("{}/healthz", server.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200,
-        "probes are exempt"
-    );
-    assert_eq!(
-        c.get(format!("{}/readyz", server.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(c.get(&metrics).header("x-api-key", key).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(&metrics).bearer_auth("second-key-xyz").send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{}/healthz", server.url)).send().await.unwrap().status(), 200, "probes are exempt");
+    assert_eq!(c.get(format!("{}/readyz", server.url)).send().await.unwrap().status(), 200);
     server.stop().await;
 
     let open = Server::start(engine_settings(&engine_url(), &[])).await;
-    assert_eq!(
-        c.get(format!("{}/metrics", open.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200,
-        "no keys: no auth"
-    );
+    assert_eq!(c.get(format!("{}/metrics", open.url)).send().await.unwrap().status(), 200, "no keys: no auth");
     open.stop().await;
 }
 
 #[tokio::test]
 async fn oversized_bodies_get_413_with_a_json_error() {
-    let server = Server::start(engine_settings(
-        &engine_url(),
-        &[("SIDECAR__SERVER__MAX_BODY_SIZE", "1KiB")],
-    ))
-    .await;
+    let server = Server::start(engine_settings(&engine_url(), &[("SIDECAR__SERVER__MAX_BODY_SIZE", "1KiB")])).await;
     let c = reqwest::Client::new();
-    let r = c
-        .post(format!("{}/healthz", server.url))
-        .body(vec![b'x'; 4096])
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(format!("{}/healthz", server.url)).body(vec![b'x'; 4096]).send().await.unwrap();
     assert_eq!(r.status(), 413);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "payload_too_large");
-    assert!(
-        body["error"]["reason"].as_str().unwrap().contains("1KiB"),
-        "{body}"
-    );
+    assert!(body["error"]["reason"].as_str().unwrap().contains("1KiB"), "{body}");
     // under the limit, the request reaches routing (GET-only route: 405, not 413)
-    let r = c
-        .post(format!("{}/healthz", server.url))
-        .body(vec![b'x'; 100])
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(format!("{}/healthz", server.url)).body(vec![b'x'; 100]).send().await.unwrap();
     assert_eq!(r.status(), 405);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], 405, "framework rejections are JSON too");
@@ -301,8 +184,7 @@ async fn oversized_bodies_get_413_with_a_json_error() {
 
 fn binary() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_semantic-sidecar"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     c
 }
 
@@ -321,47 +203,29 @@ async fn the_binary_serves_and_stops_gracefully_on_sigterm() {
         .unwrap();
     let started = Instant::now();
     while !url_file.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the server did not write its URL"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the server exited early"
-        );
+        assert!(started.elapsed() < Duration::from_secs(30), "the server did not write its URL");
+        assert!(child.try_wait().unwrap().is_none(), "the server exited early");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let url = std::fs::read_to_string(&url_file)
-        .unwrap()
-        .trim()
-        .to_string();
+    let url = std::fs::read_to_string(&url_file).unwrap().trim().to_string();
     let (s, body) = get(&format!("{url}/readyz")).await;
     assert_eq!(s, 200, "{body}");
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not stop on SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "the server did not stop on SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut log = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
     assert!(status.success(), "exit {status:?}; log:\n{log}");
     assert!(log.contains("shutdown requested"), "{log}");
-    assert!(
-        !url_file.exists(),
-        "the URL file is removed on a clean stop"
-    );
+    assert!(!url_file.exists(), "the URL file is removed on a clean stop");
 }
 
 #[test]
@@ -373,34 +237,18 @@ fn config_check_prints_redacted_settings_and_fails_on_bad_ones() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("[engine]") && stdout.contains("<redacted>"),
-        "{stdout}"
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("[engine]") && stdout.contains("<redacted>"), "{stdout}");
     assert!(!stdout.contains("pw-that-must-not-print"));
 
-    let out = binary()
-        .args(["config", "check"])
-        .env("SIDECAR__SERVER__LISTEN", "nowhere")
-        .output()
-        .unwrap();
+    let out = binary().args(["config", "check"]).env("SIDECAR__SERVER__LISTEN", "nowhere").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.listen"));
 
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.toml");
     std::fs::write(&f, "[engine]\nurl = \"http://x:9200\"\n").unwrap();
-    let out = binary()
-        .args(["--config"])
-        .arg(&f)
-        .args(["config", "check"])
-        .output()
-        .unwrap();
+    let out = binary().args(["--config"]).arg(&f).args(["config", "check"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `url`"));
 }

@@ -8,10 +8,7 @@ use std::time::Duration;
 use semantic_sidecar::settings::{LogFormat, Settings, SettingsError};
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn file(toml: &str) -> tempfile::NamedTempFile {
@@ -38,11 +35,7 @@ fn layers_apply_in_order_defaults_then_file_then_env() {
         level = "debug"
         "#,
     );
-    let s = Settings::load(
-        Some(f.path()),
-        &env(&[("SIDECAR__SERVER__LISTEN", "127.0.0.1:9100")]),
-    )
-    .unwrap();
+    let s = Settings::load(Some(f.path()), &env(&[("SIDECAR__SERVER__LISTEN", "127.0.0.1:9100")])).unwrap();
     assert_eq!(s.server.listen, "127.0.0.1:9100", "env wins over the file");
     assert_eq!(s.log.level, "debug", "the file wins over the defaults");
     assert_eq!(s.log.format, LogFormat::Json, "defaults fill the rest");
@@ -54,10 +47,7 @@ fn env_overrides_nested_keys_lists_and_numbers() {
     let s = Settings::load(
         None,
         &env(&[
-            (
-                "SIDECAR__ENGINE__URLS",
-                "http://a:9200,https://b.example:9243/prefix",
-            ),
+            ("SIDECAR__ENGINE__URLS", "http://a:9200,https://b.example:9243/prefix"),
             ("SIDECAR__ENGINE__RETRY__MAX_RETRIES", "7"),
             ("SIDECAR__ENGINE__REQUEST_TIMEOUT", "1500ms"),
             ("SIDECAR__SERVER__MAX_BODY_SIZE", "2MiB"),
@@ -69,18 +59,11 @@ fn env_overrides_nested_keys_lists_and_numbers() {
         ]),
     )
     .unwrap();
-    assert_eq!(
-        s.engine.urls,
-        vec!["http://a:9200", "https://b.example:9243/prefix"]
-    );
+    assert_eq!(s.engine.urls, vec!["http://a:9200", "https://b.example:9243/prefix"]);
     assert_eq!(s.engine.retry.max_retries, 7);
     assert_eq!(s.engine.request_timeout, Duration::from_millis(1500));
     assert_eq!(s.server.max_body_size.bytes(), 2 << 20);
-    assert_eq!(
-        s.engine.password.as_ref().unwrap().expose(),
-        "12345",
-        "a numeric-looking secret stays a string"
-    );
+    assert_eq!(s.engine.password.as_ref().unwrap().expose(), "12345", "a numeric-looking secret stays a string");
 }
 
 #[test]
@@ -96,39 +79,15 @@ fn a_misspelt_key_is_rejected_in_the_file_and_in_the_env() {
 #[test]
 fn invalid_values_are_rejected_with_their_key() {
     let cases: &[(&[(&str, &str)], &str)] = &[
-        (
-            &[("SIDECAR__SERVER__LISTEN", "not-an-address")],
-            "server.listen",
-        ),
+        (&[("SIDECAR__SERVER__LISTEN", "not-an-address")], "server.listen"),
         (&[("SIDECAR__ENGINE__URLS", "ftp://x:21")], "engine.urls[0]"),
-        (
-            &[("SIDECAR__ENGINE__URLS", "http://ok:9200,not a url")],
-            "engine.urls[1]",
-        ),
-        (
-            &[("SIDECAR__ENGINE__URLS", "http://user:pw@x:9200")],
-            "engine.urls[0]",
-        ),
-        (
-            &[("SIDECAR__SERVER__MAX_BODY_SIZE", "0")],
-            "server.max_body_size",
-        ),
-        (
-            &[("SIDECAR__SERVER__MAX_BODY_SIZE", "12 parsecs")],
-            "parsecs",
-        ),
-        (
-            &[("SIDECAR__ENGINE__CONNECT_TIMEOUT", "0s")],
-            "engine.connect_timeout",
-        ),
-        (
-            &[("SIDECAR__ENGINE__CONNECT_TIMEOUT", "5 fortnights")],
-            "connect_timeout",
-        ),
-        (
-            &[("SIDECAR__ENGINE__USERNAME", "elastic")],
-            "engine.password",
-        ),
+        (&[("SIDECAR__ENGINE__URLS", "http://ok:9200,not a url")], "engine.urls[1]"),
+        (&[("SIDECAR__ENGINE__URLS", "http://user:pw@x:9200")], "engine.urls[0]"),
+        (&[("SIDECAR__SERVER__MAX_BODY_SIZE", "0")], "server.max_body_size"),
+        (&[("SIDECAR__SERVER__MAX_BODY_SIZE", "12 parsecs")], "parsecs"),
+        (&[("SIDECAR__ENGINE__CONNECT_TIMEOUT", "0s")], "engine.connect_timeout"),
+        (&[("SIDECAR__ENGINE__CONNECT_TIMEOUT", "5 fortnights")], "connect_timeout"),
+        (&[("SIDECAR__ENGINE__USERNAME", "elastic")], "engine.password"),
         (
             &[
                 ("SIDECAR__ENGINE__USERNAME", "u"),
@@ -137,42 +96,23 @@ fn invalid_values_are_rejected_with_their_key() {
             ],
             "engine.api_key",
         ),
-        (
-            &[("SIDECAR__ENGINE__CA_CERT", "/nonexistent/ca.pem")],
-            "engine.ca_cert",
-        ),
-        (
-            &[("SIDECAR__ENGINE__RETRY__MAX_BACKOFF", "1ms")],
-            "engine.retry.max_backoff",
-        ),
+        (&[("SIDECAR__ENGINE__CA_CERT", "/nonexistent/ca.pem")], "engine.ca_cert"),
+        (&[("SIDECAR__ENGINE__RETRY__MAX_BACKOFF", "1ms")], "engine.retry.max_backoff"),
         (&[("SIDECAR__ENGINE__FLAVOR", "solr")], "solr"),
         (&[("SIDECAR__LOG__LEVEL", "=[")], "log.level"),
         (&[("SIDECAR__LOG__FORMAT", "xml")], "xml"),
-        (
-            &[("SIDECAR__SERVER__API_KEYS", "has space")],
-            "server.api_keys[0]",
-        ),
-        (
-            &[("SIDECAR__SERVER__AUTH_EXEMPT_PATHS", "healthz")],
-            "server.auth_exempt_paths[0]",
-        ),
+        (&[("SIDECAR__SERVER__API_KEYS", "has space")], "server.api_keys[0]"),
+        (&[("SIDECAR__SERVER__AUTH_EXEMPT_PATHS", "healthz")], "server.auth_exempt_paths[0]"),
     ];
     for (pairs, needle) in cases {
         let e = load_err(None, pairs);
-        assert!(
-            e.contains(needle),
-            "{pairs:?}: error `{e}` does not name `{needle}`"
-        );
+        assert!(e.contains(needle), "{pairs:?}: error `{e}` does not name `{needle}`");
     }
 }
 
 #[test]
 fn a_missing_config_file_is_an_error() {
-    let e = Settings::load(
-        Some(std::path::Path::new("/nonexistent/sidecar.toml")),
-        &HashMap::new(),
-    )
-    .unwrap_err();
+    let e = Settings::load(Some(std::path::Path::new("/nonexistent/sidecar.toml")), &HashMap::new()).unwrap_err();
     assert!(matches!(e, SettingsError::Load(_)));
     assert!(e.to_string().contains("/nonexistent/sidecar.toml"));
 }
@@ -192,20 +132,13 @@ fn secrets_never_show_in_debug_or_config_check_output() {
         &env(&[
             ("SIDECAR__ENGINE__USERNAME", "elastic"),
             ("SIDECAR__ENGINE__PASSWORD", "hunter2-very-secret"),
-            (
-                "SIDECAR__SERVER__API_KEYS",
-                "client-key-aaaa-1111,client-key-bbbb-2222",
-            ),
+            ("SIDECAR__SERVER__API_KEYS", "client-key-aaaa-1111,client-key-bbbb-2222"),
         ]),
     )
     .unwrap();
     let debug = format!("{s:?}");
     let toml = s.to_redacted_toml();
-    for secret in [
-        "hunter2-very-secret",
-        "client-key-aaaa-1111",
-        "client-key-bbbb-2222",
-    ] {
+    for secret in ["hunter2-very-secret", "client-key-aaaa-1111", "client-key-bbbb-2222"] {
         assert!(!debug.contains(secret), "Debug leaks {secret}");
         assert!(!toml.contains(secret), "config check output leaks {secret}");
     }
@@ -217,11 +150,7 @@ fn secrets_never_show_in_debug_or_config_check_output() {
 
 #[test]
 fn config_check_output_loads_back_as_the_same_configuration() {
-    let s = Settings::load(
-        None,
-        &env(&[("SIDECAR__ENGINE__URLS", "http://a:1,http://b:2")]),
-    )
-    .unwrap();
+    let s = Settings::load(None, &env(&[("SIDECAR__ENGINE__URLS", "http://a:1,http://b:2")])).unwrap();
     let f = file(&s.to_redacted_toml());
     let again = Settings::load(Some(f.path()), &HashMap::new()).unwrap();
     assert_eq!(again.engine.urls, s.engine.urls);

@@ -38,11 +38,7 @@ pub struct Version {
 
 impl Version {
     pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
-        Version {
-            major,
-            minor,
-            patch,
-        }
+        Version { major, minor, patch }
     }
 
     pub fn parse(text: &str) -> Option<Version> {
@@ -51,11 +47,7 @@ impl Version {
         let major = parts.next()?.ok()?;
         let minor = parts.next().unwrap_or(Ok(0)).ok()?;
         let patch = parts.next().unwrap_or(Ok(0)).ok()?;
-        Some(Version {
-            major,
-            minor,
-            patch,
-        })
+        Some(Version { major, minor, patch })
     }
 }
 
@@ -111,11 +103,7 @@ pub enum DetectError {
     #[error("GET / did not return a JSON object with version.number: {0}")]
     Malformed(String),
     #[error("{flavor} {version} is not supported: {why}")]
-    Unsupported {
-        flavor: Flavor,
-        version: Version,
-        why: &'static str,
-    },
+    Unsupported { flavor: Flavor, version: Version, why: &'static str },
 }
 
 #[derive(Deserialize)]
@@ -138,19 +126,11 @@ struct RootVersion {
 
 /// Detects flavour and version from the body of `GET /`.
 pub fn detect(body: &[u8]) -> Result<EngineInfo, DetectError> {
-    let root: RootResponse =
-        serde_json::from_slice(body).map_err(|e| DetectError::Malformed(e.to_string()))?;
-    let version = Version::parse(&root.version.number).ok_or_else(|| {
-        DetectError::Malformed(format!(
-            "version.number `{}` is not a version",
-            root.version.number
-        ))
-    })?;
+    let root: RootResponse = serde_json::from_slice(body).map_err(|e| DetectError::Malformed(e.to_string()))?;
+    let version = Version::parse(&root.version.number)
+        .ok_or_else(|| DetectError::Malformed(format!("version.number `{}` is not a version", root.version.number)))?;
     let is_opensearch = root.version.distribution.as_deref() == Some("opensearch")
-        || root
-            .tagline
-            .as_deref()
-            .is_some_and(|t| t.contains("OpenSearch"));
+        || root.tagline.as_deref().is_some_and(|t| t.contains("OpenSearch"));
     let (flavor, dialect) = if is_opensearch {
         (Flavor::Opensearch, Dialect::Opensearch)
     } else {
@@ -166,11 +146,7 @@ pub fn detect(body: &[u8]) -> Result<EngineInfo, DetectError> {
             })
         }
         (Flavor::Opensearch, 1) => {
-            return Err(DetectError::Unsupported {
-                flavor,
-                version,
-                why: "OpenSearch 2.0 or later is required",
-            })
+            return Err(DetectError::Unsupported { flavor, version, why: "OpenSearch 2.0 or later is required" })
         }
         _ => {
             return Err(DetectError::Unsupported {
@@ -180,13 +156,7 @@ pub fn detect(body: &[u8]) -> Result<EngineInfo, DetectError> {
             })
         }
     }
-    Ok(EngineInfo {
-        flavor,
-        version,
-        dialect,
-        cluster_name: root.cluster_name,
-        node_name: root.name,
-    })
+    Ok(EngineInfo { flavor, version, dialect, cluster_name: root.cluster_name, node_name: root.name })
 }
 
 #[cfg(test)]
@@ -207,7 +177,8 @@ mod tests {
 
     #[test]
     fn detects_elasticsearch_and_its_capabilities() {
-        let body = br#"{"name":"es","cluster_name":"docker-cluster","version":{"number":"8.15.3","build_flavor":"default"},
+        let body =
+            br#"{"name":"es","cluster_name":"docker-cluster","version":{"number":"8.15.3","build_flavor":"default"},
             "tagline":"You Know, for Search"}"#;
         let info = detect(body).unwrap();
         assert_eq!(info.flavor, Flavor::Elasticsearch);
@@ -221,34 +192,18 @@ mod tests {
 
     #[test]
     fn refuses_old_and_unknown_majors() {
-        assert!(matches!(
-            detect(br#"{"version":{"number":"7.17.0"}}"#),
-            Err(DetectError::Unsupported { .. })
-        ));
+        assert!(matches!(detect(br#"{"version":{"number":"7.17.0"}}"#), Err(DetectError::Unsupported { .. })));
         assert!(matches!(
             detect(br#"{"version":{"number":"1.3.0","distribution":"opensearch"}}"#),
             Err(DetectError::Unsupported { .. })
         ));
-        assert!(matches!(
-            detect(br#"{"version":{"number":"12.0.0"}}"#),
-            Err(DetectError::Unsupported { .. })
-        ));
+        assert!(matches!(detect(br#"{"version":{"number":"12.0.0"}}"#), Err(DetectError::Unsupported { .. })));
     }
 
     #[test]
     fn malformed_bodies_are_errors_not_panics() {
-        for body in [
-            &b""[..],
-            b"[]",
-            b"{}",
-            br#"{"version":{"number":"x.y"}}"#,
-            b"<html>proxy</html>",
-        ] {
-            assert!(
-                matches!(detect(body), Err(DetectError::Malformed(_))),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
+        for body in [&b""[..], b"[]", b"{}", br#"{"version":{"number":"x.y"}}"#, b"<html>proxy</html>"] {
+            assert!(matches!(detect(body), Err(DetectError::Malformed(_))), "{}", String::from_utf8_lossy(body));
         }
     }
 

@@ -55,17 +55,9 @@ pub enum EngineError {
     #[error("engine is overloaded: still 429 after {attempts} attempts")]
     Overloaded { attempts: u32 },
     #[error("engine rejected the request ({status} {error_type}): {reason}")]
-    Rejected {
-        status: u16,
-        error_type: String,
-        reason: String,
-    },
+    Rejected { status: u16, error_type: String, reason: String },
     #[error("engine failed ({status} {error_type}): {reason}")]
-    Failed {
-        status: u16,
-        error_type: String,
-        reason: String,
-    },
+    Failed { status: u16, error_type: String, reason: String },
     #[error("engine answered something the sidecar cannot read: {0}")]
     InvalidResponse(String),
     #[error("{0}")]
@@ -118,21 +110,11 @@ pub struct EngineRequest {
 
 impl EngineRequest {
     pub fn new(method: Method, path: impl Into<String>) -> Self {
-        let idempotent = matches!(
-            method,
-            Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
-        );
-        EngineRequest {
-            method,
-            path: path.into(),
-            body: None,
-            idempotent,
-        }
+        let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
+        EngineRequest { method, path: path.into(), body: None, idempotent }
     }
     pub fn json(mut self, value: &serde_json::Value) -> Self {
-        self.body = Some(Body::Json(Bytes::from(
-            serde_json::to_vec(value).expect("a JSON value serialises"),
-        )));
+        self.body = Some(Body::Json(Bytes::from(serde_json::to_vec(value).expect("a JSON value serialises"))));
         self
     }
     pub fn ndjson(mut self, body: impl Into<Bytes>) -> Self {
@@ -186,10 +168,7 @@ pub struct EngineClient {
 impl std::fmt::Debug for EngineClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let urls: Vec<&str> = self.inner.urls.iter().map(Url::as_str).collect();
-        f.debug_struct("EngineClient")
-            .field("urls", &urls)
-            .field("retry", &self.inner.retry)
-            .finish_non_exhaustive()
+        f.debug_struct("EngineClient").field("urls", &urls).field("retry", &self.inner.retry).finish_non_exhaustive()
     }
 }
 
@@ -202,35 +181,21 @@ impl EngineClient {
             .user_agent(concat!("semantic-sidecar/", env!("CARGO_PKG_VERSION")))
             .no_proxy();
         if let Some(path) = &settings.ca_cert {
-            let pem = std::fs::read(path)
-                .map_err(|e| EngineError::Setup(format!("reading {}: {e}", path.display())))?;
+            let pem =
+                std::fs::read(path).map_err(|e| EngineError::Setup(format!("reading {}: {e}", path.display())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| EngineError::Setup(format!("parsing {}: {e}", path.display())))?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let auth = match (
-            &settings.username,
-            &settings.password,
-            &settings.api_key,
-            &settings.bearer_token,
-        ) {
-            (Some(u), Some(p), _, _) => Auth::Basic {
-                username: u.clone(),
-                password: p.expose().to_string(),
-            },
-            (_, _, Some(key), _) => {
-                Auth::Header(sensitive_header(&format!("ApiKey {}", key.expose()))?)
-            }
-            (_, _, _, Some(token)) => {
-                Auth::Header(sensitive_header(&format!("Bearer {}", token.expose()))?)
-            }
+        let auth = match (&settings.username, &settings.password, &settings.api_key, &settings.bearer_token) {
+            (Some(u), Some(p), _, _) => Auth::Basic { username: u.clone(), password: p.expose().to_string() },
+            (_, _, Some(key), _) => Auth::Header(sensitive_header(&format!("ApiKey {}", key.expose()))?),
+            (_, _, _, Some(token)) => Auth::Header(sensitive_header(&format!("Bearer {}", token.expose()))?),
             _ => Auth::None,
         };
-        let http = builder
-            .build()
-            .map_err(|e| EngineError::Setup(e.to_string()))?;
+        let http = builder.build().map_err(|e| EngineError::Setup(e.to_string()))?;
         Ok(EngineClient {
             inner: Arc::new(Inner {
                 http,
@@ -260,9 +225,7 @@ impl EngineClient {
     }
 
     async fn info_with(&self, policy: &RetryPolicy) -> Result<EngineInfo, EngineError> {
-        let resp = self
-            .send_with(EngineRequest::new(Method::GET, "/"), policy)
-            .await?;
+        let resp = self.send_with(EngineRequest::new(Method::GET, "/"), policy).await?;
         let info = dialect::detect(&resp.body).map_err(|e| match e {
             dialect::DetectError::Malformed(m) => EngineError::InvalidResponse(m),
             unsupported => EngineError::Unsupported(unsupported.to_string()),
@@ -283,9 +246,7 @@ impl EngineClient {
 
     /// GET a path and parse the JSON answer.
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, EngineError> {
-        self.send(EngineRequest::new(Method::GET, path))
-            .await?
-            .json()
+        self.send(EngineRequest::new(Method::GET, path)).await?.json()
     }
 
     /// Sends a request with the configured retry policy.
@@ -293,11 +254,7 @@ impl EngineClient {
         self.send_with(req, &self.inner.retry).await
     }
 
-    async fn send_with(
-        &self,
-        req: EngineRequest,
-        policy: &RetryPolicy,
-    ) -> Result<EngineResponse, EngineError> {
+    async fn send_with(&self, req: EngineRequest, policy: &RetryPolicy) -> Result<EngineResponse, EngineError> {
         let started = Instant::now();
         let mut retry = 0u32;
         let mut url_index = self.inner.next.fetch_add(1, Ordering::Relaxed);
@@ -306,11 +263,7 @@ impl EngineClient {
             let outcome = self.attempt(base, &req).await;
             let (failure, retry_after, error) = match outcome {
                 Ok(resp) => return Ok(resp),
-                Err(AttemptError {
-                    failure,
-                    retry_after,
-                    error,
-                }) => (failure, retry_after, error),
+                Err(AttemptError { failure, retry_after, error }) => (failure, retry_after, error),
             };
             let may_retry = failure.is_some_and(|f| RetryPolicy::is_retryable(f, req.idempotent));
             let delay = if may_retry {
@@ -320,9 +273,7 @@ impl EngineClient {
             };
             let Some(delay) = delay else {
                 return Err(match (failure, error) {
-                    (Some(Failure::Status(429)), _) => EngineError::Overloaded {
-                        attempts: retry + 1,
-                    },
+                    (Some(Failure::Status(429)), _) => EngineError::Overloaded { attempts: retry + 1 },
                     (_, e) => e,
                 });
             };
@@ -338,44 +289,26 @@ impl EngineClient {
         }
     }
 
-    async fn attempt(
-        &self,
-        base: &Url,
-        req: &EngineRequest,
-    ) -> Result<EngineResponse, AttemptError> {
+    async fn attempt(&self, base: &Url, req: &EngineRequest) -> Result<EngineResponse, AttemptError> {
         let url = join(base, &req.path);
         let mut builder = self.inner.http.request(req.method.clone(), url.clone());
         match &self.inner.auth {
             Auth::None => {}
-            Auth::Basic { username, password } => {
-                builder = builder.basic_auth(username, Some(password))
-            }
+            Auth::Basic { username, password } => builder = builder.basic_auth(username, Some(password)),
             Auth::Header(value) => builder = builder.header(AUTHORIZATION, value.clone()),
         }
         match &req.body {
-            Some(Body::Json(b)) => {
-                builder = builder
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(b.clone())
-            }
-            Some(Body::Ndjson(b)) => {
-                builder = builder
-                    .header(CONTENT_TYPE, "application/x-ndjson")
-                    .body(b.clone())
-            }
+            Some(Body::Json(b)) => builder = builder.header(CONTENT_TYPE, "application/json").body(b.clone()),
+            Some(Body::Ndjson(b)) => builder = builder.header(CONTENT_TYPE, "application/x-ndjson").body(b.clone()),
             None => {}
         }
         let shown = redact_url(&url);
-        let resp = builder
-            .send()
-            .await
-            .map_err(|e| AttemptError::from_transport(e, &shown, self.inner.request_timeout))?;
+        let resp =
+            builder.send().await.map_err(|e| AttemptError::from_transport(e, &shown, self.inner.request_timeout))?;
         let status = resp.status();
         let retry_after = retry_after(resp.headers());
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| AttemptError::from_transport(e, &shown, self.inner.request_timeout))?;
+        let body =
+            resp.bytes().await.map_err(|e| AttemptError::from_transport(e, &shown, self.inner.request_timeout))?;
         if status.is_success() || (req.method == Method::HEAD && status == StatusCode::NOT_FOUND) {
             return Ok(EngineResponse { status, body });
         }
@@ -384,30 +317,12 @@ impl EngineClient {
         let error = match code {
             // 403 is also a read-only index block (cluster_block_exception): only a security
             // exception is about the sidecar's credentials.
-            401 => EngineError::Auth {
-                status: code,
-                reason,
-            },
-            403 if error_type == "security_exception" => EngineError::Auth {
-                status: code,
-                reason,
-            },
-            400..=499 => EngineError::Rejected {
-                status: code,
-                error_type,
-                reason,
-            },
-            _ => EngineError::Failed {
-                status: code,
-                error_type,
-                reason,
-            },
+            401 => EngineError::Auth { status: code, reason },
+            403 if error_type == "security_exception" => EngineError::Auth { status: code, reason },
+            400..=499 => EngineError::Rejected { status: code, error_type, reason },
+            _ => EngineError::Failed { status: code, error_type, reason },
         };
-        Err(AttemptError {
-            failure: Some(Failure::Status(code)),
-            retry_after,
-            error,
-        })
+        Err(AttemptError { failure: Some(Failure::Status(code)), retry_after, error })
     }
 }
 
@@ -420,35 +335,13 @@ struct AttemptError {
 impl AttemptError {
     fn from_transport(e: reqwest::Error, url: &str, timeout: Duration) -> Self {
         let (failure, error) = if e.is_timeout() {
-            (
-                Failure::Transport,
-                EngineError::Timeout {
-                    url: url.to_string(),
-                    timeout,
-                },
-            )
+            (Failure::Transport, EngineError::Timeout { url: url.to_string(), timeout })
         } else if e.is_connect() {
-            (
-                Failure::Connect,
-                EngineError::Unreachable {
-                    url: url.to_string(),
-                    reason: error_chain(&e),
-                },
-            )
+            (Failure::Connect, EngineError::Unreachable { url: url.to_string(), reason: error_chain(&e) })
         } else {
-            (
-                Failure::Transport,
-                EngineError::Unreachable {
-                    url: url.to_string(),
-                    reason: error_chain(&e),
-                },
-            )
+            (Failure::Transport, EngineError::Unreachable { url: url.to_string(), reason: error_chain(&e) })
         };
-        AttemptError {
-            failure: Some(failure),
-            retry_after: None,
-            error,
-        }
+        AttemptError { failure: Some(failure), retry_after: None, error }
     }
 }
 
@@ -487,14 +380,7 @@ fn redact_url(url: &Url) -> String {
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// Pulls `error.type` and `error.reason` out of an engine error body (both products use the
@@ -519,14 +405,9 @@ pub fn engine_reason(body: &[u8]) -> (String, String) {
             obj @ serde_json::Value::Object(_) => {
                 if let Ok(d) = serde_json::from_value::<Detail>(obj) {
                     let root = d.root_cause.into_iter().next();
-                    let kind = d
-                        .kind
-                        .or_else(|| root.as_ref().and_then(|r| r.kind.clone()))
-                        .unwrap_or_else(|| "error".into());
-                    let reason = d
-                        .reason
-                        .or_else(|| root.and_then(|r| r.reason))
-                        .unwrap_or_default();
+                    let kind =
+                        d.kind.or_else(|| root.as_ref().and_then(|r| r.kind.clone())).unwrap_or_else(|| "error".into());
+                    let reason = d.reason.or_else(|| root.and_then(|r| r.reason)).unwrap_or_default();
                     return (kind, reason);
                 }
             }
@@ -546,19 +427,9 @@ mod tests {
     fn engine_reasons_are_extracted_from_both_shapes() {
         let es = br#"{"error":{"root_cause":[{"type":"index_not_found_exception","reason":"no such index [x]"}],
             "type":"index_not_found_exception","reason":"no such index [x]","index":"x"},"status":404}"#;
-        assert_eq!(
-            engine_reason(es),
-            (
-                "index_not_found_exception".into(),
-                "no such index [x]".into()
-            )
-        );
-        let plain =
-            br#"{"error":"Content-Type header [text/plain] is not supported","status":406}"#;
-        assert_eq!(
-            engine_reason(plain).1,
-            "Content-Type header [text/plain] is not supported"
-        );
+        assert_eq!(engine_reason(es), ("index_not_found_exception".into(), "no such index [x]".into()));
+        let plain = br#"{"error":"Content-Type header [text/plain] is not supported","status":406}"#;
+        assert_eq!(engine_reason(plain).1, "Content-Type header [text/plain] is not supported");
         let root_only = br#"{"error":{"root_cause":[{"type":"t","reason":"r"}]}}"#;
         assert_eq!(engine_reason(root_only), ("t".into(), "r".into()));
         assert_eq!(engine_reason(b"Bad Gateway").1, "Bad Gateway");
@@ -567,15 +438,9 @@ mod tests {
     #[test]
     fn paths_join_onto_base_urls_with_prefixes() {
         let base = Url::parse("http://h:9200/prefix/").unwrap();
-        assert_eq!(
-            join(&base, "/idx/_search?size=1").as_str(),
-            "http://h:9200/prefix/idx/_search?size=1"
-        );
+        assert_eq!(join(&base, "/idx/_search?size=1").as_str(), "http://h:9200/prefix/idx/_search?size=1");
         let bare = Url::parse("http://h:9200").unwrap();
-        assert_eq!(
-            join(&bare, "_cluster/health").as_str(),
-            "http://h:9200/_cluster/health"
-        );
+        assert_eq!(join(&bare, "_cluster/health").as_str(), "http://h:9200/_cluster/health");
     }
 
     #[test]
@@ -583,10 +448,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, HeaderValue::from_static("2"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
-        h.insert(
-            RETRY_AFTER,
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
+        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
         assert_eq!(retry_after(&h), None);
     }
 }

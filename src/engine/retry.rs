@@ -144,27 +144,15 @@ mod tests {
     fn the_retry_count_and_time_budget_end_retrying() {
         let p = policy();
         assert!(p.delay(5, Duration::ZERO, 0.5, None).is_none());
-        assert!(p
-            .delay(1, Duration::from_millis(9_950), 1.0, None)
-            .is_none());
-        assert!(p
-            .delay(1, Duration::from_millis(9_000), 1.0, None)
-            .is_some());
-        assert!(RetryPolicy::none()
-            .delay(0, Duration::ZERO, 0.5, None)
-            .is_none());
+        assert!(p.delay(1, Duration::from_millis(9_950), 1.0, None).is_none());
+        assert!(p.delay(1, Duration::from_millis(9_000), 1.0, None).is_some());
+        assert!(RetryPolicy::none().delay(0, Duration::ZERO, 0.5, None).is_none());
     }
 
     #[test]
     fn retry_after_is_a_floor_capped_at_max_backoff() {
         let p = policy();
-        assert_eq!(
-            p.delay(0, Duration::ZERO, 0.0, Some(Duration::from_millis(300))),
-            Some(Duration::from_millis(300))
-        );
-        assert_eq!(
-            p.delay(0, Duration::ZERO, 0.0, Some(Duration::from_secs(60))),
-            Some(Duration::from_secs(1))
-        );
+        assert_eq!(p.delay(0, Duration::ZERO, 0.0, Some(Duration::from_millis(300))), Some(Duration::from_millis(300)));
+        assert_eq!(p.delay(0, Duration::ZERO, 0.0, Some(Duration::from_secs(60))), Some(Duration::from_secs(1)));
     }
 }

@@ -35,10 +35,7 @@ impl ApiKeys {
     /// True when `presented` matches one of the keys; every key is compared, always.
     pub fn accepts(&self, presented: &str) -> bool {
         let d = digest(presented);
-        self.0
-            .iter()
-            .fold(subtle::Choice::from(0), |acc, k| acc | k.ct_eq(&d))
-            .into()
+        self.0.iter().fold(subtle::Choice::from(0), |acc, k| acc | k.ct_eq(&d)).into()
     }
 }
 
@@ -57,24 +54,16 @@ fn presented_key(req: &Request) -> Option<&str> {
 
 /// Rejects requests without a valid API key, except on the exempt paths.
 pub async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !state.api_keys.is_enabled()
-        || state
-            .settings
-            .server
-            .auth_exempt_paths
-            .iter()
-            .any(|p| p == req.uri().path())
-    {
+    if !state.api_keys.is_enabled() || state.settings.server.auth_exempt_paths.iter().any(|p| p == req.uri().path()) {
         return next.run(req).await;
     }
     match presented_key(&req) {
         Some(key) if state.api_keys.accepts(key) => next.run(req).await,
         Some(_) => ApiError::new(ErrorCode::Unauthenticated, "invalid API key").into_response(),
-        None => ApiError::new(
-            ErrorCode::Unauthenticated,
-            "missing API key: send `x-api-key` or `Authorization: Bearer`",
-        )
-        .into_response(),
+        None => {
+            ApiError::new(ErrorCode::Unauthenticated, "missing API key: send `x-api-key` or `Authorization: Bearer`")
+                .into_response()
+        }
     }
 }
 
@@ -82,11 +71,8 @@ pub async fn authenticate(State(state): State<AppState>, req: Request, next: Nex
 /// length are cut by `DefaultBodyLimit` in the extractors, and [`json_rejections`] shapes that 413.
 pub async fn limit_body(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let limit = state.settings.server.max_body_size;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit.bytes()) {
         return too_large(limit);
     }
@@ -94,11 +80,8 @@ pub async fn limit_body(State(state): State<AppState>, req: Request, next: Next)
 }
 
 fn too_large(limit: crate::settings::ByteSize) -> Response {
-    ApiError::new(
-        ErrorCode::PayloadTooLarge,
-        format!("request body is larger than server.max_body_size ({limit})"),
-    )
-    .into_response()
+    ApiError::new(ErrorCode::PayloadTooLarge, format!("request body is larger than server.max_body_size ({limit})"))
+        .into_response()
 }
 
 /// Gives up on a request after `server.request_timeout` with a JSON 504.
@@ -118,11 +101,8 @@ pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) ->
 pub async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().as_str().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let resp = next.run(req).await;
     let m = &state.metrics;
     m.http_requests
@@ -132,19 +112,15 @@ pub async fn record_metrics(State(state): State<AppState>, req: Request, next: N
             status: resp.status().as_str().into(),
         })
         .inc();
-    m.http_duration
-        .get_or_create(&RouteLabels { method, route })
-        .observe(started.elapsed().as_secs_f64());
+    m.http_duration.get_or_create(&RouteLabels { method, route }).observe(started.elapsed().as_secs_f64());
     resp
 }
 
 /// Replaces the framework's plain-text 413/415/422/400 rejections with the JSON error shape.
 pub async fn json_rejections(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
-    let is_json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let is_json =
+        resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if is_json || !(resp.status().is_client_error()) {
         return resp;
     }
@@ -152,22 +128,10 @@ pub async fn json_rejections(State(state): State<AppState>, req: Request, next: 
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         return too_large(state.settings.server.max_body_size);
     }
-    let body = axum::body::to_bytes(resp.into_body(), 4096)
-        .await
-        .unwrap_or_default();
+    let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap_or_default();
     let reason = String::from_utf8_lossy(&body).trim().to_string();
-    let code = if status == StatusCode::NOT_FOUND {
-        ErrorCode::NotFound
-    } else {
-        ErrorCode::InvalidInput
-    };
-    ApiError {
-        code,
-        reason,
-        status: Some(status),
-        retry_after: None,
-    }
-    .into_response()
+    let code = if status == StatusCode::NOT_FOUND { ErrorCode::NotFound } else { ErrorCode::InvalidInput };
+    ApiError { code, reason, status: Some(status), retry_after: None }.into_response()
 }
 
 /// Request ids: a per-process random prefix and a counter (`x-request-id`, kept if the client sent one).
@@ -179,29 +143,20 @@ pub struct SidecarRequestId {
 
 impl Default for SidecarRequestId {
     fn default() -> Self {
-        SidecarRequestId {
-            prefix: rand::random(),
-            counter: Default::default(),
-        }
+        SidecarRequestId { prefix: rand::random(), counter: Default::default() }
     }
 }
 
 impl MakeRequestId for SidecarRequestId {
     fn make_request_id<B>(&mut self, _req: &axum::http::Request<B>) -> Option<RequestId> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:08x}-{n}", self.prefix))
-            .ok()
-            .map(RequestId::new)
+        HeaderValue::from_str(&format!("{:08x}-{n}", self.prefix)).ok().map(RequestId::new)
     }
 }
 
 /// The JSON 404 for unknown routes.
 pub async fn not_found(req: Request<Body>) -> Response {
-    ApiError::new(
-        ErrorCode::NotFound,
-        format!("no route for {} {}", req.method(), req.uri().path()),
-    )
-    .into_response()
+    ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.uri().path())).into_response()
 }
 
 #[cfg(test)]
