@@ -34,6 +34,14 @@ pub enum ErrorCode {
     EngineFailed,
     /// The cluster is a flavour or version the sidecar does not support.
     EngineUnsupported,
+    /// The request names a model that is not loaded.
+    ModelNotFound,
+    /// The request is well-formed but over a configured limit (inputs, characters, tokens).
+    LimitExceeded,
+    /// The sidecar's own queue is full; retry after a moment.
+    Overloaded,
+    /// The sidecar is shutting down or has no model for the call.
+    Unavailable,
     /// A bug or an unexpected state in the sidecar.
     Internal,
 }

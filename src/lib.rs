@@ -3,11 +3,13 @@
 //!
 //! Module map (see README.md for the concern → file table):
 //! - [`settings`]: layered configuration and every default;
+//! - [`encoder`]: ONNX Runtime sessions, tokenization, batching queue, pooling, whitening;
 //! - [`engine`]: the HTTP client for Elasticsearch and OpenSearch (dialects, retries);
 //! - [`http`]: routes, middleware, error → status mapping, server lifecycle;
 //! - [`telemetry`]: logs and Prometheus metrics;
 //! - [`error`]: the error codes shared by the domain modules.
 
+pub mod encoder;
 pub mod engine;
 pub mod error;
 pub mod http;

@@ -6,17 +6,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use semantic_sidecar::encoder::EncoderSet;
 use semantic_sidecar::engine::EngineClient;
 use semantic_sidecar::http::{self, AppState};
 use semantic_sidecar::settings::{LogFormat, Settings};
-use semantic_sidecar::telemetry;
+use semantic_sidecar::telemetry::{self, Metrics};
 
 #[derive(Parser)]
-#[command(
-    name = "semantic-sidecar",
-    version,
-    about = "Semantic and hybrid search beside Elasticsearch / OpenSearch"
-)]
+#[command(name = "semantic-sidecar", version, about = "Semantic and hybrid search beside Elasticsearch / OpenSearch")]
 struct Cli {
     /// TOML configuration file, layered over the embedded defaults (env SIDECAR__* wins over both).
     #[arg(long, global = true, value_name = "FILE")]
@@ -72,9 +69,7 @@ fn main() -> ExitCode {
         };
     }
     match cli.command {
-        Command::Config {
-            command: ConfigCommand::Check,
-        } => {
+        Command::Config { command: ConfigCommand::Check } => {
             print!("{}", settings.to_redacted_toml());
             ExitCode::SUCCESS
         }
@@ -92,10 +87,8 @@ fn main() -> ExitCode {
 }
 
 fn run_server(settings: Settings, url_file: Option<&Path>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let engine = EngineClient::new(&settings.engine).context("building the engine client")?;
         let addr = settings.server.listen_addr();
@@ -111,7 +104,14 @@ fn run_server(settings: Settings, url_file: Option<&Path>) -> anyhow::Result<()>
             Ok(info) => tracing::info!(flavor = %info.flavor, version = %info.version, "engine reachable"),
             Err(e) => tracing::warn!(error = %e, "engine not reachable yet; /readyz reports 503 until it is"),
         }
-        let state = AppState::new(settings, engine);
+        let metrics = Metrics::new();
+        let encoder_settings = settings.encoder.clone();
+        let encoder_metrics = metrics.encoder.clone();
+        let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&encoder_settings, &encoder_metrics))
+            .await
+            .context("loading models")?
+            .context("loading models")?;
+        let state = AppState::with_encoders(settings, engine, metrics, encoders);
         http::serve(listener, state, shutdown_signal()).await.context("serving")?;
         if let Some(path) = url_file {
             let _ = std::fs::remove_file(path);

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
+
+pub use crate::encoder::Provider;
 use serde::{Deserialize, Serialize, Serializer};
 use url::Url;
 
@@ -28,7 +30,8 @@ pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
 pub const ENV_PREFIX: &str = "SIDECAR";
 
 /// Keys whose environment value is a comma-separated list.
-const ENV_LIST_KEYS: &[&str] = &["server.api_keys", "server.auth_exempt_paths", "engine.urls"];
+const ENV_LIST_KEYS: &[&str] =
+    &["server.api_keys", "server.auth_exempt_paths", "engine.urls", "encoder.models", "encoder.execution_providers"];
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +46,7 @@ pub enum SettingsError {
 
 impl SettingsError {
     fn invalid(key: impl Into<String>, reason: impl fmt::Display) -> Self {
-        SettingsError::Invalid {
-            key: key.into(),
-            reason: reason.to_string(),
-        }
+        SettingsError::Invalid { key: key.into(), reason: reason.to_string() }
     }
 }
 
@@ -86,23 +86,15 @@ impl ByteSize {
         let t = text.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("`{text}` is not a size (e.g. 16MiB)"))?;
+        let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size (e.g. 16MiB)"))?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KiB" | "KB" | "kB" | "K" => 1 << 10,
             "MiB" | "MB" | "M" => 1 << 20,
             "GiB" | "GB" | "G" => 1 << 30,
-            other => {
-                return Err(format!(
-                    "unknown size unit `{other}` in `{text}` (use B, KiB, MiB or GiB)"
-                ))
-            }
+            other => return Err(format!("unknown size unit `{other}` in `{text}` (use B, KiB, MiB or GiB)")),
         };
-        n.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("`{text}` is too large"))
+        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("`{text}` is too large"))
     }
     pub fn bytes(self) -> u64 {
         self.0
@@ -151,6 +143,7 @@ impl Serialize for ByteSize {
 pub struct Settings {
     pub server: ServerSettings,
     pub engine: EngineSettings,
+    pub encoder: EncoderSettings,
     pub log: LogSettings,
 }
 
@@ -208,10 +201,7 @@ pub struct EngineSettings {
 impl EngineSettings {
     /// The base URLs; always parse, since [`Settings::load`] checked them.
     pub fn parsed_urls(&self) -> Vec<Url> {
-        self.urls
-            .iter()
-            .map(|u| Url::parse(u).expect("validated at load"))
-            .collect()
+        self.urls.iter().map(|u| Url::parse(u).expect("validated at load")).collect()
     }
 }
 
@@ -225,6 +215,43 @@ pub struct RetrySettings {
     pub max_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub max_elapsed: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderSettings {
+    pub models: Vec<PathBuf>,
+    /// Empty in the file means "take ORT_DYLIB_PATH"; `None` after loading means neither was set.
+    #[serde(deserialize_with = "empty_path_is_none")]
+    pub ort_library: Option<PathBuf>,
+    pub execution_providers: Vec<Provider>,
+    pub require_gpu: bool,
+    pub intra_threads: usize,
+    pub inter_threads: usize,
+    pub sessions_per_model: usize,
+    pub max_batch_tokens: usize,
+    pub max_batch_requests: usize,
+    pub queue_capacity: usize,
+    pub interactive_max_inputs: usize,
+    pub max_inputs_per_request: usize,
+    pub max_input_chars: usize,
+    pub auto_truncate: bool,
+}
+
+impl EncoderSettings {
+    /// `intra_threads`, with 0 meaning every available core.
+    pub fn effective_intra_threads(&self) -> usize {
+        if self.intra_threads > 0 {
+            self.intra_threads
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+}
+
+fn empty_path_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    Ok(s.filter(|s| !s.trim().is_empty()).map(PathBuf::from))
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -247,18 +274,11 @@ const MAX_BODY_LIMIT: u64 = 1 << 30;
 
 impl Settings {
     /// Loads defaults, then `file` (if any), then the `SIDECAR__*` entries of `env`, and validates.
-    pub fn load(
-        file: Option<&Path>,
-        env: &HashMap<String, String>,
-    ) -> Result<Settings, SettingsError> {
-        let mut builder =
-            Config::builder().add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml));
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Settings, SettingsError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(SettingsError::Load(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
+                return Err(SettingsError::Load(format!("config file {} does not exist", path.display())));
             }
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
         }
@@ -276,11 +296,14 @@ impl Settings {
         for key in ENV_LIST_KEYS {
             environment = environment.with_list_parse_key(key);
         }
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .add_source(environment)
             .build()
             .and_then(Config::try_deserialize)
             .map_err(|e| SettingsError::Load(e.to_string()))?;
+        if settings.encoder.ort_library.is_none() {
+            settings.encoder.ort_library = env.get("ORT_DYLIB_PATH").filter(|p| !p.is_empty()).map(PathBuf::from);
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -289,16 +312,10 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         let s = &self.server;
         s.listen.parse::<SocketAddr>().map_err(|_| {
-            SettingsError::invalid(
-                "server.listen",
-                format!("`{}` is not an address like 127.0.0.1:8080", s.listen),
-            )
+            SettingsError::invalid("server.listen", format!("`{}` is not an address like 127.0.0.1:8080", s.listen))
         })?;
         if s.max_body_size.bytes() == 0 || s.max_body_size.bytes() > MAX_BODY_LIMIT {
-            return Err(SettingsError::invalid(
-                "server.max_body_size",
-                "must be between 1B and 1GiB",
-            ));
+            return Err(SettingsError::invalid("server.max_body_size", "must be between 1B and 1GiB"));
         }
         positive("server.request_timeout", s.request_timeout)?;
         for (i, key) in s.api_keys.iter().enumerate() {
@@ -321,20 +338,13 @@ impl Settings {
 
         let e = &self.engine;
         if e.urls.is_empty() {
-            return Err(SettingsError::invalid(
-                "engine.urls",
-                "at least one URL is required",
-            ));
+            return Err(SettingsError::invalid("engine.urls", "at least one URL is required"));
         }
         for (i, u) in e.urls.iter().enumerate() {
             let key = format!("engine.urls[{i}]");
-            let url = Url::parse(u)
-                .map_err(|err| SettingsError::invalid(&key, format!("`{u}`: {err}")))?;
+            let url = Url::parse(u).map_err(|err| SettingsError::invalid(&key, format!("`{u}`: {err}")))?;
             if !matches!(url.scheme(), "http" | "https") {
-                return Err(SettingsError::invalid(
-                    key,
-                    format!("`{u}` must be http:// or https://"),
-                ));
+                return Err(SettingsError::invalid(key, format!("`{u}` must be http:// or https://")));
             }
             if url.host_str().is_none_or(str::is_empty) {
                 return Err(SettingsError::invalid(key, format!("`{u}` has no host")));
@@ -346,10 +356,7 @@ impl Settings {
                 ));
             }
             if url.query().is_some() || url.fragment().is_some() {
-                return Err(SettingsError::invalid(
-                    key,
-                    format!("`{u}` must not have a query or fragment"),
-                ));
+                return Err(SettingsError::invalid(key, format!("`{u}` must not have a query or fragment")));
             }
         }
         let basic = e.username.is_some() || e.password.is_some();
@@ -359,10 +366,7 @@ impl Settings {
                 "username and password go together: set both or neither",
             ));
         }
-        let schemes = [basic, e.api_key.is_some(), e.bearer_token.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let schemes = [basic, e.api_key.is_some(), e.bearer_token.is_some()].iter().filter(|b| **b).count();
         if schemes > 1 {
             return Err(SettingsError::invalid(
                 "engine.api_key",
@@ -371,10 +375,7 @@ impl Settings {
         }
         if let Some(path) = &e.ca_cert {
             let pem = std::fs::read(path).map_err(|err| {
-                SettingsError::invalid(
-                    "engine.ca_cert",
-                    format!("cannot read {}: {err}", path.display()),
-                )
+                SettingsError::invalid("engine.ca_cert", format!("cannot read {}: {err}", path.display()))
             })?;
             if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
                 return Err(SettingsError::invalid(
@@ -388,28 +389,72 @@ impl Settings {
         let r = &e.retry;
         positive("engine.retry.initial_backoff", r.initial_backoff)?;
         if r.max_backoff < r.initial_backoff {
-            return Err(SettingsError::invalid(
-                "engine.retry.max_backoff",
-                "must not be shorter than initial_backoff",
-            ));
+            return Err(SettingsError::invalid("engine.retry.max_backoff", "must not be shorter than initial_backoff"));
         }
         if r.max_retries > 100 {
+            return Err(SettingsError::invalid("engine.retry.max_retries", "at most 100"));
+        }
+
+        let enc = &self.encoder;
+        for (i, dir) in enc.models.iter().enumerate() {
+            if !dir.join("model.toml").is_file() {
+                return Err(SettingsError::invalid(
+                    format!("encoder.models[{i}]"),
+                    format!("{} has no model.toml (run scripts/setup to export the default model)", dir.display()),
+                ));
+            }
+        }
+        if !enc.models.is_empty() {
+            match &enc.ort_library {
+                None => {
+                    return Err(SettingsError::invalid(
+                        "encoder.ort_library",
+                        "models are configured but no ONNX Runtime library is (set it, or ORT_DYLIB_PATH; scripts/setup fetches one)",
+                    ))
+                }
+                Some(p) if !p.is_file() => {
+                    return Err(SettingsError::invalid("encoder.ort_library", format!("{} does not exist", p.display())))
+                }
+                Some(_) => {}
+            }
+        }
+        if enc.execution_providers.is_empty() {
+            return Err(SettingsError::invalid("encoder.execution_providers", "list at least one of cuda, cpu"));
+        }
+        if enc.require_gpu && !enc.execution_providers.contains(&Provider::Cuda) {
             return Err(SettingsError::invalid(
-                "engine.retry.max_retries",
-                "at most 100",
+                "encoder.require_gpu",
+                "requires \"cuda\" in encoder.execution_providers",
+            ));
+        }
+        for (key, v) in [
+            ("encoder.inter_threads", enc.inter_threads),
+            ("encoder.sessions_per_model", enc.sessions_per_model),
+            ("encoder.max_batch_tokens", enc.max_batch_tokens),
+            ("encoder.max_batch_requests", enc.max_batch_requests),
+            ("encoder.queue_capacity", enc.queue_capacity),
+            ("encoder.max_inputs_per_request", enc.max_inputs_per_request),
+            ("encoder.max_input_chars", enc.max_input_chars),
+        ] {
+            if v == 0 {
+                return Err(SettingsError::invalid(key, "must be at least 1"));
+            }
+        }
+        if enc.max_inputs_per_request > enc.queue_capacity {
+            return Err(SettingsError::invalid(
+                "encoder.max_inputs_per_request",
+                format!("must not exceed encoder.queue_capacity ({})", enc.queue_capacity),
             ));
         }
 
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|err| {
-            SettingsError::invalid("log.level", format!("`{}`: {err}", self.log.level))
-        })?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|err| SettingsError::invalid("log.level", format!("`{}`: {err}", self.log.level)))?;
         Ok(())
     }
 
     /// The effective configuration as TOML, secrets redacted (for `config check`).
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(self)
-            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }
 

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::encoder::{EncoderError, QUEUE_FULL_RETRY_AFTER};
 use crate::engine::EngineError;
 use crate::error::ErrorCode;
 
@@ -29,6 +30,10 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::EngineRejected => StatusCode::BAD_REQUEST,
         ErrorCode::EngineFailed => StatusCode::BAD_GATEWAY,
         ErrorCode::EngineUnsupported => StatusCode::BAD_GATEWAY,
+        ErrorCode::ModelNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::LimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -45,12 +50,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            reason: reason.into(),
-            status: None,
-            retry_after: None,
-        }
+        ApiError { code, reason: reason.into(), status: None, retry_after: None }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -65,14 +65,15 @@ impl From<EngineError> for ApiError {
             (EngineError::Rejected { .. }, Some(s)) => StatusCode::from_u16(s).ok(),
             _ => None,
         };
-        let retry_after =
-            matches!(e, EngineError::Overloaded { .. }).then(|| Duration::from_secs(1));
-        ApiError {
-            code,
-            reason: e.to_string(),
-            status,
-            retry_after,
-        }
+        let retry_after = matches!(e, EngineError::Overloaded { .. }).then(|| Duration::from_secs(1));
+        ApiError { code, reason: e.to_string(), status, retry_after }
+    }
+}
+
+impl From<EncoderError> for ApiError {
+    fn from(e: EncoderError) -> Self {
+        let retry_after = matches!(e, EncoderError::QueueFull { .. }).then_some(QUEUE_FULL_RETRY_AFTER);
+        ApiError { code: e.code(), reason: e.to_string(), status: None, retry_after }
     }
 }
 
@@ -84,8 +85,7 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(code = ?self.code, status = status.as_u16(), reason = %self.reason, "request rejected");
         }
-        let body =
-            json!({"error": {"type": self.code, "reason": self.reason}, "status": status.as_u16()});
+        let body = json!({"error": {"type": self.code, "reason": self.reason}, "status": status.as_u16()});
         let mut resp = (status, Json(body)).into_response();
         if let Some(ra) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&ra.as_secs().max(1).to_string()) {
@@ -93,10 +93,8 @@ impl IntoResponse for ApiError {
             }
         }
         if self.code == ErrorCode::Unauthenticated {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"semantic-sidecar\""),
-            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"semantic-sidecar\""));
         }
         resp
     }
@@ -127,10 +125,7 @@ mod tests {
 
     #[test]
     fn unreachable_engine_is_a_bad_gateway() {
-        let e = EngineError::Unreachable {
-            url: "http://x/".into(),
-            reason: "refused".into(),
-        };
+        let e = EngineError::Unreachable { url: "http://x/".into(), reason: "refused".into() };
         assert_eq!(ApiError::from(e).status(), StatusCode::BAD_GATEWAY);
     }
 }

@@ -4,8 +4,9 @@
 //! here; error codes become statuses in [`error`] alone.
 //!
 //! Routes today: `GET /healthz` (the process is up), `GET /readyz` (the engine answers `GET /`
-//! with a supported flavour and version), `GET /metrics` (Prometheus text). Later capabilities
-//! add the embedding, ingest and search APIs.
+//! with a supported flavour and version; the loaded models and their execution providers),
+//! `GET /metrics` (Prometheus text), and the embedding APIs of [`embed`]. Later capabilities add
+//! the ingest and search APIs.
 //!
 //! Middleware, outermost first: request id → tracing → metrics → JSON rejections → timeout →
 //! authentication → body-size limit → route. Authentication runs before the body is read.
@@ -13,6 +14,7 @@
 //! Shutdown: [`serve`] stops accepting on the shutdown signal and lets in-flight requests finish
 //! for up to `server.shutdown_grace`.
 
+pub mod embed;
 pub mod error;
 pub mod middleware;
 
@@ -23,13 +25,14 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::encoder::EncoderSet;
 use crate::engine::EngineClient;
 use crate::settings::Settings;
 use crate::telemetry::{EngineLabels, Metrics};
@@ -42,29 +45,33 @@ pub struct AppState {
     pub engine: EngineClient,
     pub metrics: Metrics,
     pub api_keys: ApiKeys,
+    pub encoders: Arc<EncoderSet>,
 }
 
 impl AppState {
+    /// A state without models (engine-only routes work; the embedding APIs answer 404).
     pub fn new(settings: Settings, engine: EngineClient) -> Self {
+        Self::with_encoders(settings, engine, Metrics::new(), EncoderSet::default())
+    }
+
+    /// A state with loaded models; `metrics` must be the one the encoders were loaded with.
+    pub fn with_encoders(settings: Settings, engine: EngineClient, metrics: Metrics, encoders: EncoderSet) -> Self {
         let api_keys = ApiKeys::new(settings.server.api_keys.iter().map(|k| k.expose()));
-        AppState {
-            settings: Arc::new(settings),
-            engine,
-            metrics: Metrics::new(),
-            api_keys,
-        }
+        AppState { settings: Arc::new(settings), engine, metrics, api_keys, encoders: Arc::new(encoders) }
     }
 }
 
 /// The router with every route and middleware.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    let max_body =
-        usize::try_from(state.settings.server.max_body_size.bytes()).unwrap_or(usize::MAX);
+    let max_body = usize::try_from(state.settings.server.max_body_size.bytes()).unwrap_or(usize::MAX);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/embed", post(embed::embed))
+        .route("/v1/embeddings", post(embed::openai_embeddings))
+        .route("/encode", post(embed::bert_service_encode))
         .fallback(middleware::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_body))
@@ -92,10 +99,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
-        tracing::info!(
-            grace_ms = grace.as_millis() as u64,
-            "shutdown requested, draining in-flight requests"
-        );
+        tracing::info!(grace_ms = grace.as_millis() as u64, "shutdown requested, draining in-flight requests");
         let _ = stop_tx.send(true);
     });
     let mut stop_rx_grace = stop_rx.clone();
@@ -125,10 +129,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
             state
                 .metrics
                 .engine_info
-                .get_or_create(&EngineLabels {
-                    flavor: info.flavor.to_string(),
-                    version: info.version.to_string(),
-                })
+                .get_or_create(&EngineLabels { flavor: info.flavor.to_string(), version: info.version.to_string() })
                 .set(1);
             let body = json!({
                 "status": "ready",
@@ -138,6 +139,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
                     "dialect": info.dialect,
                     "cluster_name": info.cluster_name,
                 },
+                "models": state.encoders.infos(),
             });
             (StatusCode::OK, Json(body)).into_response()
         }
@@ -147,6 +149,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
             let body = json!({
                 "status": "not_ready",
                 "engine": {"error": {"type": e.code(), "reason": e.to_string()}},
+                "models": state.encoders.infos(),
             });
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
@@ -156,10 +159,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.render(),
     )
         .into_response()

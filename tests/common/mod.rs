@@ -38,10 +38,7 @@ pub fn engine_url() -> String {
 
 /// Settings from the embedded defaults plus `pairs` as if they were the process environment.
 pub fn settings(pairs: &[(&str, &str)]) -> Settings {
-    let env: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     Settings::load(None, &env).expect("test settings are valid")
 }
 
@@ -119,19 +116,12 @@ impl FaultProxy {
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(ctx.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
-        FaultProxy {
-            url: format!("http://{addr}"),
-            requests,
-            script,
-            default_fault,
-            task,
-        }
+        FaultProxy { url: format!("http://{addr}"), requests, script, default_fault, task }
     }
 
     /// The next `n` requests get `fault`.
@@ -192,17 +182,9 @@ fn error_response(status: u16, kind: &str, reason: &str) -> Response<Full<Bytes>
         .unwrap()
 }
 
-async fn handle(
-    ctx: Arc<ProxyCtx>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Dropped> {
+async fn handle(ctx: Arc<ProxyCtx>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
     ctx.requests.fetch_add(1, Ordering::SeqCst);
-    let fault = ctx
-        .script
-        .lock()
-        .unwrap()
-        .pop_front()
-        .or_else(|| ctx.default_fault.lock().unwrap().clone());
+    let fault = ctx.script.lock().unwrap().pop_front().or_else(|| ctx.default_fault.lock().unwrap().clone());
     match fault {
         Some(Fault::Drop) => return Err(Dropped),
         Some(Fault::Status(429)) => {
@@ -212,20 +194,11 @@ async fn handle(
                 "rejected execution of coordinating operation",
             ))
         }
-        Some(Fault::Status(s)) => {
-            return Ok(error_response(
-                s,
-                "injected_fault",
-                "fault injected by the test proxy",
-            ))
-        }
+        Some(Fault::Status(s)) => return Ok(error_response(s, "injected_fault", "fault injected by the test proxy")),
         None => {}
     }
     if let Some(expected) = &ctx.expected_auth {
-        let got = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
+        let got = req.headers().get("authorization").and_then(|v| v.to_str().ok());
         if got != Some(expected.as_str()) {
             return Ok(error_response(
                 401,
@@ -235,31 +208,15 @@ async fn handle(
         }
     }
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let content_type = req.headers().get("content-type").cloned();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let mut fwd = ctx
-        .client
-        .request(method, format!("{}{}", ctx.target, path))
-        .body(body);
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let mut fwd = ctx.client.request(method, format!("{}{}", ctx.target, path)).body(body);
     if let Some(ct) = content_type {
         fwd = fwd.header("content-type", ct.as_bytes());
     }
     let Ok(resp) = fwd.send().await else {
-        return Ok(error_response(
-            502,
-            "proxy_error",
-            "the proxy could not reach the engine",
-        ));
+        return Ok(error_response(502, "proxy_error", "the proxy could not reach the engine"));
     };
     let status = resp.status().as_u16();
     let ct = resp.headers().get("content-type").cloned();
@@ -277,24 +234,12 @@ mod base64_lite {
         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut out = String::new();
         for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             out.push(T[(n >> 18) as usize & 63] as char);
             out.push(T[(n >> 12) as usize & 63] as char);
-            out.push(if chunk.len() > 1 {
-                T[(n >> 6) as usize & 63] as char
-            } else {
-                '='
-            });
-            out.push(if chunk.len() > 2 {
-                T[n as usize & 63] as char
-            } else {
-                '='
-            });
+            out.push(if chunk.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
+            out.push(if chunk.len() > 2 { T[n as usize & 63] as char } else { '=' });
         }
         out
     }
@@ -304,4 +249,68 @@ mod base64_lite {
         assert_eq!(encode(b"elastic:changeme"), "ZWxhc3RpYzpjaGFuZ2VtZQ==");
         assert_eq!(encode(b"ab"), "YWI=");
     }
+}
+
+/// The ONNX Runtime library scripts/setup fetched (ORT_DYLIB_PATH wins). Fails loudly when missing.
+pub fn ort_library() -> String {
+    if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
+        if std::path::Path::new(&p).is_file() {
+            return p;
+        }
+    }
+    let home = std::env::var("SIDECAR_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/semantic-sidecar", std::env::var("HOME").unwrap_or_default()));
+    let p = format!("{home}/ort/1.32.0/libonnxruntime.so.1.32.0");
+    assert!(std::path::Path::new(&p).is_file(), "no ONNX Runtime library at {p}: run scripts/setup");
+    p
+}
+
+/// The exported default model's folder.
+pub fn default_model_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2")
+}
+
+/// Settings with the default model loaded on CPU.
+pub fn encoder_settings(extra: &[(&str, &str)]) -> Settings {
+    let model = default_model_dir().to_string_lossy().to_string();
+    let ort = ort_library();
+    let mut pairs = vec![("SIDECAR__ENCODER__MODELS", model.as_str()), ("SIDECAR__ENCODER__ORT_LIBRARY", ort.as_str())];
+    pairs.extend_from_slice(extra);
+    settings(&pairs)
+}
+
+/// The golden file the export wrote: (text, input ids, pooled vectors by strategy, reference embedding).
+pub struct Golden {
+    pub text: String,
+    pub input_ids: Vec<i64>,
+    pub pooled: HashMap<String, Vec<f32>>,
+    pub embedding: Vec<f32>,
+}
+
+pub fn golden() -> Vec<Golden> {
+    let path = default_model_dir().join("golden.json");
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup", path.display())),
+    )
+    .unwrap();
+    let floats = |a: &serde_json::Value| a.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    v["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| Golden {
+            text: s["text"].as_str().unwrap().to_string(),
+            input_ids: s["input_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect(),
+            pooled: s["pooled"].as_object().unwrap().iter().map(|(k, a)| (k.clone(), floats(a))).collect(),
+            embedding: floats(&s["embedding"]),
+        })
+        .collect()
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
 }

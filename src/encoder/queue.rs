@@ -1,0 +1,344 @@
+//! The batching queue between async callers and the session threads.
+//!
+//! Two lanes: `Interactive` (query encodes, small API calls) is always drained before `Bulk`
+//! (ingest, reindex, large API calls); a batch never mixes lanes, so a query never waits behind
+//! a padded batch of long passages. A job's inputs are ordered longest first and packed into
+//! batches under a token budget (`batch size × longest input ≤ max_batch_tokens`) and a count
+//! limit (`max_batch_requests`); consecutive jobs of a lane share batches.
+//!
+//! Bounded: capacity is counted in inputs with a semaphore. HTTP callers `try_acquire` and get
+//! [`EncoderError::QueueFull`] (429) when it is spent; internal bulk callers wait for room.
+//!
+//! Cancellation: a job whose caller dropped its future (the reply receiver is closed) is removed
+//! before any of its remaining inputs reach the model.
+//!
+//! Threads: `submit` is called from async tasks and never blocks; `next_batch` blocks a session
+//! thread on a condition variable. The lock is held only to move indices, never during inference.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+use super::pooling::Pooled;
+use super::tokenize::Encoded;
+use super::EncoderError;
+
+/// Which lane a job waits in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    Interactive,
+    Bulk,
+}
+
+/// Batch limits.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    pub max_batch_tokens: usize,
+    pub max_batch_requests: usize,
+}
+
+/// One caller's inputs and where their results go.
+pub struct Job {
+    pub seqs: Vec<Encoded>,
+    state: Mutex<JobState>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+struct JobState {
+    results: Vec<Option<Pooled>>,
+    remaining: usize,
+    reply: Option<oneshot::Sender<Result<Vec<Pooled>, EncoderError>>>,
+}
+
+impl Job {
+    pub fn new(
+        seqs: Vec<Encoded>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> (Arc<Job>, oneshot::Receiver<Result<Vec<Pooled>, EncoderError>>) {
+        let (tx, rx) = oneshot::channel();
+        let n = seqs.len();
+        let job = Job {
+            seqs,
+            state: Mutex::new(JobState { results: vec![None; n], remaining: n, reply: Some(tx) }),
+            _permit: permit,
+        };
+        (Arc::new(job), rx)
+    }
+
+    /// True when nobody waits for the result any more.
+    pub fn is_abandoned(&self) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).reply.as_ref().is_none_or(|r| r.is_closed())
+    }
+
+    /// Stores the result of input `index`; sends the reply when it was the last one.
+    pub fn complete(&self, index: usize, value: Pooled) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.results[index].is_none() {
+            st.results[index] = Some(value);
+            st.remaining -= 1;
+        }
+        if st.remaining == 0 {
+            if let Some(reply) = st.reply.take() {
+                let results =
+                    std::mem::take(&mut st.results).into_iter().map(|r| r.expect("all inputs done")).collect();
+                let _ = reply.send(Ok(results));
+            }
+        }
+    }
+
+    /// Fails the whole job (the first error wins).
+    pub fn fail(&self, error: EncoderError) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reply) = st.reply.take() {
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
+/// A job in a lane, with the inputs not yet handed to a session.
+struct Pending {
+    job: Arc<Job>,
+    /// Input indices, longest first.
+    order: Vec<usize>,
+    cursor: usize,
+}
+
+/// One batch: (job, input index) pairs, in the order they go to the model.
+pub struct Batch {
+    pub lane: Lane,
+    pub items: Vec<(Arc<Job>, usize)>,
+}
+
+impl Batch {
+    pub fn max_len(&self) -> usize {
+        self.items.iter().map(|(j, i)| j.seqs[*i].len()).max().unwrap_or(0)
+    }
+}
+
+#[derive(Default)]
+struct Lanes {
+    interactive: VecDeque<Pending>,
+    bulk: VecDeque<Pending>,
+    closed: bool,
+}
+
+impl Lanes {
+    fn lane(&mut self, lane: Lane) -> &mut VecDeque<Pending> {
+        match lane {
+            Lane::Interactive => &mut self.interactive,
+            Lane::Bulk => &mut self.bulk,
+        }
+    }
+
+    /// Drops abandoned jobs at the front of each lane.
+    fn prune(&mut self) {
+        for lane in [Lane::Interactive, Lane::Bulk] {
+            let q = self.lane(lane);
+            q.retain(|p| !p.job.is_abandoned());
+        }
+    }
+
+    /// Cuts the next batch from the first non-empty lane (interactive first). Pure bookkeeping.
+    fn take_batch(&mut self, limits: BatchLimits) -> Option<Batch> {
+        self.prune();
+        let lane = if !self.interactive.is_empty() {
+            Lane::Interactive
+        } else if !self.bulk.is_empty() {
+            Lane::Bulk
+        } else {
+            return None;
+        };
+        let q = self.lane(lane);
+        let mut items = Vec::new();
+        let mut max_len = 0usize;
+        'fill: while let Some(front) = q.front_mut() {
+            while front.cursor < front.order.len() {
+                let idx = front.order[front.cursor];
+                let len = front.job.seqs[idx].len().max(1);
+                let new_max = max_len.max(len);
+                let fits =
+                    items.len() < limits.max_batch_requests && new_max * (items.len() + 1) <= limits.max_batch_tokens;
+                if !items.is_empty() && !fits {
+                    break 'fill;
+                }
+                items.push((front.job.clone(), idx));
+                max_len = new_max;
+                front.cursor += 1;
+            }
+            q.pop_front();
+        }
+        Some(Batch { lane, items })
+    }
+}
+
+/// The queue shared by the callers and the session threads of one model.
+pub struct BatchQueue {
+    lanes: Mutex<Lanes>,
+    ready: Condvar,
+    limits: BatchLimits,
+}
+
+impl BatchQueue {
+    pub fn new(limits: BatchLimits) -> Self {
+        BatchQueue { lanes: Mutex::new(Lanes::default()), ready: Condvar::new(), limits }
+    }
+
+    /// Queues a job; never blocks.
+    pub fn submit(&self, job: Arc<Job>, lane: Lane) -> Result<(), EncoderError> {
+        let mut order: Vec<usize> = (0..job.seqs.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(job.seqs[i].len()));
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        if lanes.closed {
+            return Err(EncoderError::ShuttingDown);
+        }
+        lanes.lane(lane).push_back(Pending { job, order, cursor: 0 });
+        drop(lanes);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Blocks until a batch is ready; `None` once the queue is closed and drained.
+    pub fn next_batch(&self) -> Option<Batch> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(batch) = lanes.take_batch(self.limits) {
+                if !batch.items.is_empty() {
+                    return Some(batch);
+                }
+                continue;
+            }
+            if lanes.closed {
+                return None;
+            }
+            lanes = self.ready.wait(lanes).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Inputs waiting in each lane (not yet in a batch), for metrics.
+    pub fn depth(&self) -> (usize, usize) {
+        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let count = |q: &VecDeque<Pending>| q.iter().map(|p| p.order.len() - p.cursor).sum();
+        (count(&lanes.interactive), count(&lanes.bulk))
+    }
+
+    /// Stops the session threads once the queued work is done; new submissions fail.
+    pub fn close(&self) {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        self.ready.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(len: usize) -> Encoded {
+        Encoded { ids: vec![1; len], type_ids: vec![0; len], truncated: 0 }
+    }
+
+    fn job(lens: &[usize]) -> (Arc<Job>, oneshot::Receiver<Result<Vec<Pooled>, EncoderError>>) {
+        Job::new(lens.iter().map(|&n| seq(n)).collect(), None)
+    }
+
+    fn limits(tokens: usize, requests: usize) -> BatchLimits {
+        BatchLimits { max_batch_tokens: tokens, max_batch_requests: requests }
+    }
+
+    fn lens(b: &Batch) -> Vec<usize> {
+        b.items.iter().map(|(j, i)| j.seqs[*i].len()).collect()
+    }
+
+    #[test]
+    fn batches_respect_the_token_budget_and_go_longest_first() {
+        let q = BatchQueue::new(limits(100, 64));
+        let (j, _rx) = job(&[10, 40, 20, 30, 5, 50]);
+        q.submit(j, Lane::Bulk).unwrap();
+        let mut seen = Vec::new();
+        while q.depth() != (0, 0) {
+            let b = q.next_batch().unwrap();
+            assert!(b.max_len() * b.items.len() <= 100, "{:?}", lens(&b));
+            seen.push(lens(&b));
+        }
+        assert_eq!(seen, vec![vec![50, 40], vec![30, 20, 10], vec![5]]);
+    }
+
+    #[test]
+    fn a_single_input_over_the_budget_still_runs_alone() {
+        let q = BatchQueue::new(limits(16, 64));
+        let (j, _rx) = job(&[64, 3]);
+        q.submit(j, Lane::Bulk).unwrap();
+        assert_eq!(lens(&q.next_batch().unwrap()), vec![64]);
+        assert_eq!(lens(&q.next_batch().unwrap()), vec![3]);
+    }
+
+    #[test]
+    fn the_request_count_limits_a_batch() {
+        let q = BatchQueue::new(limits(10_000, 3));
+        let (j, _rx) = job(&[2; 7]);
+        q.submit(j, Lane::Bulk).unwrap();
+        assert_eq!(q.next_batch().unwrap().items.len(), 3);
+        assert_eq!(q.next_batch().unwrap().items.len(), 3);
+        assert_eq!(q.next_batch().unwrap().items.len(), 1);
+    }
+
+    #[test]
+    fn the_interactive_lane_overtakes_bulk_and_lanes_never_mix() {
+        let q = BatchQueue::new(limits(1000, 4));
+        let (bulk, _b) = job(&[100; 8]);
+        q.submit(bulk, Lane::Bulk).unwrap();
+        let first = q.next_batch().unwrap();
+        assert_eq!(first.lane, Lane::Bulk);
+        let (query, _q) = job(&[7, 9]);
+        q.submit(query, Lane::Interactive).unwrap();
+        let next = q.next_batch().unwrap();
+        assert_eq!(next.lane, Lane::Interactive, "the query goes before the rest of the bulk job");
+        assert_eq!(lens(&next), vec![9, 7]);
+        assert_eq!(q.next_batch().unwrap().lane, Lane::Bulk);
+    }
+
+    #[test]
+    fn jobs_of_one_lane_share_batches() {
+        let q = BatchQueue::new(limits(1000, 8));
+        let (a, _ra) = job(&[5, 5]);
+        let (b, _rb) = job(&[6]);
+        q.submit(a, Lane::Interactive).unwrap();
+        q.submit(b, Lane::Interactive).unwrap();
+        assert_eq!(lens(&q.next_batch().unwrap()), vec![5, 5, 6]);
+    }
+
+    #[test]
+    fn abandoned_jobs_are_skipped_before_inference() {
+        let q = BatchQueue::new(limits(1000, 8));
+        let (gone, rx) = job(&[5, 5, 5]);
+        drop(rx);
+        let (kept, _rk) = job(&[4]);
+        q.submit(gone, Lane::Interactive).unwrap();
+        q.submit(kept, Lane::Interactive).unwrap();
+        assert_eq!(lens(&q.next_batch().unwrap()), vec![4]);
+        assert_eq!(q.depth(), (0, 0));
+    }
+
+    #[test]
+    fn a_job_replies_once_every_input_is_done_in_input_order() {
+        let (j, mut rx) = job(&[3, 1, 2]);
+        j.complete(2, Pooled::Vector(vec![2.0]));
+        j.complete(0, Pooled::Vector(vec![0.0]));
+        assert!(rx.try_recv().is_err(), "not yet");
+        j.complete(1, Pooled::Vector(vec![1.0]));
+        let out = rx.try_recv().unwrap().unwrap();
+        assert_eq!(out, vec![Pooled::Vector(vec![0.0]), Pooled::Vector(vec![1.0]), Pooled::Vector(vec![2.0])]);
+    }
+
+    #[test]
+    fn closing_wakes_waiting_threads_and_refuses_new_jobs() {
+        let q = Arc::new(BatchQueue::new(limits(100, 4)));
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || q2.next_batch().is_none());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        q.close();
+        assert!(t.join().unwrap());
+        let (j, _rx) = job(&[1]);
+        assert!(matches!(q.submit(j, Lane::Bulk), Err(EncoderError::ShuttingDown)));
+    }
+}
