@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use semantic_sidecar::encoder::EncoderSet;
+use semantic_sidecar::cli;
+use semantic_sidecar::encoder::{EncoderSet, TextKind};
 use semantic_sidecar::engine::EngineClient;
 use semantic_sidecar::http::{self, AppState};
 use semantic_sidecar::settings::{LogFormat, Settings};
@@ -44,6 +45,52 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Embed a file of texts (.txt lines or .jsonl) into a file of vectors (.jsonl or .npy).
+    Embed {
+        /// A model folder (with model.toml) or the name of a model in encoder.models.
+        #[arg(long)]
+        model: String,
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// The JSON field holding the text in .jsonl input.
+        #[arg(long, default_value = "text")]
+        field: String,
+        /// Which manifest prefix to apply.
+        #[arg(long, value_enum, default_value = "passage")]
+        kind: KindArg,
+    },
+    /// BERT-whitening.
+    Whiten {
+        #[command(subcommand)]
+        command: WhitenCommand,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Query,
+    Passage,
+    Raw,
+}
+
+#[derive(Subcommand)]
+enum WhitenCommand {
+    /// Fit the mean and whitening matrix on a sample; writes whitening.json beside the manifest
+    /// and adds [whitening] to it.
+    Fit {
+        /// A model folder (with model.toml) or the name of a model in encoder.models.
+        #[arg(long)]
+        model: String,
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        #[arg(long, default_value = "text")]
+        field: String,
+        /// Keep only the strongest K components.
+        #[arg(long, value_name = "K")]
+        dims: Option<usize>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -73,6 +120,19 @@ fn main() -> ExitCode {
             print!("{}", settings.to_redacted_toml());
             ExitCode::SUCCESS
         }
+        Command::Embed { model, input, output, field, kind } => {
+            telemetry::init_tracing(settings.log.format, "warn");
+            let kind = match kind {
+                KindArg::Query => TextKind::Query,
+                KindArg::Passage => TextKind::Passage,
+                KindArg::Raw => TextKind::Raw,
+            };
+            edge(cli::embed(&settings, &model, &input, &output, &field, kind))
+        }
+        Command::Whiten { command: WhitenCommand::Fit { model, input, field, dims } } => {
+            telemetry::init_tracing(settings.log.format, "warn");
+            edge(cli::whiten_fit(&settings, &model, &input, &field, dims))
+        }
         Command::Serve { url_file } => {
             telemetry::init_tracing(settings.log.format, &settings.log.level);
             match run_server(settings, url_file.as_deref()) {
@@ -82,6 +142,16 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn edge(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

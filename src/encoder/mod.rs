@@ -194,7 +194,16 @@ impl Encoder {
         settings: &EncoderSettings,
         metrics: &EncoderMetrics,
     ) -> Result<Encoder, EncoderError> {
-        let model = ModelDir::load(dir)?;
+        Self::load_model(ModelDir::load(dir)?, settings, metrics)
+    }
+
+    /// Like [`Encoder::load`], from a manifest already read (the CLI edits it, e.g. to fit
+    /// whitening on un-whitened vectors).
+    pub fn load_model(
+        model: ModelDir,
+        settings: &EncoderSettings,
+        metrics: &EncoderMetrics,
+    ) -> Result<Encoder, EncoderError> {
         let ort_path = settings
             .ort_library
             .as_ref()
