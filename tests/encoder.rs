@@ -225,3 +225,29 @@ async fn request_limits_are_checked_before_queueing() {
     ));
     assert!(matches!(enc.encode(vec![], EncodeOptions::default()).await, Err(EncoderError::NoInputs)));
 }
+
+#[tokio::test]
+async fn the_int8_variant_runs_like_python_and_stays_close_to_fp32() {
+    let dir = default_model_dir().with_file_name("all-MiniLM-L6-v2-int8");
+    let s = encoder_settings(&[]);
+    let enc = Encoder::load(&dir, &s.encoder, &Metrics::new().encoder).unwrap();
+    assert_eq!(enc.manifest().name, "all-MiniLM-L6-v2-int8");
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let sentences = g["sentences"].as_array().unwrap();
+    let inputs = sentences.iter().map(|s| Input::Text(s["text"].as_str().unwrap().to_string())).collect();
+    let out = enc.encode(inputs, EncodeOptions { lane: Lane::Bulk, ..Default::default() }).await.unwrap();
+    let floats =
+        |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<_>>();
+    let (mut vs_python, mut vs_fp32, mut sum_fp32) = (1.0f64, 1.0f64, 0.0f64);
+    for (v, s) in vectors(out.outputs).iter().zip(sentences) {
+        vs_python = vs_python.min(cosine(v, &floats(&s["onnxruntime"])));
+        let c = cosine(v, &floats(&s["fp32"]));
+        vs_fp32 = vs_fp32.min(c);
+        sum_fp32 += c;
+    }
+    let mean_fp32 = sum_fp32 / sentences.len() as f64;
+    println!("int8: min cosine vs Python int8 {vs_python:.6}, vs fp32 min {vs_fp32:.4} mean {mean_fp32:.4}");
+    assert!(vs_python >= 0.9999, "Rust and Python run the same int8 graph: {vs_python}");
+    assert!(mean_fp32 > 0.95, "int8 drifted too far from fp32: mean {mean_fp32}");
+}
