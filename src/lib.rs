@@ -9,6 +9,7 @@
 //! - [`telemetry`]: logs and Prometheus metrics;
 //! - [`error`]: the error codes shared by the domain modules.
 
+pub mod bench;
 pub mod cli;
 pub mod encoder;
 pub mod engine;

@@ -61,6 +61,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "passage")]
         kind: KindArg,
     },
+    /// Benchmarks (not tests); see scripts/bench-encode.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// BERT-whitening.
     Whiten {
         #[command(subcommand)]
@@ -73,6 +78,28 @@ enum KindArg {
     Query,
     Passage,
     Raw,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Encoder throughput: naive vs grouped batches per model, and concurrent HTTP clients.
+    Encode {
+        /// Model folders or names; the first also serves the HTTP measurement.
+        #[arg(long = "model", required = true)]
+        models: Vec<String>,
+        /// Documents (.jsonl with title/text, e.g. BEIR corpus.jsonl).
+        #[arg(long)]
+        docs: PathBuf,
+        /// Short texts (.jsonl with text, e.g. BEIR queries.jsonl).
+        #[arg(long)]
+        queries: PathBuf,
+        #[arg(long, default_value_t = 500)]
+        max_docs: usize,
+        #[arg(long, default_value_t = 1000)]
+        max_queries: usize,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -128,6 +155,11 @@ fn main() -> ExitCode {
                 KindArg::Raw => TextKind::Raw,
             };
             edge(cli::embed(&settings, &model, &input, &output, &field, kind))
+        }
+        Command::Bench { command: BenchCommand::Encode { models, docs, queries, max_docs, max_queries, clients } } => {
+            telemetry::init_tracing(settings.log.format, "warn");
+            let o = semantic_sidecar::bench::BenchOptions { models, docs, queries, max_docs, max_queries, clients };
+            edge(semantic_sidecar::bench::bench_encode(&settings, &o))
         }
         Command::Whiten { command: WhitenCommand::Fit { model, input, field, dims } } => {
             telemetry::init_tracing(settings.log.format, "warn");

@@ -229,6 +229,7 @@ pub struct EncoderSettings {
     pub intra_threads: usize,
     pub inter_threads: usize,
     pub sessions_per_model: usize,
+    pub thread_spinning: bool,
     pub max_batch_tokens: usize,
     pub max_batch_requests: usize,
     pub queue_capacity: usize,

@@ -239,6 +239,7 @@ impl Encoder {
             require_gpu: settings.require_gpu,
             intra_threads: settings.effective_intra_threads(),
             inter_threads: settings.inter_threads,
+            spinning: settings.thread_spinning,
         };
         let mut provider = Provider::Cpu;
         for i in 0..settings.sessions_per_model {

@@ -203,10 +203,14 @@ impl BatchQueue {
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(batch) = lanes.take_batch(self.limits) {
-                if !batch.items.is_empty() {
-                    return Some(batch);
+                if batch.items.is_empty() {
+                    continue;
                 }
-                continue;
+                // More work left: wake another session thread (submit woke only one).
+                if !lanes.interactive.is_empty() || !lanes.bulk.is_empty() {
+                    self.ready.notify_one();
+                }
+                return Some(batch);
             }
             if lanes.closed {
                 return None;
@@ -328,6 +332,28 @@ mod tests {
         j.complete(1, Pooled::Vector(vec![1.0]));
         let out = rx.try_recv().unwrap().unwrap();
         assert_eq!(out, vec![Pooled::Vector(vec![0.0]), Pooled::Vector(vec![1.0]), Pooled::Vector(vec![2.0])]);
+    }
+
+    #[test]
+    fn a_second_session_thread_is_woken_while_work_remains() {
+        let q = Arc::new(BatchQueue::new(limits(10, 64)));
+        let started = Arc::new(std::sync::Barrier::new(3));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (q, started) = (q.clone(), started.clone());
+                std::thread::spawn(move || {
+                    started.wait();
+                    let b = q.next_batch().unwrap();
+                    b.items.len()
+                })
+            })
+            .collect();
+        started.wait();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (j, _rx) = job(&[10, 10]);
+        q.submit(j, Lane::Bulk).unwrap(); // one notify; two batches of one input each
+        let got: Vec<usize> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(got, vec![1, 1], "both threads got a batch");
     }
 
     #[test]

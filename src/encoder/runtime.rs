@@ -74,6 +74,9 @@ pub struct SessionOptions {
     pub require_gpu: bool,
     pub intra_threads: usize,
     pub inter_threads: usize,
+    /// Let idle ONNX Runtime threads spin (lower latency on an otherwise idle machine, but they
+    /// take CPU from the HTTP server and tokenization).
+    pub spinning: bool,
 }
 
 /// Builds a session on the first provider that works.
@@ -93,6 +96,10 @@ pub fn build_session(
                 .with_intra_threads(opts.intra_threads)
                 .map_err(|e| e.to_string())?
                 .with_inter_threads(opts.inter_threads)
+                .map_err(|e| e.to_string())?
+                .with_intra_op_spinning(opts.spinning)
+                .map_err(|e| e.to_string())?
+                .with_inter_op_spinning(opts.spinning)
                 .map_err(|e| e.to_string())?;
             if provider == Provider::Cuda {
                 b = b
