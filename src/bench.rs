@@ -105,8 +105,8 @@ fn rate(name: &str, model: &str, texts: usize, secs: f64, tokens: usize) -> Valu
     })
 }
 
-/// (batches, inputs) summed over every model from the encoder metrics.
-fn batch_stats(metrics: &Metrics) -> (f64, f64) {
+/// (batches, inputs, real tokens, padded token slots) summed over every model from the encoder metrics.
+fn batch_stats(metrics: &Metrics) -> (f64, f64, f64, f64) {
     let text = metrics.render();
     let sum = |prefix: &str| {
         text.lines()
@@ -114,7 +114,12 @@ fn batch_stats(metrics: &Metrics) -> (f64, f64) {
             .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
             .sum::<f64>()
     };
-    (sum("sidecar_encoder_batch_size_count"), sum("sidecar_encoder_batch_size_sum"))
+    (
+        sum("sidecar_encoder_batch_size_count"),
+        sum("sidecar_encoder_batch_size_sum"),
+        sum("sidecar_encoder_tokens_total"),
+        sum("sidecar_encoder_padded_tokens_total"),
+    )
 }
 
 /// Runs every measurement and prints one JSON line each.
@@ -196,9 +201,11 @@ pub fn bench_encode(settings: &Settings, o: &BenchOptions) -> anyhow::Result<()>
         let secs = started.elapsed().as_secs_f64();
         let after = batch_stats(&metrics_text);
         let (batches, inputs) = (after.0 - before.0, after.1 - before.1);
+        let padding_efficiency = (after.2 - before.2) / (after.3 - before.3).max(1.0);
         emit(json!({"measure": "queries_http_concurrent", "model": name, "clients": o.clients, "texts": total,
                     "seconds": secs, "texts_per_s": total as f64 / secs, "peak_rss_mb": peak_rss_mb(),
-                    "batches": batches, "mean_batch_size": inputs / batches.max(1.0)}));
+                    "batches": batches, "mean_batch_size": inputs / batches.max(1.0),
+                    "padding_efficiency": padding_efficiency}));
         let _ = stop_tx.send(());
         let _ = server.await;
         anyhow::Ok(())

