@@ -38,19 +38,23 @@ fn embed_writes_jsonl_and_npy_that_match_the_golden_vectors() {
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let model = default_model_dir();
 
+    let embed_to = |out: &Path| {
+        let o = sidecar(&[
+            "embed",
+            "--model",
+            path(&model),
+            "--input",
+            path(&input),
+            "--output",
+            path(out),
+            "--kind",
+            "raw",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+
     let out_jsonl = tmp.path().join("out.jsonl");
-    let o = sidecar(&[
-        "embed",
-        "--model",
-        path(&model),
-        "--input",
-        path(&input),
-        "--output",
-        path(&out_jsonl),
-        "--kind",
-        "raw",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    embed_to(&out_jsonl);
     let rows: Vec<Value> =
         std::fs::read_to_string(&out_jsonl).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), gold.len());
@@ -62,18 +66,7 @@ fn embed_writes_jsonl_and_npy_that_match_the_golden_vectors() {
     }
 
     let out_npy = tmp.path().join("out.npy");
-    let o = sidecar(&[
-        "embed",
-        "--model",
-        path(&model),
-        "--input",
-        path(&input),
-        "--output",
-        path(&out_npy),
-        "--kind",
-        "raw",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    embed_to(&out_npy);
     let bytes = std::fs::read(&out_npy).unwrap();
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
