@@ -147,7 +147,7 @@ impl EncoderMetrics {
         self.rejected.get_or_create(&Self::model(model)).inc();
     }
 
-    pub fn observe_batch(&self, model: &str, size: usize, _tokens: usize, longest: usize, took: std::time::Duration) {
+    pub fn observe_batch(&self, model: &str, size: usize, longest: usize, took: std::time::Duration) {
         let l = Self::model(model);
         self.batches.get_or_create(&l).inc();
         self.padded_tokens.get_or_create(&l).inc_by((size * longest) as u64);

@@ -178,7 +178,15 @@ impl Worker {
         let run_options = match RunOptions::new().map(|r| r.with_outputs(selector)) {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, "cannot create run options; session thread exits");
+                // Without run options this thread cannot serve: stop the queue and fail what
+                // waits in it, so no caller hangs.
+                tracing::error!(error = %e, "cannot create run options; the model stops serving");
+                self.queue.close();
+                while let Some(batch) = self.queue.next_batch() {
+                    for (job, _) in &batch.items {
+                        job.fail(EncoderError::Inference(format!("run options: {e}")));
+                    }
+                }
                 return;
             }
         };
@@ -204,14 +212,7 @@ impl Worker {
                     }
                 }
             }
-            let tokens: usize = batch.items.iter().map(|(j, i)| j.seqs[*i].len()).sum();
-            self.metrics.observe_batch(
-                &self.manifest.name,
-                batch.items.len(),
-                tokens,
-                batch.max_len(),
-                started.elapsed(),
-            );
+            self.metrics.observe_batch(&self.manifest.name, batch.items.len(), batch.max_len(), started.elapsed());
         }
     }
 

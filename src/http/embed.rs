@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::encoder::{EncodeOptions, Encoder, EncoderError, Input, Lane, Pooled, TextKind};
+use crate::encoder::{EncodeOptions, Encoder, Input, Lane, Pooled, TextKind};
 use crate::error::ErrorCode;
 
 fn invalid(reason: impl Into<String>) -> ApiError {
@@ -244,7 +244,7 @@ pub async fn bert_service_encode(
         lane: lane_for(&state, inputs.len()),
         wait_for_room: false,
     };
-    let out = encoder.encode(inputs, opts).await.map_err(|e: EncoderError| ApiError::from(e))?;
+    let out = encoder.encode(inputs, opts).await?;
     let results: Vec<Value> = out
         .outputs
         .into_iter()
