@@ -143,8 +143,17 @@ async fn options_and_their_errors() {
     let (st, body) = post(&format!("{}/embed", s.url), json!({"inputs": [long.clone()]})).await;
     assert_eq!(st, 422, "auto_truncate=false refuses long inputs: {body}");
     assert!(body["error"]["reason"].as_str().unwrap().contains("max_seq_len"), "{body}");
-    let (st, _) = post(&format!("{}/embed", s.url), json!({"inputs": [long], "truncate": true})).await;
-    assert_eq!(st, 200);
+    let r = reqwest::Client::new()
+        .post(format!("{}/embed", s.url))
+        .json(&json!({"inputs": ["short", long], "truncate": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let header = r.headers()["x-truncated-tokens"].to_str().unwrap().to_string();
+    let (first, second) = header.split_once(',').unwrap();
+    assert_eq!(first, "0");
+    assert!(second.parse::<usize>().unwrap() > 0, "the long input reports its cut tokens: {header}");
 
     let (st, body) = post(&format!("{}/embed", s.url), json!({"inputs": "abc", "normalize": false})).await;
     assert_eq!(st, 200);

@@ -4,6 +4,8 @@
 //!
 //! Empty strings are embedded as the reference implementation does: they tokenize to
 //! `[CLS] [SEP]` and get that sequence's vector (sentence-transformers does the same).
+//!
+//! Every answer carries `x-truncated-tokens: n1,n2,…`: per input, the tokens cut at max_seq_len.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -36,6 +38,20 @@ impl OneOrMany {
             OneOrMany::Many(v) => v.into_iter().map(Input::Text).collect(),
         }
     }
+}
+
+/// The response header that reports, per input, how many tokens truncation cut.
+pub const TRUNCATED_TOKENS_HEADER: &str = "x-truncated-tokens";
+
+fn truncation_header(per_input: &[usize]) -> String {
+    per_input.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn with_truncation(mut resp: Response, value: String) -> Response {
+    if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+        resp.headers_mut().insert(TRUNCATED_TOKENS_HEADER, v);
+    }
+    resp
 }
 
 fn lane_for(state: &AppState, n: usize) -> Lane {
@@ -100,7 +116,8 @@ pub async fn embed(State(state): State<AppState>, Json(req): Json<EmbedRequest>)
         wait_for_room: false,
     };
     let out = encoder.encode(inputs, opts).await?;
-    Ok(Json(vectors(&encoder, out.outputs, "/embed")?).into_response())
+    let truncated = truncation_header(&out.truncated);
+    Ok(with_truncation(Json(vectors(&encoder, out.outputs, "/embed")?).into_response(), truncated))
 }
 
 /// OpenAI `input`: text, texts, or token arrays (refused: the model's tokenizer is not OpenAI's).
@@ -171,6 +188,7 @@ pub async fn openai_embeddings(
         wait_for_room: false,
     };
     let out = encoder.encode(inputs, opts).await?;
+    let truncated = truncation_header(&out.truncated);
     let prompt_tokens: usize = out.tokens.iter().sum();
     let normalize = m.normalize;
     let data: Vec<Value> = vectors(&encoder, out.outputs, "/v1/embeddings")?
@@ -192,13 +210,13 @@ pub async fn openai_embeddings(
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
-    Ok(Json(json!({
+    let body = json!({
         "object": "list",
         "data": data,
         "model": m.name,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }))
-    .into_response())
+    });
+    Ok(with_truncation(Json(body).into_response(), truncated))
 }
 
 /// bert-as-service `POST /encode` body.
@@ -245,6 +263,7 @@ pub async fn bert_service_encode(
         wait_for_room: false,
     };
     let out = encoder.encode(inputs, opts).await?;
+    let truncated = truncation_header(&out.truncated);
     let results: Vec<Value> = out
         .outputs
         .into_iter()
@@ -253,5 +272,5 @@ pub async fn bert_service_encode(
             Pooled::Tokens(t) => json!(t),
         })
         .collect();
-    Ok(Json(json!({"id": req.id, "results": results, "status": 200})).into_response())
+    Ok(with_truncation(Json(json!({"id": req.id, "results": results, "status": 200})).into_response(), truncated))
 }
