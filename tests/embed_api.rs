@@ -301,3 +301,26 @@ async fn readyz_and_metrics_show_the_models() {
     assert!(value(r#"sidecar_encoder_truncated_tokens_total{model="all-MiniLM-L6-v2"}"#).unwrap() > 0.0);
     assert!(value(r#"sidecar_encoder_batches_total{model="all-MiniLM-L6-v2"}"#).unwrap() >= 1.0);
 }
+
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_cut_with_a_json_413() {
+    let s = start(settings(&[("SIDECAR__SERVER__MAX_BODY_SIZE", "4KiB")])).await;
+    // No Content-Length: the limit must be enforced while reading the stream.
+    let chunks: Vec<Result<String, std::io::Error>> = std::iter::once(Ok("{\"inputs\": \"".to_string()))
+        .chain((0..64).map(|_| Ok("x".repeat(256))))
+        .chain(std::iter::once(Ok("\"}".to_string())))
+        .collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let r = reqwest::Client::new()
+        .post(format!("{}/embed", s.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["type"], "payload_too_large");
+    let (st, _) = post(&format!("{}/embed", s.url), json!({"inputs": "small"})).await;
+    assert_eq!(st, 200);
+}

@@ -252,3 +252,30 @@ fn config_check_prints_redacted_settings_and_fails_on_bad_ones() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `url`"));
 }
+
+#[test]
+fn serve_refuses_to_start_with_a_model_that_does_not_fit_its_graph() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = common::default_model_dir();
+    for f in ["model.onnx", "tokenizer.json"] {
+        std::os::unix::fs::symlink(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let manifest = std::fs::read_to_string(src.join("model.toml")).unwrap().replace("dims = 384", "dims = 768");
+    std::fs::write(tmp.path().join("model.toml"), manifest).unwrap();
+    let out = binary()
+        .args(["serve"])
+        .env("SIDECAR__SERVER__LISTEN", "127.0.0.1:0")
+        .env("SIDECAR__ENGINE__URLS", engine_url())
+        .env("SIDECAR__ENCODER__MODELS", tmp.path())
+        .env("ORT_DYLIB_PATH", common::ort_library())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("does not match its manifest") && log.contains("768"), "{log}");
+
+    let out =
+        binary().args(["config", "check"]).env("SIDECAR__ENCODER__MODELS", "/nonexistent/model").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("encoder.models[0]"));
+}
