@@ -15,5 +15,6 @@ pub mod encoder;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod ingest;
 pub mod settings;
 pub mod telemetry;

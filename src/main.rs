@@ -61,6 +61,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "passage")]
         kind: KindArg,
     },
+    /// Indices for pipelines.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
     /// Benchmarks (not tests); see scripts/bench-encode.
     Bench {
         #[command(subcommand)]
@@ -78,6 +83,23 @@ enum KindArg {
     Query,
     Passage,
     Raw,
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Create the pipeline's index with the mapping for the detected engine.
+    Create {
+        #[arg(long, value_name = "FILE")]
+        pipeline: PathBuf,
+        /// Print the create-index body instead of sending it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Compare the existing index's mapping with what the pipeline needs; exit 1 on differences.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        pipeline: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -155,6 +177,13 @@ fn main() -> ExitCode {
                 KindArg::Raw => TextKind::Raw,
             };
             edge(cli::embed(&settings, &model, &input, &output, &field, kind))
+        }
+        Command::Index { command } => {
+            telemetry::init_tracing(settings.log.format, "warn");
+            edge(match command {
+                IndexCommand::Create { pipeline, dry_run } => cli::index_create(&settings, &pipeline, dry_run),
+                IndexCommand::Check { pipeline } => cli::index_check(&settings, &pipeline),
+            })
         }
         Command::Bench { command: BenchCommand::Encode { models, docs, queries, max_docs, max_queries, clients } } => {
             telemetry::init_tracing(settings.log.format, "warn");

@@ -1,0 +1,318 @@
+//! Index mappings for a pipeline, assembled from the templates in `mappings/` (embedded at
+//! compile time, so the binary needs no files at run time), and the comparison of an existing
+//! index's mapping with what a pipeline needs. Pure: JSON in, JSON or differences out.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+use super::pipeline::{Analyzer, IndexType, KnnEngine, Pipeline, Similarity};
+use crate::engine::{Dialect, EngineInfo, Version};
+
+/// The template files, by name.
+pub const TEMPLATES: &[(&str, &str)] = &[
+    ("elasticsearch.json", include_str!("../../mappings/elasticsearch.json")),
+    ("opensearch.json", include_str!("../../mappings/opensearch.json")),
+];
+
+/// What a mapping needs to know about the model.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelShape {
+    pub dims: usize,
+    pub normalized: bool,
+}
+
+/// Why no mapping could be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MappingError {
+    #[error("template {0}: {1}")]
+    Template(String, String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+fn template(dialect: Dialect) -> Result<Value, MappingError> {
+    let name = match dialect {
+        Dialect::Elasticsearch => "elasticsearch.json",
+        Dialect::Opensearch => "opensearch.json",
+    };
+    let text = TEMPLATES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).unwrap_or("{}");
+    serde_json::from_str(text).map_err(|e| MappingError::Template(name.into(), e.to_string()))
+}
+
+/// Replaces every string value `${name}` by `vars[name]` (any JSON value).
+pub fn render(t: &Value, vars: &BTreeMap<&str, Value>) -> Result<Value, String> {
+    Ok(match t {
+        Value::String(s) if s.starts_with("${") && s.ends_with('}') => {
+            let key = &s[2..s.len() - 1];
+            vars.get(key).cloned().ok_or_else(|| format!("unknown placeholder `{s}`"))?
+        }
+        Value::Object(o) => {
+            let mut out = Map::new();
+            for (k, v) in o {
+                if !k.starts_with('_') {
+                    out.insert(k.clone(), render(v, vars)?);
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|v| render(v, vars)).collect::<Result<_, _>>()?),
+        other => other.clone(),
+    })
+}
+
+fn part(t: &Value, name: &str, dialect: Dialect) -> Result<Value, MappingError> {
+    t.get(name).cloned().ok_or_else(|| MappingError::Template(format!("{dialect:?}"), format!("no `{name}` part")))
+}
+
+/// Puts `value` at a dotted field path inside a `properties` object.
+fn insert_path(props: &mut Map<String, Value>, path: &str, value: Value) {
+    match path.split_once('.') {
+        None => {
+            props.insert(path.to_string(), value);
+        }
+        Some((head, rest)) => {
+            let entry = props.entry(head.to_string()).or_insert_with(|| json!({"properties": {}}));
+            if let Some(inner) = entry.get_mut("properties").and_then(Value::as_object_mut) {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+fn es_similarity(s: Similarity) -> &'static str {
+    match s {
+        Similarity::Cosine | Similarity::Auto => "cosine",
+        Similarity::DotProduct => "dot_product",
+        Similarity::L2Norm => "l2_norm",
+    }
+}
+
+fn os_space_type(s: Similarity) -> &'static str {
+    match s {
+        Similarity::Cosine | Similarity::Auto => "cosinesimil",
+        Similarity::DotProduct => "innerproduct",
+        Similarity::L2Norm => "l2",
+    }
+}
+
+/// The create-index body (`settings` + `mappings`) for `pipeline` on the cluster `info`.
+pub fn index_body(info: &EngineInfo, p: &Pipeline, model: ModelShape) -> Result<Value, MappingError> {
+    let t = template(info.dialect)?;
+    let v = &p.vector_index;
+    let similarity = p.similarity(model.normalized);
+    let analyzer = match p.analyzer {
+        Analyzer::Standard => "standard",
+        Analyzer::Cjk => "cjk",
+    };
+    let index_type = match (info.dialect, v.index_type) {
+        (Dialect::Elasticsearch, IndexType::Int8Hnsw) if info.version < Version::new(8, 12, 0) => {
+            return Err(MappingError::Unsupported(format!(
+                "int8_hnsw needs Elasticsearch 8.12+, the cluster is {}",
+                info.version
+            )))
+        }
+        (Dialect::Elasticsearch, IndexType::BbqHnsw) if info.version < Version::new(8, 16, 0) => {
+            return Err(MappingError::Unsupported(format!(
+                "bbq_hnsw needs Elasticsearch 8.16+, the cluster is {}",
+                info.version
+            )))
+        }
+        (Dialect::Opensearch, IndexType::Flat | IndexType::BbqHnsw) => {
+            return Err(MappingError::Unsupported(format!(
+                "vector_index.index_type {:?} is not available on OpenSearch: use hnsw or int8_hnsw",
+                v.index_type
+            )))
+        }
+        (Dialect::Opensearch, IndexType::Int8Hnsw) if v.engine == KnnEngine::Faiss => {
+            return Err(MappingError::Unsupported("int8_hnsw on OpenSearch uses the lucene engine's sq encoder".into()))
+        }
+        (_, IndexType::Flat) => "flat",
+        (_, IndexType::Hnsw) => "hnsw",
+        (_, IndexType::Int8Hnsw) => "int8_hnsw",
+        (_, IndexType::BbqHnsw) => "bbq_hnsw",
+    };
+    if info.dialect == Dialect::Elasticsearch && v.engine == KnnEngine::Faiss {
+        return Err(MappingError::Unsupported("vector_index.engine faiss is an OpenSearch option".into()));
+    }
+    let mut vars: BTreeMap<&str, Value> = BTreeMap::new();
+    vars.insert("shards", json!(p.shards));
+    vars.insert("replicas", json!(p.replicas));
+    vars.insert("analyzer", json!(analyzer));
+    vars.insert("dims", json!(model.dims));
+    vars.insert("similarity", json!(es_similarity(similarity)));
+    vars.insert("space_type", json!(os_space_type(similarity)));
+    vars.insert("index_type", json!(index_type));
+    vars.insert("m", json!(v.m));
+    vars.insert("ef_construction", json!(v.ef_construction));
+    vars.insert("knn_engine", json!(if v.engine == KnnEngine::Faiss { "faiss" } else { "lucene" }));
+    let r = |name: &str, vars: &BTreeMap<&str, Value>| {
+        render(&part(&t, name, info.dialect)?, vars).map_err(|e| MappingError::Template(name.into(), e))
+    };
+    let text_field = r("text_field", &vars)?;
+    let vector_part = match (info.dialect, v.index_type) {
+        (Dialect::Elasticsearch, IndexType::Flat) => "vector_field_flat",
+        (Dialect::Opensearch, IndexType::Int8Hnsw) => "vector_field_int8",
+        _ => "vector_field",
+    };
+    let vector_field = r(vector_part, &vars)?;
+    vars.insert("text_field", text_field.clone());
+    vars.insert("vector_field", vector_field.clone());
+
+    let mut props = Map::new();
+    for f in &p.fields {
+        for s in &f.source {
+            insert_path(&mut props, s, text_field.clone());
+        }
+        insert_path(&mut props, &f.vector, vector_field.clone());
+    }
+    if let Some(h) = &p.hash_field {
+        insert_path(&mut props, h, r("hash_field", &vars)?);
+    }
+    if let Some(c) = &p.chunking {
+        insert_path(&mut props, &c.passages_field, r("passages_field", &vars)?);
+    }
+    Ok(json!({
+        "settings": {"index": r("index_settings", &vars)?},
+        "mappings": {"properties": props},
+    }))
+}
+
+/// Looks up a dotted field in a `properties` tree.
+fn field<'a>(props: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut cur = props;
+    let mut parts = path.split('.').peekable();
+    while let Some(p) = parts.next() {
+        let f = cur.get(p)?;
+        if parts.peek().is_none() {
+            return Some(f);
+        }
+        cur = f.get("properties")?;
+    }
+    None
+}
+
+/// The differences between an index's mapping (`GET /{index}/_mapping`, the inner `mappings`
+/// object) and what `expected` (from [`index_body`]) needs, each explained in one sentence.
+pub fn compare(actual_mappings: &Value, expected_body: &Value) -> Vec<String> {
+    let empty = json!({});
+    let actual = actual_mappings.get("properties").unwrap_or(&empty);
+    let expected = &expected_body["mappings"]["properties"];
+    let mut diffs = Vec::new();
+    let mut paths = Vec::new();
+    collect_paths(expected, "", &mut paths);
+    for (path, want) in paths {
+        let Some(got) = field(actual, &path) else {
+            diffs.push(format!(
+                "field `{path}` is missing (the pipeline needs a {} field)",
+                want["type"].as_str().unwrap_or("?")
+            ));
+            continue;
+        };
+        let (wt, gt) = (want["type"].as_str().unwrap_or("object"), got["type"].as_str().unwrap_or("object"));
+        if wt != gt {
+            diffs.push(format!("field `{path}` is `{gt}`, the pipeline needs `{wt}`"));
+            continue;
+        }
+        for (key, what) in [("dims", "dims"), ("dimension", "dimension"), ("similarity", "similarity")] {
+            if want.get(key).is_some() && want.get(key) != got.get(key) {
+                diffs.push(format!(
+                    "field `{path}` has {what} {}, the pipeline needs {}",
+                    got.get(key).map_or("(default)".to_string(), Value::to_string),
+                    want[key]
+                ));
+            }
+        }
+        let (ws, gs) = (want.pointer("/method/space_type"), got.pointer("/method/space_type"));
+        if ws.is_some() && ws != gs {
+            diffs.push(format!(
+                "field `{path}` has space_type {}, the pipeline needs {}",
+                gs.map_or("(default)".to_string(), Value::to_string),
+                ws.unwrap_or(&Value::Null)
+            ));
+        }
+    }
+    diffs
+}
+
+fn collect_paths(props: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
+    let Some(obj) = props.as_object() else { return };
+    for (k, v) in obj {
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        if v.get("type").is_some() {
+            out.push((path.clone(), v.clone()));
+            if v["type"] == "nested" {
+                if let Some(inner) = v.get("properties") {
+                    collect_paths(inner, &path, out);
+                }
+            }
+        } else if let Some(inner) = v.get("properties") {
+            collect_paths(inner, &path, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::dialect::detect;
+
+    #[test]
+    fn every_template_parses_and_renders_without_unknown_placeholders() {
+        let vars: BTreeMap<&str, Value> = [
+            "shards",
+            "replicas",
+            "analyzer",
+            "dims",
+            "similarity",
+            "space_type",
+            "index_type",
+            "m",
+            "ef_construction",
+            "knn_engine",
+            "text_field",
+            "vector_field",
+        ]
+        .into_iter()
+        .map(|k| (k, json!(1)))
+        .collect();
+        for (name, text) in TEMPLATES {
+            let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            render(&v, &vars).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        // and the folder holds nothing the binary does not embed
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+        let mut files: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+        files.sort();
+        let embedded: Vec<String> = TEMPLATES.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(files, embedded);
+    }
+
+    #[test]
+    fn unknown_placeholders_are_errors() {
+        assert!(render(&json!({"a": "${nope}"}), &BTreeMap::new()).unwrap_err().contains("${nope}"));
+    }
+
+    #[test]
+    fn the_comparison_explains_each_difference() {
+        let info = detect(br#"{"version":{"number":"2.19.1","distribution":"opensearch"}}"#).unwrap();
+        let p: Pipeline =
+            toml::from_str("name='d'\nindex='d'\nmodel='m'\n[[fields]]\nsource=['meta.title','text']\nvector='v'\n")
+                .unwrap();
+        let want = index_body(&info, &p, ModelShape { dims: 384, normalized: true }).unwrap();
+        assert!(compare(&want["mappings"], &want).is_empty(), "a mapping matches itself");
+        let actual = json!({"properties": {
+            "text": {"type": "keyword"},
+            "meta": {"properties": {"title": {"type": "text"}}},
+            "v": {"type": "knn_vector", "dimension": 768, "method": {"space_type": "l2"}}
+        }});
+        let diffs = compare(&actual, &want);
+        assert_eq!(diffs.len(), 3, "{diffs:?}");
+        assert!(diffs.iter().any(|d| d.contains("`text` is `keyword`")));
+        assert!(diffs.iter().any(|d| d.contains("dimension 768") && d.contains("384")));
+        assert!(diffs.iter().any(|d| d.contains("space_type \"l2\"") && d.contains("innerproduct")));
+        let missing = compare(&json!({"properties": {}}), &want);
+        assert!(missing.iter().any(|d| d.contains("`v` is missing")));
+    }
+}

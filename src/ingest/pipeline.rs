@@ -1,0 +1,348 @@
+//! Declarative pipeline files (`pipelines/*.toml`): which index, which model, which source
+//! fields become which vector fields, passage chunking, content hashing, and how vectors are
+//! indexed. Parsed strictly; every error names the file, the key and the problem.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a pipeline file was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("pipeline {file}: `{key}`: {reason}")]
+pub struct PipelineError {
+    pub file: PathBuf,
+    pub key: String,
+    pub reason: String,
+}
+
+/// Vector similarity as the engines name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Similarity {
+    /// `dot_product` when the model's vectors are normalised, else `cosine`.
+    Auto,
+    Cosine,
+    DotProduct,
+    L2Norm,
+}
+
+/// How the vector field is indexed (the seed's Faiss-style choices mapped onto engine options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexType {
+    /// Exact search only (no HNSW graph; `script_score` / brute force), like Faiss `IndexFlat`.
+    Flat,
+    /// HNSW over float32 vectors, like Faiss `IndexHNSWFlat`.
+    Hnsw,
+    /// HNSW over int8 scalar-quantised vectors, like Faiss `IndexHNSWSQ` (ES `int8_hnsw`).
+    Int8Hnsw,
+    /// HNSW over binary-quantised vectors (ES `bbq_hnsw`, 8.16+), like Faiss binary indexes.
+    BbqHnsw,
+}
+
+/// OpenSearch k-NN engine (Elasticsearch has only its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KnnEngine {
+    Lucene,
+    Faiss,
+}
+
+/// The text analyzer of the text fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Analyzer {
+    Standard,
+    /// CJK bigrams (analysis-common), for Chinese, Japanese and Korean text.
+    Cjk,
+}
+
+/// One source → vector mapping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// Source fields; several are joined with a newline before embedding.
+    pub source: Vec<String>,
+    /// The vector field written next to them.
+    pub vector: String,
+}
+
+/// Passage chunking for long documents (by the model's own tokens).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkingSpec {
+    pub max_tokens: usize,
+    #[serde(default)]
+    pub overlap: usize,
+    /// The nested field holding `{text, vector}` passages.
+    #[serde(default = "default_passages")]
+    pub passages_field: String,
+}
+
+fn default_passages() -> String {
+    "passages".into()
+}
+
+/// Vector index options.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VectorIndexSpec {
+    #[serde(default = "default_similarity")]
+    pub similarity: Similarity,
+    #[serde(default = "default_index_type")]
+    pub index_type: IndexType,
+    #[serde(default = "default_m")]
+    pub m: u32,
+    #[serde(default = "default_ef")]
+    pub ef_construction: u32,
+    /// OpenSearch only.
+    #[serde(default = "default_engine")]
+    pub engine: KnnEngine,
+}
+
+fn default_similarity() -> Similarity {
+    Similarity::Auto
+}
+fn default_index_type() -> IndexType {
+    IndexType::Hnsw
+}
+fn default_m() -> u32 {
+    16
+}
+fn default_ef() -> u32 {
+    100
+}
+fn default_engine() -> KnnEngine {
+    KnnEngine::Lucene
+}
+
+impl Default for VectorIndexSpec {
+    fn default() -> Self {
+        VectorIndexSpec {
+            similarity: default_similarity(),
+            index_type: default_index_type(),
+            m: default_m(),
+            ef_construction: default_ef(),
+            engine: default_engine(),
+        }
+    }
+}
+
+/// A pipeline file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub name: String,
+    /// Target index or alias.
+    pub index: String,
+    /// A model name from `encoder.models`.
+    pub model: String,
+    #[serde(default = "default_analyzer")]
+    pub analyzer: Analyzer,
+    pub fields: Vec<FieldSpec>,
+    #[serde(default)]
+    pub chunking: Option<ChunkingSpec>,
+    /// Field storing a hash of the embedded text, to skip re-embedding unchanged documents.
+    #[serde(default)]
+    pub hash_field: Option<String>,
+    /// An engine ingest pipeline to pass through (`?pipeline=`).
+    #[serde(default)]
+    pub engine_pipeline: Option<String>,
+    #[serde(default)]
+    pub vector_index: VectorIndexSpec,
+    #[serde(default = "one")]
+    pub shards: u32,
+    #[serde(default)]
+    pub replicas: u32,
+}
+
+fn default_analyzer() -> Analyzer {
+    Analyzer::Standard
+}
+fn one() -> u32 {
+    1
+}
+
+/// Elasticsearch and OpenSearch index names: lowercase, no `\ / * ? " < > | , #`, space or `:`,
+/// not starting with `-`, `_` or `+`, not `.`/`..`, at most 255 bytes.
+pub fn check_index_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 255 {
+        return Err("must be 1 to 255 bytes".into());
+    }
+    if name.starts_with(['-', '_', '+']) || name == "." || name == ".." {
+        return Err(format!("`{name}` must not start with -, _ or + nor be . or .."));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_uppercase() || "\\/*?\"<>|,# :".contains(*c)) {
+        return Err(format!("`{name}` contains `{c}` (lowercase, no \\ / * ? \" < > | , # : or space)"));
+    }
+    Ok(())
+}
+
+fn check_field_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.starts_with('_') || name.starts_with('.') || name.ends_with('.') || name.contains("..") {
+        return Err(format!("`{name}` is not a usable field name (empty, leading _ or ., or empty path segment)"));
+    }
+    Ok(())
+}
+
+impl Pipeline {
+    /// Reads and validates one pipeline file.
+    pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
+        let err = |key: &str, reason: String| PipelineError { file: path.to_path_buf(), key: key.into(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| err("(file)", e.to_string()))?;
+        let p: Pipeline = toml::from_str(&text).map_err(|e| {
+            let key = e.span().map(|s| text[s].lines().next().unwrap_or("").trim().to_string()).unwrap_or_default();
+            err(if key.is_empty() { "(toml)" } else { &key }, e.message().to_string())
+        })?;
+        p.validate().map_err(|(key, reason)| err(&key, reason))?;
+        Ok(p)
+    }
+
+    /// Loads every `*.toml` in a folder, sorted by file name.
+    pub fn load_dir(dir: &Path) -> Result<Vec<Pipeline>, PipelineError> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| PipelineError { file: dir.to_path_buf(), key: "(folder)".into(), reason: e.to_string() })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        files.iter().map(|f| Pipeline::load(f)).collect()
+    }
+
+    /// Checks what types cannot; returns (key, reason) of the first problem.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, r: String| Err((k.to_string(), r));
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+            return bad("name", format!("`{}` must be ASCII letters, digits, - or _", self.name));
+        }
+        if let Err(r) = check_index_name(&self.index) {
+            return bad("index", r);
+        }
+        if self.model.is_empty() {
+            return bad("model", "name the model (from encoder.models) whose vectors this index holds".into());
+        }
+        if self.fields.is_empty() {
+            return bad("fields", "at least one [[fields]] entry is required".into());
+        }
+        let mut vectors = std::collections::BTreeSet::new();
+        for (i, f) in self.fields.iter().enumerate() {
+            if f.source.is_empty() {
+                return bad(&format!("fields[{i}].source"), "list at least one source field".into());
+            }
+            for s in &f.source {
+                if let Err(r) = check_field_name(s) {
+                    return bad(&format!("fields[{i}].source"), r);
+                }
+            }
+            if let Err(r) = check_field_name(&f.vector) {
+                return bad(&format!("fields[{i}].vector"), r);
+            }
+            if f.source.contains(&f.vector) {
+                return bad(&format!("fields[{i}].vector"), format!("`{}` is also a source field", f.vector));
+            }
+            if !vectors.insert(f.vector.clone()) {
+                return bad(&format!("fields[{i}].vector"), format!("`{}` is written by two entries", f.vector));
+            }
+        }
+        if let Some(c) = &self.chunking {
+            if c.max_tokens < 8 {
+                return bad("chunking.max_tokens", "must be at least 8".into());
+            }
+            if c.overlap >= c.max_tokens {
+                return bad(
+                    "chunking.overlap",
+                    format!("{} must be smaller than max_tokens ({})", c.overlap, c.max_tokens),
+                );
+            }
+            if let Err(r) = check_field_name(&c.passages_field) {
+                return bad("chunking.passages_field", r);
+            }
+            if vectors.contains(&c.passages_field) {
+                return bad("chunking.passages_field", format!("`{}` is also a vector field", c.passages_field));
+            }
+        }
+        if let Some(h) = &self.hash_field {
+            if let Err(r) = check_field_name(h) {
+                return bad("hash_field", r);
+            }
+        }
+        let v = &self.vector_index;
+        if !(2..=512).contains(&v.m) {
+            return bad("vector_index.m", format!("{} must be between 2 and 512", v.m));
+        }
+        if !(2..=4096).contains(&v.ef_construction) {
+            return bad("vector_index.ef_construction", format!("{} must be between 2 and 4096", v.ef_construction));
+        }
+        if self.shards == 0 {
+            return bad("shards", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The similarity to map, resolving `auto` from the model's normalisation.
+    pub fn similarity(&self, normalized: bool) -> Similarity {
+        match self.vector_index.similarity {
+            Similarity::Auto if normalized => Similarity::DotProduct,
+            Similarity::Auto => Similarity::Cosine,
+            s => s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const GOOD: &str = r#"
+name = "docs"
+index = "docs-v1"
+model = "all-MiniLM-L6-v2"
+
+[[fields]]
+source = ["title", "text"]
+vector = "text_vector"
+"#;
+
+    #[test]
+    fn a_minimal_pipeline_gets_defaults() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Pipeline::load(&write(tmp.path(), "p.toml", GOOD)).unwrap();
+        assert_eq!(p.vector_index, VectorIndexSpec::default());
+        assert_eq!(p.analyzer, Analyzer::Standard);
+        assert_eq!(p.similarity(true), Similarity::DotProduct);
+        assert_eq!(p.similarity(false), Similarity::Cosine);
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_problem() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cases = [
+            (GOOD.replace("model = ", "modell = "), "modell"),
+            (GOOD.replace("docs-v1", "Docs"), "index"),
+            (GOOD.replace("vector = \"text_vector\"", "vector = \"title\""), "fields[0].vector"),
+            (format!("{GOOD}\n[chunking]\nmax_tokens = 100\noverlap = 100\n"), "chunking.overlap"),
+            (format!("{GOOD}\n[vector_index]\nindex_type = \"ivf\"\n"), "ivf"),
+            (format!("{GOOD}\n[vector_index]\nm = 1\n"), "vector_index.m"),
+            (GOOD.replace("source = [\"title\", \"text\"]", "source = []"), "fields[0].source"),
+        ];
+        for (text, needle) in cases {
+            let path = write(tmp.path(), "bad.toml", &text);
+            let e = Pipeline::load(&path).unwrap_err().to_string();
+            assert!(e.contains("bad.toml") && e.contains(needle), "`{e}` should name bad.toml and `{needle}`");
+        }
+    }
+
+    #[test]
+    fn index_names_follow_the_engine_rules() {
+        assert!(check_index_name("docs-v1").is_ok());
+        for bad in ["", "Docs", "_docs", "a b", "a:b", "a,b", ".", "x".repeat(256).as_str()] {
+            assert!(check_index_name(bad).is_err(), "{bad}");
+        }
+    }
+}
