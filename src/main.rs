@@ -242,7 +242,13 @@ fn run_server(settings: Settings, url_file: Option<&Path>) -> anyhow::Result<()>
             .await
             .context("loading models")?
             .context("loading models")?;
-        let state = AppState::with_encoders(settings, engine, metrics, encoders);
+        let pipelines = settings
+            .ingest
+            .pipelines
+            .iter()
+            .map(|f| semantic_sidecar::ingest::pipeline::Pipeline::load(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let state = AppState::with_encoders(settings, engine, metrics, encoders).with_pipelines(pipelines)?;
         http::serve(listener, state, shutdown_signal()).await.context("serving")?;
         if let Some(path) = url_file {
             let _ = std::fs::remove_file(path);

@@ -30,8 +30,14 @@ pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
 pub const ENV_PREFIX: &str = "SIDECAR";
 
 /// Keys whose environment value is a comma-separated list.
-const ENV_LIST_KEYS: &[&str] =
-    &["server.api_keys", "server.auth_exempt_paths", "engine.urls", "encoder.models", "encoder.execution_providers"];
+const ENV_LIST_KEYS: &[&str] = &[
+    "server.api_keys",
+    "server.auth_exempt_paths",
+    "engine.urls",
+    "encoder.models",
+    "encoder.execution_providers",
+    "ingest.pipelines",
+];
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +150,14 @@ pub struct Settings {
     pub server: ServerSettings,
     pub engine: EngineSettings,
     pub encoder: EncoderSettings,
+    pub ingest: IngestSettings,
     pub log: LogSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    pub pipelines: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -418,6 +431,13 @@ impl Settings {
                 }
                 Some(_) => {}
             }
+        }
+        for (i, file) in self.ingest.pipelines.iter().enumerate() {
+            crate::ingest::pipeline::Pipeline::load(file)
+                .map_err(|e| SettingsError::invalid(format!("ingest.pipelines[{i}]"), e))?;
+        }
+        if !self.ingest.pipelines.is_empty() && enc.models.is_empty() {
+            return Err(SettingsError::invalid("ingest.pipelines", "pipelines need their models in encoder.models"));
         }
         if enc.execution_providers.is_empty() {
             return Err(SettingsError::invalid("encoder.execution_providers", "list at least one of cuda, cpu"));

@@ -157,3 +157,15 @@ fn config_check_output_loads_back_as_the_same_configuration() {
     assert_eq!(again.server.max_body_size, s.server.max_body_size);
     assert_eq!(again.engine.retry, s.engine.retry);
 }
+
+#[test]
+fn ingest_pipelines_are_validated_at_load() {
+    let bad = file("name = 'x'\nindex = 'Bad Index'\nmodel = 'm'\n[[fields]]\nsource = ['t']\nvector = 'v'\n");
+    let path = bad.path().to_str().unwrap().to_string();
+    let e = load_err(None, &[("SIDECAR__INGEST__PIPELINES", &path)]);
+    assert!(e.contains("ingest.pipelines[0]") && e.contains("`index`"), "{e}");
+    let good = file("name = 'x'\nindex = 'docs'\nmodel = 'm'\n[[fields]]\nsource = ['t']\nvector = 'v'\n");
+    let path = good.path().to_str().unwrap().to_string();
+    let e = load_err(None, &[("SIDECAR__INGEST__PIPELINES", &path)]);
+    assert!(e.contains("encoder.models"), "pipelines need models: {e}");
+}

@@ -106,19 +106,32 @@ pub struct EngineRequest {
     pub body: Option<Body>,
     /// Whether repeating the request is harmless (GET, HEAD, PUT, DELETE by default; searches too).
     pub idempotent: bool,
+    /// Return the engine's own error answers (after retries) as responses instead of errors, for
+    /// requests forwarded on behalf of a client that must see them unchanged.
+    pub passthrough: bool,
 }
 
 impl EngineRequest {
     pub fn new(method: Method, path: impl Into<String>) -> Self {
         let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
-        EngineRequest { method, path: path.into(), body: None, idempotent }
+        EngineRequest { method, path: path.into(), body: None, idempotent, passthrough: false }
     }
     pub fn json(mut self, value: &serde_json::Value) -> Self {
         self.body = Some(Body::Json(Bytes::from(serde_json::to_vec(value).expect("a JSON value serialises"))));
         self
     }
+    /// A JSON body the caller already holds as bytes (forwarded unchanged).
+    pub fn json_bytes(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = Some(Body::Json(body.into()));
+        self
+    }
     pub fn ndjson(mut self, body: impl Into<Bytes>) -> Self {
         self.body = Some(Body::Ndjson(body.into()));
+        self
+    }
+    /// Returns the engine's error answers as responses (see [`EngineRequest::passthrough`]).
+    pub fn passthrough(mut self) -> Self {
+        self.passthrough = true;
         self
     }
     /// Marks a POST as safe to repeat (e.g. `_search`, `_msearch`, `_refresh`).
@@ -261,9 +274,9 @@ impl EngineClient {
         loop {
             let base = &self.inner.urls[url_index % self.inner.urls.len()];
             let outcome = self.attempt(base, &req).await;
-            let (failure, retry_after, error) = match outcome {
+            let (failure, retry_after, error, answer) = match outcome {
                 Ok(resp) => return Ok(resp),
-                Err(AttemptError { failure, retry_after, error }) => (failure, retry_after, error),
+                Err(AttemptError { failure, retry_after, error, answer }) => (failure, retry_after, error, answer),
             };
             let may_retry = failure.is_some_and(|f| RetryPolicy::is_retryable(f, req.idempotent));
             let delay = if may_retry {
@@ -272,6 +285,9 @@ impl EngineClient {
                 None
             };
             let Some(delay) = delay else {
+                if let (true, Some(answer)) = (req.passthrough, answer) {
+                    return Ok(answer);
+                }
                 return Err(match (failure, error) {
                     (Some(Failure::Status(429)), _) => EngineError::Overloaded { attempts: retry + 1 },
                     (_, e) => e,
@@ -322,7 +338,8 @@ impl EngineClient {
             400..=499 => EngineError::Rejected { status: code, error_type, reason },
             _ => EngineError::Failed { status: code, error_type, reason },
         };
-        Err(AttemptError { failure: Some(Failure::Status(code)), retry_after, error })
+        let answer = Some(EngineResponse { status, body });
+        Err(AttemptError { failure: Some(Failure::Status(code)), retry_after, error, answer })
     }
 }
 
@@ -330,6 +347,8 @@ struct AttemptError {
     failure: Option<Failure>,
     retry_after: Option<Duration>,
     error: EngineError,
+    /// The engine's answer, when there was one (for passthrough requests).
+    answer: Option<EngineResponse>,
 }
 
 impl AttemptError {
@@ -341,7 +360,7 @@ impl AttemptError {
         } else {
             (Failure::Transport, EngineError::Unreachable { url: url.to_string(), reason: error_chain(&e) })
         };
-        AttemptError { failure: Some(failure), retry_after: None, error }
+        AttemptError { failure: Some(failure), retry_after: None, error, answer: None }
     }
 }
 

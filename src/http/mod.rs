@@ -16,6 +16,7 @@
 
 pub mod embed;
 pub mod error;
+pub mod ingest;
 pub mod middleware;
 
 use std::future::Future;
@@ -34,6 +35,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::encoder::EncoderSet;
 use crate::engine::EngineClient;
+use crate::ingest::pipeline::Pipeline;
+use crate::ingest::writer::{IngestConfigError, Ingestor};
 use crate::settings::Settings;
 use crate::telemetry::{EngineLabels, Metrics};
 use middleware::{ApiKeys, SidecarRequestId};
@@ -46,6 +49,7 @@ pub struct AppState {
     pub metrics: Metrics,
     pub api_keys: ApiKeys,
     pub encoders: Arc<EncoderSet>,
+    pub ingestor: Arc<Ingestor>,
 }
 
 impl AppState {
@@ -57,7 +61,17 @@ impl AppState {
     /// A state with loaded models; `metrics` must be the one the encoders were loaded with.
     pub fn with_encoders(settings: Settings, engine: EngineClient, metrics: Metrics, encoders: EncoderSet) -> Self {
         let api_keys = ApiKeys::new(settings.server.api_keys.iter().map(|k| k.expose()));
-        AppState { settings: Arc::new(settings), engine, metrics, api_keys, encoders: Arc::new(encoders) }
+        let encoders = Arc::new(encoders);
+        let ingestor = Arc::new(Ingestor::new(Vec::new(), encoders.clone(), 0, 1).expect("no pipelines"));
+        AppState { settings: Arc::new(settings), engine, metrics, api_keys, encoders, ingestor }
+    }
+
+    /// Adds the pipelines of `settings.ingest` (their models must be loaded).
+    pub fn with_pipelines(mut self, pipelines: Vec<Pipeline>) -> Result<Self, IngestConfigError> {
+        let e = &self.settings.encoder;
+        self.ingestor =
+            Arc::new(Ingestor::new(pipelines, self.encoders.clone(), e.max_input_chars, e.max_inputs_per_request)?);
+        Ok(self)
     }
 }
 
@@ -72,6 +86,11 @@ pub fn router(state: AppState) -> Router {
         .route("/embed", post(embed::embed))
         .route("/v1/embeddings", post(embed::openai_embeddings))
         .route("/encode", post(embed::bert_service_encode))
+        .route("/_bulk", post(ingest::bulk_all).put(ingest::bulk_all))
+        .route("/{index}/_bulk", post(ingest::bulk_index).put(ingest::bulk_index))
+        .route("/{index}/_doc", post(ingest::doc_auto_id))
+        .route("/{index}/_doc/{id}", post(ingest::doc_with_id).put(ingest::doc_with_id))
+        .route("/{index}/_create/{id}", post(ingest::create_with_id).put(ingest::create_with_id))
         .fallback(middleware::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_body))

@@ -4,8 +4,10 @@
 //! Owns the pipeline files and the mapping templates; must not do raw HTTP (the engine client
 //! does) nor run models (the encoder does).
 //!
-//! Not yet here (the vector-ingest issue goes on): the ES-compatible `_bulk`/`_doc` endpoints,
-//! passage chunking at write time, the content-hash skip and the demo corpus.
+//! Not yet here (the vector-ingest issue goes on): passage chunking at write time, the
+//! content-hash skip, item-level 429 retries and the demo corpus.
 
+pub mod bulk;
 pub mod mapping;
 pub mod pipeline;
+pub mod writer;

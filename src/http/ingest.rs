@@ -1,0 +1,161 @@
+//! Elasticsearch-compatible write endpoints: `POST /_bulk`, `POST /{index}/_bulk`,
+//! `PUT|POST /{index}/_doc/{id}`, `POST /{index}/_doc`, `PUT|POST /{index}/_create/{id}`.
+//!
+//! Translation only: documents for indices with a pipeline go through the [`Ingestor`] (vectors
+//! added); everything else is forwarded unchanged. The query string (`refresh`, `routing`,
+//! `pipeline`, …) is passed through, and the engine's answer is returned as it came, with the
+//! sidecar's own per-item failures merged in at their positions.
+//!
+//! [`Ingestor`]: crate::ingest::writer::Ingestor
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::engine::{EngineRequest, EngineResponse};
+use crate::error::ErrorCode;
+use crate::ingest::bulk::{self, Action, BulkItem};
+
+fn with_query(path: String, query: Option<String>) -> String {
+    match query.filter(|q| !q.is_empty()) {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    }
+}
+
+fn engine_answer(resp: EngineResponse) -> Response {
+    let status = StatusCode::from_u16(resp.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut r = (status, resp.body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn invalid(reason: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidInput, reason)
+}
+
+pub async fn bulk_all(state: State<AppState>, query: RawQuery, body: Bytes) -> Result<Response, ApiError> {
+    run_bulk(state, None, query, body).await
+}
+
+pub async fn bulk_index(
+    state: State<AppState>,
+    Path(index): Path<String>,
+    query: RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    run_bulk(state, Some(index), query, body).await
+}
+
+async fn run_bulk(
+    State(state): State<AppState>,
+    index: Option<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let path = with_query(index.as_ref().map_or("/_bulk".to_string(), |i| format!("/{i}/_bulk")), query);
+    let mut items = bulk::parse(&body).map_err(|e| invalid(e.reason))?;
+    let default_index = index.as_deref();
+    let touches_pipeline =
+        items.iter().any(|i| i.index(default_index).is_some_and(|x| state.ingestor.pipeline_for(x).is_some()));
+    if !touches_pipeline {
+        // Nothing to embed: the body goes to the engine byte for byte.
+        let resp = state.engine.send(EngineRequest::new(Method::POST, path).ndjson(body).passthrough()).await?;
+        return Ok(engine_answer(resp));
+    }
+    let failures = state.ingestor.prepare(&mut items, default_index).await?;
+    let forward: Vec<&BulkItem> =
+        items.iter().enumerate().filter(|(p, _)| !failures.iter().any(|f| f.position == *p)).map(|(_, i)| i).collect();
+    let took_ms = started.elapsed().as_millis() as u64;
+    if forward.is_empty() {
+        let merged = bulk::merge(&items, default_index, &failures, None, took_ms);
+        return Ok(axum::Json(merged).into_response());
+    }
+    let resp =
+        state.engine.send(EngineRequest::new(Method::POST, path).ndjson(bulk::write(&forward)).passthrough()).await?;
+    if !resp.status.is_success() {
+        return Ok(engine_answer(resp));
+    }
+    let engine: Value = resp.json()?;
+    let merged = bulk::merge(&items, default_index, &failures, Some(&engine), started.elapsed().as_millis() as u64);
+    Ok(axum::Json(merged).into_response())
+}
+
+/// Where a single-document request goes.
+struct DocTarget {
+    method: Method,
+    index: String,
+    id: Option<String>,
+    endpoint: &'static str,
+    action: Action,
+}
+
+/// One document: the same embedding as a one-item bulk, then the original request shape.
+async fn one_doc(state: &AppState, t: DocTarget, query: Option<String>, body: Bytes) -> Result<Response, ApiError> {
+    let DocTarget { method, index, id, endpoint, action } = t;
+    let path = with_query(
+        match &id {
+            Some(id) => format!("/{index}/{endpoint}/{id}"),
+            None => format!("/{index}/{endpoint}"),
+        },
+        query,
+    );
+    if state.ingestor.pipeline_for(&index).is_none() {
+        let req = EngineRequest::new(method, path).passthrough();
+        let req = if body.is_empty() { req } else { req.json_bytes(body) };
+        return Ok(engine_answer(state.engine.send(req).await?));
+    }
+    let source: Value = serde_json::from_slice(&body).map_err(|e| invalid(format!("the document is not JSON: {e}")))?;
+    if !source.is_object() {
+        return Err(invalid("the document must be a JSON object"));
+    }
+    let mut items = vec![BulkItem { action, meta: Default::default(), source: Some(source), line: 1 }];
+    let failures = state.ingestor.prepare(&mut items, Some(&index)).await?;
+    if let Some(f) = failures.first() {
+        let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let body = serde_json::json!({"error": {"type": f.error_type, "reason": f.reason}, "status": f.status});
+        return Ok((status, axum::Json(body)).into_response());
+    }
+    let doc = items.pop().and_then(|i| i.source).unwrap_or_default();
+    let req = EngineRequest::new(method, path).json(&doc).passthrough();
+    Ok(engine_answer(state.engine.send(req).await?))
+}
+
+pub async fn doc_with_id(
+    State(state): State<AppState>,
+    method: Method,
+    Path((index, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    one_doc(&state, DocTarget { method, index, id: Some(id), endpoint: "_doc", action: Action::Index }, query, body)
+        .await
+}
+
+pub async fn doc_auto_id(
+    State(state): State<AppState>,
+    Path(index): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let t = DocTarget { method: Method::POST, index, id: None, endpoint: "_doc", action: Action::Index };
+    one_doc(&state, t, query, body).await
+}
+
+pub async fn create_with_id(
+    State(state): State<AppState>,
+    method: Method,
+    Path((index, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let t = DocTarget { method, index, id: Some(id), endpoint: "_create", action: Action::Create };
+    one_doc(&state, t, query, body).await
+}

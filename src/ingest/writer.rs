@@ -1,0 +1,247 @@
+//! Documents on their way in: for indices that have a pipeline, the configured source fields are
+//! embedded (bulk lane of the encoder) and the vectors written into the documents before they
+//! go to the engine. Other indices pass through untouched.
+//!
+//! Per-document problems (a source field that is not text, text over the limits, an update that
+//! touches only some of a vector's sources) fail that item alone; a full encoder queue fails the
+//! whole request (the HTTP layer answers 429 with Retry-After), so nothing is dropped silently.
+//!
+//! Not yet: passage chunking at write time (pipelines with `[chunking]` are refused at startup),
+//! the content-hash skip (the hash is written, not yet used to skip), retries of item-level 429s.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::bulk::{Action, BulkItem, ItemFailure};
+use super::pipeline::Pipeline;
+use crate::encoder::{EncodeOptions, EncoderError, EncoderSet, Input, Lane, Pooled, TextKind};
+
+/// Why the ingest configuration was refused at startup.
+#[derive(Debug, thiserror::Error)]
+#[error("ingest: pipeline `{pipeline}`: {reason}")]
+pub struct IngestConfigError {
+    pub pipeline: String,
+    pub reason: String,
+}
+
+/// Pipelines by target index, and the models they use.
+pub struct Ingestor {
+    by_index: BTreeMap<String, Arc<Pipeline>>,
+    encoders: Arc<EncoderSet>,
+    max_chars: usize,
+    max_inputs: usize,
+}
+
+/// Why one document is refused: (status, error type, reason).
+type Refusal = (u16, &'static str, String);
+
+/// One text to embed: (item position, field spec index, text).
+struct Pending {
+    position: usize,
+    spec: usize,
+    text: String,
+}
+
+impl Ingestor {
+    pub fn new(
+        pipelines: Vec<Pipeline>,
+        encoders: Arc<EncoderSet>,
+        max_chars: usize,
+        max_inputs: usize,
+    ) -> Result<Ingestor, IngestConfigError> {
+        let mut by_index = BTreeMap::new();
+        for p in pipelines {
+            let err = |reason: String| IngestConfigError { pipeline: p.name.clone(), reason };
+            if p.chunking.is_some() {
+                return Err(err(
+                    "[chunking] is not supported by the write path yet; remove it to ingest through the sidecar".into(),
+                ));
+            }
+            encoders.get(Some(&p.model)).map_err(|e| err(e.to_string()))?;
+            if by_index.contains_key(&p.index) {
+                return Err(err(format!("a second pipeline targets index `{}`", p.index)));
+            }
+            by_index.insert(p.index.clone(), Arc::new(p));
+        }
+        Ok(Ingestor { by_index, encoders, max_chars, max_inputs })
+    }
+
+    pub fn pipeline_for(&self, index: &str) -> Option<&Arc<Pipeline>> {
+        self.by_index.get(index)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_index.is_empty()
+    }
+
+    /// Embeds what the pipelines ask for, in place; returns the items that must not be sent.
+    pub async fn prepare(
+        &self,
+        items: &mut [BulkItem],
+        default_index: Option<&str>,
+    ) -> Result<Vec<ItemFailure>, EncoderError> {
+        let mut failures = Vec::new();
+        // model name -> texts to embed with it
+        let mut work: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
+        for (position, item) in items.iter().enumerate() {
+            let Some(p) = item.index(default_index).and_then(|i| self.by_index.get(i)) else { continue };
+            let doc = match (item.action, item.source.as_ref()) {
+                (Action::Index | Action::Create, Some(Value::Object(o))) => o,
+                (Action::Update, Some(s)) => match s.get("doc") {
+                    Some(Value::Object(o)) => o,
+                    _ => continue, // scripted updates and upserts without doc pass through
+                },
+                _ => continue,
+            };
+            match self.texts_for(p, doc, item.action == Action::Update) {
+                Ok(texts) => {
+                    for (spec, text) in texts {
+                        work.entry(p.model.clone()).or_default().push(Pending { position, spec, text });
+                    }
+                }
+                Err((status, error_type, reason)) => {
+                    failures.push(ItemFailure { position, status, error_type, reason })
+                }
+            }
+        }
+        let failed: std::collections::BTreeSet<usize> = failures.iter().map(|f| f.position).collect();
+        for (model, pending) in work {
+            let pending: Vec<Pending> = pending.into_iter().filter(|p| !failed.contains(&p.position)).collect();
+            let encoder = self.encoders.get(Some(&model))?;
+            for chunk in pending.chunks(self.max_inputs.max(1)) {
+                let inputs = chunk.iter().map(|p| Input::Text(p.text.clone())).collect();
+                let opts = EncodeOptions {
+                    kind: TextKind::Passage,
+                    normalize: None,
+                    truncate: true,
+                    lane: Lane::Bulk,
+                    wait_for_room: false,
+                };
+                let out = encoder.encode(inputs, opts).await?;
+                for (p, vector) in chunk.iter().zip(out.outputs) {
+                    let Pooled::Vector(v) = vector else { continue };
+                    let item = &mut items[p.position];
+                    let pipeline = item.index(default_index).and_then(|i| self.by_index.get(i)).cloned();
+                    let Some(pipeline) = pipeline else { continue };
+                    let spec = &pipeline.fields[p.spec];
+                    let target = match (item.action, item.source.as_mut()) {
+                        (Action::Update, Some(s)) => s.get_mut("doc"),
+                        (_, s) => s,
+                    };
+                    if let Some(Value::Object(doc)) = target {
+                        doc.insert(spec.vector.clone(), Value::from(v));
+                        if let Some(h) = &pipeline.hash_field {
+                            doc.insert(h.clone(), Value::from(content_hash(&pipeline, doc)));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(failures)
+    }
+
+    /// The text to embed for each field spec of `p`, or the reason the document cannot be taken.
+    fn texts_for(
+        &self,
+        p: &Pipeline,
+        doc: &Map<String, Value>,
+        partial: bool,
+    ) -> Result<Vec<(usize, String)>, Refusal> {
+        let mut out = Vec::new();
+        for (spec_i, spec) in p.fields.iter().enumerate() {
+            let mut parts = Vec::new();
+            let mut present = Vec::new();
+            for f in &spec.source {
+                match lookup(doc, f) {
+                    None | Some(Value::Null) => {}
+                    Some(Value::String(s)) => {
+                        present.push(f.as_str());
+                        if !s.is_empty() {
+                            parts.push(s.as_str());
+                        }
+                    }
+                    Some(other) => {
+                        return Err((
+                            400,
+                            "illegal_argument_exception",
+                            format!(
+                                "field [{f}] must be text to be embedded into [{}] (pipeline [{}]), got {}",
+                                spec.vector,
+                                p.name,
+                                json_kind(other)
+                            ),
+                        ))
+                    }
+                }
+            }
+            if partial && !present.is_empty() && present.len() < spec.source.len() {
+                let missing: Vec<&str> =
+                    spec.source.iter().map(String::as_str).filter(|f| !present.contains(f)).collect();
+                return Err((
+                    400,
+                    "illegal_argument_exception",
+                    format!(
+                        "this update changes {present:?} but not {missing:?}; [{}] is embedded from all of them, so send them all",
+                        spec.vector
+                    ),
+                ));
+            }
+            if parts.is_empty() {
+                continue;
+            }
+            let text = parts.join("\n");
+            let chars = text.chars().count();
+            if chars > self.max_chars {
+                return Err((
+                    413,
+                    "sidecar_document_too_large_exception",
+                    format!(
+                        "the text for [{}] has {chars} characters, over encoder.max_input_chars ({})",
+                        spec.vector, self.max_chars
+                    ),
+                ));
+            }
+            out.push((spec_i, text));
+        }
+        Ok(out)
+    }
+}
+
+fn lookup<'a>(doc: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut cur = doc.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.get(p)?;
+    }
+    Some(cur)
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// SHA-256 over every embedded source text of the document, with field names (hex).
+pub fn content_hash(p: &Pipeline, doc: &Map<String, Value>) -> String {
+    let mut h = Sha256::new();
+    for spec in &p.fields {
+        for f in &spec.source {
+            h.update(f.as_bytes());
+            h.update([0]);
+            if let Some(Value::String(s)) = lookup(doc, f) {
+                h.update(s.as_bytes());
+            }
+            h.update([0]);
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}

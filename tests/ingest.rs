@@ -1,0 +1,274 @@
+//! The ES-compatible write endpoints against the real OpenSearch node and the real model:
+//! vectors arrive equal to `/embed`, per-item failures land at their positions while valid items
+//! are stored, malformed requests store nothing, other indices pass through untouched.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{cosine, encoder_settings, engine_url, unique_index};
+use reqwest::Method;
+use semantic_sidecar::encoder::EncoderSet;
+use semantic_sidecar::engine::{EngineClient, EngineRequest};
+use semantic_sidecar::http::{self, AppState};
+use semantic_sidecar::ingest::mapping::{index_body, ModelShape};
+use semantic_sidecar::ingest::pipeline::Pipeline;
+use semantic_sidecar::telemetry::Metrics;
+use serde_json::{json, Value};
+
+struct Fixture {
+    url: String,
+    index: String,
+    engine: EngineClient,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn pipeline(index: &str) -> Pipeline {
+    toml::from_str(&format!(
+        "name = 'docs'\nindex = '{index}'\nmodel = 'all-MiniLM-L6-v2'\nhash_field = 'content_hash'\n\
+         [[fields]]\nsource = ['title', 'text']\nvector = 'text_vector'\n"
+    ))
+    .unwrap()
+}
+
+async fn fixture(extra: &[(&str, &str)]) -> Fixture {
+    let url = engine_url();
+    let mut pairs = vec![("SIDECAR__ENGINE__URLS", url.as_str())];
+    pairs.extend_from_slice(extra);
+    let settings = encoder_settings(&pairs);
+    let engine = EngineClient::new(&settings.engine).unwrap();
+    let index = unique_index("ingest");
+    let p = pipeline(&index);
+    let info = engine.info().await.unwrap();
+    let body = index_body(&info, &p, ModelShape { dims: 384, normalized: true }).unwrap();
+    engine.send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&body)).await.unwrap();
+
+    let metrics = Metrics::new();
+    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
+    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
+    let state = AppState::with_encoders(settings, engine.clone(), metrics, encoders).with_pipelines(vec![p]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(http::serve(listener, state, async move {
+        let _ = rx.await;
+    }));
+    Fixture { url: addr, index, engine, _stop: tx }
+}
+
+fn scifact(n: usize) -> Vec<Value> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/scifact/corpus.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (the evaluation data lives in ../shared/data)", path.display()));
+    text.lines().take(n).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+async fn bulk(url: &str, body: String) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/_bulk?refresh=true"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn count(f: &Fixture) -> u64 {
+    let v: Value = f.engine.get_json(&format!("/{}/_count", f.index)).await.unwrap();
+    v["count"].as_u64().unwrap()
+}
+
+async fn embed(url: &str, texts: &[String]) -> Vec<Vec<f32>> {
+    let r: Value = reqwest::Client::new()
+        .post(format!("{url}/embed"))
+        .json(&json!({"inputs": texts, "truncate": true, "prompt_name": "passage"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+#[tokio::test]
+async fn a_thousand_scifact_documents_arrive_with_the_vectors_of_embed() {
+    let f = fixture(&[]).await;
+    let docs = scifact(1000);
+    let mut body = String::new();
+    for d in &docs {
+        body.push_str(&json!({"index": {"_index": f.index, "_id": d["_id"]}}).to_string());
+        body.push('\n');
+        body.push_str(&json!({"title": d["title"], "text": d["text"]}).to_string());
+        body.push('\n');
+    }
+    let (st, resp) = bulk(&f.url, body).await;
+    assert_eq!(st, 200, "{resp}");
+    assert_eq!(resp["errors"], false, "{resp}");
+    assert_eq!(resp["items"].as_array().unwrap().len(), 1000);
+    assert_eq!(count(&f).await, 1000);
+
+    // every 20th document: stored vector == /embed of the same joined text
+    let sample: Vec<&Value> = docs.iter().step_by(20).collect();
+    let texts: Vec<String> =
+        sample.iter().map(|d| format!("{}\n{}", d["title"].as_str().unwrap(), d["text"].as_str().unwrap())).collect();
+    let want = embed(&f.url, &texts).await;
+    let ids: Vec<&Value> = sample.iter().map(|d| &d["_id"]).collect();
+    let got: Value = f
+        .engine
+        .send(
+            EngineRequest::new(Method::POST, format!("/{}/_mget", f.index)).json(&json!({"ids": ids})).idempotent(true),
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut worst = 1.0f64;
+    for (doc, w) in got["docs"].as_array().unwrap().iter().zip(&want) {
+        let v = floats(&doc["_source"]["text_vector"]);
+        assert_eq!(v.len(), 384);
+        assert_eq!(doc["_source"]["content_hash"].as_str().map(str::len), Some(64));
+        worst = worst.min(cosine(&v, w));
+    }
+    println!("bulk vs /embed: min cosine {worst:.9} over {} documents", want.len());
+    assert!(worst >= 0.9999);
+}
+
+#[tokio::test]
+async fn bad_items_fail_alone_and_valid_ones_are_stored() {
+    let f = fixture(&[("SIDECAR__ENCODER__MAX_INPUT_CHARS", "2000")]).await;
+    let i = &f.index;
+    let lines = [
+        json!({"index": {"_index": i, "_id": "ok1"}}),
+        json!({"title": "Vitamin D", "text": "and respiratory infections", "year": 2011}),
+        json!({"index": {"_index": i, "_id": "num"}}),
+        json!({"title": 42, "text": "a number is not text"}),
+        json!({"index": {"_index": i, "_id": "big"}}),
+        json!({"title": "huge", "text": "x".repeat(3000)}),
+        json!({"index": {"_index": i, "_id": "obj"}}),
+        json!({"title": "engine rejects", "text": "fine", "text_vector": "not a vector"}),
+        json!({"create": {"_index": i, "_id": "ok2"}}),
+        json!({"title": "Second", "text": "valid document"}),
+        json!({"delete": {"_index": i, "_id": "missing"}}),
+        json!({"index": {"_index": i, "_id": "badyear"}}),
+        json!({"title": "Engine-side rejection", "text": "year is mapped as a number", "year": {"not": "a number"}}),
+    ];
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let (st, resp) = bulk(&f.url, body).await;
+    assert_eq!(st, 200, "{resp}");
+    assert_eq!(resp["errors"], true);
+    let items = resp["items"].as_array().unwrap();
+    assert_eq!(items.len(), 7);
+    let status = |k: usize, action: &str| items[k][action]["status"].as_u64().unwrap();
+    assert_eq!(status(0, "index"), 201);
+    assert_eq!(status(1, "index"), 400);
+    assert!(items[1]["index"]["error"]["reason"].as_str().unwrap().contains("[title] must be text"));
+    assert_eq!(status(2, "index"), 413);
+    assert!(items[2]["index"]["error"]["reason"].as_str().unwrap().contains("max_input_chars"));
+    // the sidecar overwrote the client's text_vector with the real one, so the engine stores it
+    assert_eq!(status(3, "index"), 201);
+    assert_eq!(status(4, "create"), 201);
+    assert_eq!(status(5, "delete"), 404);
+    assert_eq!(status(6, "index"), 400, "the engine's own per-item error: {}", items[6]);
+    assert_eq!(items[6]["index"]["error"]["type"], "mapper_parsing_exception");
+    assert_eq!(count(&f).await, 3, "ok1, obj and ok2 stored; num and big not");
+}
+
+#[tokio::test]
+async fn malformed_requests_store_nothing_and_name_the_line() {
+    let f = fixture(&[]).await;
+    let i = &f.index;
+    for (body, needle) in [
+        (format!("{}\n{}\n{{oops\n", json!({"index": {"_index": i}}), json!({"title": "a", "text": "b"})), "line [3]"),
+        (format!("{}\n{}\n", json!({"upsert": {"_index": i}}), json!({"title": "a"})), "[upsert]"),
+    ] {
+        let (st, resp) = bulk(&f.url, body).await;
+        assert_eq!(st, 400, "{resp}");
+        assert!(resp["error"]["reason"].as_str().unwrap().contains(needle), "{resp}");
+    }
+    f.engine.send(EngineRequest::new(Method::POST, format!("/{i}/_refresh")).idempotent(true)).await.unwrap();
+    assert_eq!(count(&f).await, 0);
+}
+
+#[tokio::test]
+async fn other_indices_pass_through_untouched() {
+    let f = fixture(&[]).await;
+    let plain = unique_index("plain");
+    let body =
+        format!("{}\n{}\n", json!({"index": {"_index": plain, "_id": "1"}}), json!({"title": "no pipeline here"}));
+    let (st, resp) = bulk(&f.url, body).await;
+    assert_eq!(st, 200, "{resp}");
+    let doc: Value = f.engine.get_json(&format!("/{plain}/_doc/1")).await.unwrap();
+    assert_eq!(doc["_source"], json!({"title": "no pipeline here"}), "no vector, nothing added");
+    f.engine.send(EngineRequest::new(Method::DELETE, format!("/{plain}"))).await.unwrap();
+}
+
+#[tokio::test]
+async fn single_document_endpoints_embed_and_keep_the_engine_answers() {
+    let f = fixture(&[]).await;
+    let c = reqwest::Client::new();
+    let i = &f.index;
+    let doc = json!({"title": "Hybrid search", "text": "BM25 and kNN together"});
+    let r = c.put(format!("{}/{i}/_doc/a?refresh=true", f.url)).json(&doc).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["result"], "created");
+    let r = c.post(format!("{}/{i}/_doc?refresh=true", f.url)).json(&doc).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let auto_id = r.json::<Value>().await.unwrap()["_id"].as_str().unwrap().to_string();
+    let r = c.put(format!("{}/{i}/_create/a", f.url)).json(&doc).send().await.unwrap();
+    assert_eq!(r.status(), 409, "the engine's version conflict comes back as it was");
+    let r = c.put(format!("{}/{i}/_doc/b", f.url)).json(&json!({"title": ["not", "text"]})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    let want = embed(&f.url, &["Hybrid search\nBM25 and kNN together".to_string()]).await;
+    for id in ["a", auto_id.as_str()] {
+        let stored: Value = f.engine.get_json(&format!("/{i}/_doc/{id}")).await.unwrap();
+        assert!(cosine(&floats(&stored["_source"]["text_vector"]), &want[0]) >= 0.9999);
+    }
+
+    // partial updates: all sources re-embed; some of them are refused
+    let upd = |doc: Value| format!("{}\n{}\n", json!({"update": {"_index": i, "_id": "a"}}), json!({"doc": doc}));
+    let (_, resp) = bulk(&f.url, upd(json!({"title": "New title", "text": "new text"}))).await;
+    assert_eq!(resp["items"][0]["update"]["status"], 200, "{resp}");
+    let stored: Value = f.engine.get_json(&format!("/{i}/_doc/a")).await.unwrap();
+    let want = embed(&f.url, &["New title\nnew text".to_string()]).await;
+    assert!(cosine(&floats(&stored["_source"]["text_vector"]), &want[0]) >= 0.9999);
+    let (_, resp) = bulk(&f.url, upd(json!({"title": "Only the title"}))).await;
+    assert_eq!(resp["items"][0]["update"]["status"], 400, "{resp}");
+    assert!(resp["items"][0]["update"]["error"]["reason"].as_str().unwrap().contains("send them all"));
+}
+
+#[tokio::test]
+async fn a_full_encoder_queue_answers_429_and_stores_nothing_of_that_request() {
+    let f = fixture(&[
+        ("SIDECAR__ENCODER__QUEUE_CAPACITY", "8"),
+        ("SIDECAR__ENCODER__MAX_INPUTS_PER_REQUEST", "8"),
+        ("SIDECAR__ENCODER__INTRA_THREADS", "1"),
+    ])
+    .await;
+    let docs = scifact(8);
+    let body: String = docs
+        .iter()
+        .map(|d| {
+            format!("{}\n{}\n", json!({"index": {"_index": f.index}}), json!({"title": d["title"], "text": d["text"]}))
+        })
+        .collect();
+    let sends = (0..6).map(|_| bulk(&f.url, body.clone()));
+    let results = futures_util::future::join_all(sends).await;
+    let rejected = results.iter().filter(|(st, _)| *st == 429).count();
+    let ok = results.iter().filter(|(st, _)| *st == 200).count();
+    assert!(rejected > 0 && ok > 0, "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert!(results.iter().all(|(st, _)| *st == 200 || *st == 429));
+    f.engine.send(EngineRequest::new(Method::POST, format!("/{}/_refresh", f.index)).idempotent(true)).await.unwrap();
+    assert_eq!(count(&f).await, 8 * ok as u64, "a 429 stores nothing; every 200 stored all eight");
+}
