@@ -272,3 +272,54 @@ async fn a_full_encoder_queue_answers_429_and_stores_nothing_of_that_request() {
     f.engine.send(EngineRequest::new(Method::POST, format!("/{}/_refresh", f.index)).idempotent(true)).await.unwrap();
     assert_eq!(count(&f).await, 8 * ok as u64, "a 429 stores nothing; every 200 stored all eight");
 }
+
+async fn inputs_encoded(url: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with(r#"sidecar_encoder_inputs_total{model="all-MiniLM-L6-v2"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn unchanged_documents_keep_their_stored_vectors_without_encoding() {
+    let f = fixture(&[]).await;
+    let docs = scifact(20);
+    let body = |docs: &[Value]| -> String {
+        docs.iter()
+            .map(|d| {
+                format!(
+                    "{}\n{}\n",
+                    json!({"index": {"_index": f.index, "_id": d["_id"]}}),
+                    json!({"title": d["title"], "text": d["text"]})
+                )
+            })
+            .collect()
+    };
+    let (st, _) = bulk(&f.url, body(&docs)).await;
+    assert_eq!(st, 200);
+    let first = inputs_encoded(&f.url).await;
+    assert_eq!(first, 20.0);
+
+    let (st, resp) = bulk(&f.url, body(&docs)).await;
+    assert_eq!((st, resp["errors"].as_bool()), (200, Some(false)), "{resp}");
+    assert_eq!(inputs_encoded(&f.url).await, first, "re-sending unchanged documents encodes nothing");
+    let id0 = docs[0]["_id"].as_str().unwrap();
+    let stored: Value = f.engine.get_json(&format!("/{}/_doc/{id0}", f.index)).await.unwrap();
+    assert_eq!(stored["_source"]["text_vector"].as_array().map(Vec::len), Some(384), "the stored vector was kept");
+
+    let mut changed = docs.clone();
+    changed[3]["text"] = json!("A completely different abstract about hybrid retrieval.");
+    let (st, _) = bulk(&f.url, body(&changed)).await;
+    assert_eq!(st, 200);
+    assert_eq!(inputs_encoded(&f.url).await, first + 1.0, "only the changed document is encoded");
+    let id3 = docs[3]["_id"].as_str().unwrap();
+    let stored: Value = f.engine.get_json(&format!("/{}/_doc/{id3}", f.index)).await.unwrap();
+    let want = embed(
+        &f.url,
+        &[format!("{}\nA completely different abstract about hybrid retrieval.", docs[3]["title"].as_str().unwrap())],
+    )
+    .await;
+    assert!(cosine(&floats(&stored["_source"]["text_vector"]), &want[0]) >= 0.9999);
+}

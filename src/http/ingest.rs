@@ -70,7 +70,11 @@ async fn run_bulk(
         let resp = state.engine.send(EngineRequest::new(Method::POST, path).ndjson(body).passthrough()).await?;
         return Ok(engine_answer(resp));
     }
-    let failures = state.ingestor.prepare(&mut items, default_index).await?;
+    let prepared = state.ingestor.prepare(&mut items, default_index, &state.engine).await?;
+    let failures = prepared.failures;
+    if prepared.skipped > 0 {
+        tracing::debug!(skipped = prepared.skipped, "content hash unchanged: stored vectors kept");
+    }
     let forward: Vec<&BulkItem> =
         items.iter().enumerate().filter(|(p, _)| !failures.iter().any(|f| f.position == *p)).map(|(_, i)| i).collect();
     let took_ms = started.elapsed().as_millis() as u64;
@@ -116,9 +120,13 @@ async fn one_doc(state: &AppState, t: DocTarget, query: Option<String>, body: By
     if !source.is_object() {
         return Err(invalid("the document must be a JSON object"));
     }
-    let mut items = vec![BulkItem { action, meta: Default::default(), source: Some(source), line: 1 }];
-    let failures = state.ingestor.prepare(&mut items, Some(&index)).await?;
-    if let Some(f) = failures.first() {
+    let mut meta = serde_json::Map::new();
+    if let Some(id) = &id {
+        meta.insert("_id".into(), Value::from(id.clone()));
+    }
+    let mut items = vec![BulkItem { action, meta, source: Some(source), line: 1 }];
+    let prepared = state.ingestor.prepare(&mut items, Some(&index), &state.engine).await?;
+    if let Some(f) = prepared.failures.first() {
         let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST);
         let body = serde_json::json!({"error": {"type": f.error_type, "reason": f.reason}, "status": f.status});
         return Ok((status, axum::Json(body)).into_response());

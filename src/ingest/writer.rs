@@ -6,8 +6,11 @@
 //! touches only some of a vector's sources) fail that item alone; a full encoder queue fails the
 //! whole request (the HTTP layer answers 429 with Retry-After), so nothing is dropped silently.
 //!
+//! Content-hash skip: with `hash_field`, documents that carry an `_id` are looked up first
+//! (`_mget` of the hash and vector fields); unchanged text keeps the stored vectors.
+//!
 //! Not yet: passage chunking at write time (pipelines with `[chunking]` are refused at startup),
-//! the content-hash skip (the hash is written, not yet used to skip), retries of item-level 429s.
+//! retries of item-level 429s.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use sha2::{Digest, Sha256};
 use super::bulk::{Action, BulkItem, ItemFailure};
 use super::pipeline::Pipeline;
 use crate::encoder::{EncodeOptions, EncoderError, EncoderSet, Input, Lane, Pooled, TextKind};
+use crate::engine::{EngineClient, EngineRequest};
 
 /// Why the ingest configuration was refused at startup.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +37,15 @@ pub struct Ingestor {
     encoders: Arc<EncoderSet>,
     max_chars: usize,
     max_inputs: usize,
+}
+
+/// What [`Ingestor::prepare`] decided.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Items that must not be sent, with their reasons.
+    pub failures: Vec<ItemFailure>,
+    /// Documents whose stored vectors were kept (content-hash skip).
+    pub skipped: usize,
 }
 
 /// Why one document is refused: (status, error type, reason).
@@ -82,7 +95,8 @@ impl Ingestor {
         &self,
         items: &mut [BulkItem],
         default_index: Option<&str>,
-    ) -> Result<Vec<ItemFailure>, EncoderError> {
+        engine: &EngineClient,
+    ) -> Result<Prepared, EncoderError> {
         let mut failures = Vec::new();
         // model name -> texts to embed with it
         let mut work: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
@@ -108,6 +122,7 @@ impl Ingestor {
             }
         }
         let failed: std::collections::BTreeSet<usize> = failures.iter().map(|f| f.position).collect();
+        let skipped = self.keep_unchanged(items, default_index, &mut work, &failed, engine).await;
         for (model, pending) in work {
             let pending: Vec<Pending> = pending.into_iter().filter(|p| !failed.contains(&p.position)).collect();
             let encoder = self.encoders.get(Some(&model))?;
@@ -140,7 +155,79 @@ impl Ingestor {
                 }
             }
         }
-        Ok(failures)
+        Ok(Prepared { failures, skipped })
+    }
+
+    /// The content-hash skip: documents whose embedded text hashes the same as the stored copy
+    /// keep the stored vectors (copied into a full `index`/`create`, left alone by an `update`)
+    /// and leave `work`. Returns how many documents were not embedded again. A failed lookup
+    /// only means everything is embedded.
+    async fn keep_unchanged(
+        &self,
+        items: &mut [BulkItem],
+        default_index: Option<&str>,
+        work: &mut BTreeMap<String, Vec<Pending>>,
+        failed: &std::collections::BTreeSet<usize>,
+        engine: &EngineClient,
+    ) -> usize {
+        // index -> (id -> (position, new hash))
+        let mut wanted: BTreeMap<String, BTreeMap<String, (usize, String)>> = BTreeMap::new();
+        let positions: std::collections::BTreeSet<usize> = work.values().flatten().map(|p| p.position).collect();
+        for &pos in positions.difference(failed) {
+            let item = &items[pos];
+            let (Some(index), Some(id)) = (item.index(default_index), item.meta.get("_id").and_then(Value::as_str))
+            else {
+                continue;
+            };
+            let Some(p) = self.by_index.get(index) else { continue };
+            if p.hash_field.is_none() {
+                continue;
+            }
+            let doc = match (item.action, item.source.as_ref()) {
+                (Action::Update, Some(s)) => s.get("doc").and_then(Value::as_object),
+                (_, s) => s.and_then(Value::as_object),
+            };
+            if let Some(doc) = doc {
+                wanted.entry(index.to_string()).or_default().insert(id.to_string(), (pos, content_hash(p, doc)));
+            }
+        }
+        let mut unchanged: BTreeMap<usize, Map<String, Value>> = BTreeMap::new();
+        for (index, ids) in &wanted {
+            let p = &self.by_index[index];
+            let hash_field = p.hash_field.clone().unwrap_or_default();
+            let mut fields = vec![hash_field.clone()];
+            fields.extend(p.fields.iter().map(|f| f.vector.clone()));
+            let path = format!("/{index}/_mget?_source_includes={}", fields.join(","));
+            let body = serde_json::json!({"ids": ids.keys().collect::<Vec<_>>()});
+            let Ok(resp) =
+                engine.send(EngineRequest::new(reqwest::Method::POST, path).json(&body).idempotent(true)).await
+            else {
+                continue;
+            };
+            let Ok(found) = resp.json::<Value>() else { continue };
+            for d in found["docs"].as_array().into_iter().flatten() {
+                let (Some(id), Some(src)) = (d["_id"].as_str(), d["_source"].as_object()) else { continue };
+                let Some((pos, hash)) = ids.get(id) else { continue };
+                let complete = p.fields.iter().all(|f| src.get(&f.vector).is_some_and(Value::is_array));
+                if src.get(&hash_field).and_then(Value::as_str) == Some(hash.as_str()) && complete {
+                    unchanged.insert(*pos, src.clone());
+                }
+            }
+        }
+        for (pos, stored) in &unchanged {
+            let item = &mut items[*pos];
+            if item.action != Action::Update {
+                if let Some(Value::Object(doc)) = item.source.as_mut() {
+                    for (k, v) in stored {
+                        doc.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        for pending in work.values_mut() {
+            pending.retain(|p| !unchanged.contains_key(&p.position));
+        }
+        unchanged.len()
     }
 
     /// The text to embed for each field spec of `p`, or the reason the document cannot be taken.
