@@ -323,3 +323,37 @@ async fn unchanged_documents_keep_their_stored_vectors_without_encoding() {
     .await;
     assert!(cosine(&floats(&stored["_source"]["text_vector"]), &want[0]) >= 0.9999);
 }
+
+#[tokio::test]
+async fn the_opensearch_py_client_works_unchanged_through_the_sidecar() {
+    let f = fixture(&[]).await;
+    let python = std::env::var("SIDECAR_TEST_PYTHON").unwrap_or_else(|_| {
+        format!("{}/.cache/semantic-sidecar/venv/bin/python", std::env::var("HOME").unwrap_or_default())
+    });
+    assert!(std::path::Path::new(&python).is_file(), "no python with opensearch-py at {python}: run scripts/setup");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/opensearch_py_client.py");
+    let (url, index) = (f.url.clone(), f.index.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python).arg(script).arg(url).arg(index).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert_eq!(count(&f).await, 51);
+    let hits: Value = f
+        .engine
+        .send(
+            EngineRequest::new(Method::POST, format!("/{}/_search", f.index))
+                .json(&json!({"size": 100, "_source": ["text_vector"]}))
+                .idempotent(true),
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    for h in hits["hits"]["hits"].as_array().unwrap() {
+        assert_eq!(h["_source"]["text_vector"].as_array().map(Vec::len), Some(384), "{}", h["_id"]);
+    }
+}
