@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{cosine, encoder_settings, engine_url, unique_index};
+use common::{cosine, encoder_settings, engine_url, unique_index, Fault, FaultProxy};
 use reqwest::Method;
 use semantic_sidecar::encoder::EncoderSet;
 use semantic_sidecar::engine::{EngineClient, EngineRequest};
@@ -32,8 +32,11 @@ fn pipeline(index: &str) -> Pipeline {
 }
 
 async fn fixture(extra: &[(&str, &str)]) -> Fixture {
-    let url = engine_url();
-    let mut pairs = vec![("SIDECAR__ENGINE__URLS", url.as_str())];
+    fixture_on(&engine_url(), extra).await
+}
+
+async fn fixture_on(url: &str, extra: &[(&str, &str)]) -> Fixture {
+    let mut pairs = vec![("SIDECAR__ENGINE__URLS", url)];
     pairs.extend_from_slice(extra);
     let settings = encoder_settings(&pairs);
     let engine = EngineClient::new(&settings.engine).unwrap();
@@ -356,4 +359,28 @@ async fn the_opensearch_py_client_works_unchanged_through_the_sidecar() {
     for h in hits["hits"]["hits"].as_array().unwrap() {
         assert_eq!(h["_source"]["text_vector"].as_array().map(Vec::len), Some(384), "{}", h["_id"]);
     }
+}
+
+#[tokio::test]
+async fn item_level_429s_from_the_engine_are_retried_until_every_document_is_stored_once() {
+    let proxy = FaultProxy::start(&engine_url(), None).await;
+    let f = fixture_on(
+        &proxy.url,
+        &[("SIDECAR__ENGINE__RETRY__INITIAL_BACKOFF", "10ms"), ("SIDECAR__ENGINE__RETRY__MAX_BACKOFF", "50ms")],
+    )
+    .await;
+    // auto-generated ids: a document sent twice would be stored twice
+    let body: String = (0..10)
+        .map(|i| {
+            format!("{}\n{}\n", json!({"index": {"_index": f.index}}), json!({"title": format!("t{i}"), "text": "x"}))
+        })
+        .collect();
+    proxy.reset_count();
+    proxy.inject(Fault::BulkItems429(3), 2); // first send: 3 rejected; their retry: all 3 rejected again
+    let (st, resp) = bulk(&f.url, body).await;
+    assert_eq!(st, 200, "{resp}");
+    assert_eq!(resp["errors"], false, "{resp}");
+    assert!(resp["items"].as_array().unwrap().iter().all(|i| i["index"]["status"] == 201), "{resp}");
+    assert_eq!(proxy.count(), 3, "one bulk, then two retries of the rejected items only");
+    assert_eq!(count(&f).await, 10, "every document stored exactly once");
 }

@@ -222,6 +222,11 @@ impl EngineClient {
         })
     }
 
+    /// The retry policy of `engine.retry` (also used for item-level retries of bulk requests).
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.inner.retry
+    }
+
     /// The configured base URLs.
     pub fn urls(&self) -> &[Url] {
         &self.inner.urls

@@ -21,6 +21,7 @@ use super::AppState;
 use crate::engine::{EngineRequest, EngineResponse};
 use crate::error::ErrorCode;
 use crate::ingest::bulk::{self, Action, BulkItem};
+use crate::ingest::writer::{send_bulk, BulkOutcome};
 
 fn with_query(path: String, query: Option<String>) -> String {
     match query.filter(|q| !q.is_empty()) {
@@ -82,12 +83,10 @@ async fn run_bulk(
         let merged = bulk::merge(&items, default_index, &failures, None, took_ms);
         return Ok(axum::Json(merged).into_response());
     }
-    let resp =
-        state.engine.send(EngineRequest::new(Method::POST, path).ndjson(bulk::write(&forward)).passthrough()).await?;
-    if !resp.status.is_success() {
-        return Ok(engine_answer(resp));
-    }
-    let engine: Value = resp.json()?;
+    let engine = match send_bulk(&state.engine, &path, &forward).await? {
+        BulkOutcome::Items(v) => v,
+        BulkOutcome::Answer(resp) => return Ok(engine_answer(resp)),
+    };
     let merged = bulk::merge(&items, default_index, &failures, Some(&engine), started.elapsed().as_millis() as u64);
     Ok(axum::Json(merged).into_response())
 }

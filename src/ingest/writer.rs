@@ -9,8 +9,9 @@
 //! Content-hash skip: with `hash_field`, documents that carry an `_id` are looked up first
 //! (`_mget` of the hash and vector fields); unchanged text keeps the stored vectors.
 //!
-//! Not yet: passage chunking at write time (pipelines with `[chunking]` are refused at startup),
-//! retries of item-level 429s.
+//! Item-level 429s from the engine are retried (only those items) with the engine's backoff.
+//!
+//! Not yet: passage chunking at write time (pipelines with `[chunking]` are refused at startup).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,10 +19,10 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::bulk::{Action, BulkItem, ItemFailure};
+use super::bulk::{self, Action, BulkItem, ItemFailure};
 use super::pipeline::Pipeline;
 use crate::encoder::{EncodeOptions, EncoderError, EncoderSet, Input, Lane, Pooled, TextKind};
-use crate::engine::{EngineClient, EngineRequest};
+use crate::engine::{EngineClient, EngineError, EngineRequest, EngineResponse};
 
 /// Why the ingest configuration was refused at startup.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,67 @@ pub struct Ingestor {
     encoders: Arc<EncoderSet>,
     max_chars: usize,
     max_inputs: usize,
+}
+
+/// What the engine made of a bulk request.
+pub enum BulkOutcome {
+    /// The engine-shaped `{took, errors, items}`, after item-level retries.
+    Items(Value),
+    /// The engine refused the whole request; its answer, to pass on unchanged.
+    Answer(EngineResponse),
+}
+
+fn item_status(item: &Value) -> Option<u64> {
+    item.as_object()?.values().next()?.get("status")?.as_u64()
+}
+
+/// Sends `items` as one bulk request; items the engine rejects with 429 are sent again (only
+/// them) with the engine's backoff policy until they land or the retry budget is spent, so a
+/// busy cluster delays documents instead of dropping them. Items still rejected at the end are
+/// reported as 429 to the client.
+pub async fn send_bulk(engine: &EngineClient, path: &str, items: &[&BulkItem]) -> Result<BulkOutcome, EngineError> {
+    let resp =
+        engine.send(EngineRequest::new(reqwest::Method::POST, path).ndjson(bulk::write(items)).passthrough()).await?;
+    if !resp.status.is_success() {
+        return Ok(BulkOutcome::Answer(resp));
+    }
+    let mut answer: Value = resp.json()?;
+    let policy = engine.retry_policy();
+    let started = std::time::Instant::now();
+    let mut retry = 0u32;
+    while let Some(results) = answer["items"].as_array() {
+        let rejected: Vec<usize> =
+            results.iter().enumerate().filter(|(_, r)| item_status(r) == Some(429)).map(|(i, _)| i).collect();
+        if rejected.is_empty() || rejected.len() > items.len() {
+            break;
+        }
+        let Some(delay) = policy.delay(retry, started.elapsed(), rand::random::<f64>(), None) else { break };
+        tracing::debug!(
+            items = rejected.len(),
+            retry = retry + 1,
+            delay_ms = delay.as_millis() as u64,
+            "bulk items rejected with 429, retrying them"
+        );
+        tokio::time::sleep(delay).await;
+        let subset: Vec<&BulkItem> = rejected.iter().map(|&i| items[i]).collect();
+        let resp = engine
+            .send(EngineRequest::new(reqwest::Method::POST, path).ndjson(bulk::write(&subset)).passthrough())
+            .await?;
+        if !resp.status.is_success() {
+            break;
+        }
+        let again: Value = resp.json()?;
+        let Some(new_items) = again["items"].as_array() else { break };
+        for (k, &i) in rejected.iter().enumerate() {
+            if let Some(r) = new_items.get(k) {
+                answer["items"][i] = r.clone();
+            }
+        }
+        retry += 1;
+    }
+    let errors = answer["items"].as_array().is_some_and(|a| a.iter().any(|r| item_status(r).is_none_or(|s| s >= 300)));
+    answer["errors"] = Value::Bool(errors);
+    Ok(BulkOutcome::Items(answer))
 }
 
 /// What [`Ingestor::prepare`] decided.

@@ -74,6 +74,9 @@ pub enum Fault {
     Status(u16),
     /// Close the connection without answering (the request may have been seen).
     Drop,
+    /// For a `_bulk` of index/create actions: reject the first `n` items with a per-item 429
+    /// (they are not forwarded), forward the rest, and splice the answers together.
+    BulkItems429(usize),
 }
 
 /// A small HTTP proxy in front of the real engine that injects faults on demand.
@@ -195,6 +198,7 @@ async fn handle(ctx: Arc<ProxyCtx>, req: Request<Incoming>) -> Result<Response<F
             ))
         }
         Some(Fault::Status(s)) => return Ok(error_response(s, "injected_fault", "fault injected by the test proxy")),
+        Some(Fault::BulkItems429(n)) => return Ok(bulk_with_rejections(&ctx, req, n).await),
         None => {}
     }
     if let Some(expected) = &ctx.expected_auth {
@@ -226,6 +230,46 @@ async fn handle(ctx: Arc<ProxyCtx>, req: Request<Incoming>) -> Result<Response<F
         out = out.header("content-type", ct.as_bytes());
     }
     Ok(out.body(Full::new(bytes)).unwrap())
+}
+
+async fn bulk_with_rejections(ctx: &ProxyCtx, req: Request<Incoming>, n: usize) -> Response<Full<Bytes>> {
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/_bulk".into());
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).to_string();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let pairs: Vec<(&str, &str)> = lines.chunks(2).map(|c| (c[0], c[1])).collect();
+    let n = n.min(pairs.len());
+    let mut rejected = Vec::new();
+    for (action, _) in &pairs[..n] {
+        let a: serde_json::Value = serde_json::from_str(action).unwrap();
+        let (name, meta) = a.as_object().unwrap().iter().next().map(|(k, v)| (k.clone(), v.clone())).unwrap();
+        rejected.push(serde_json::json!({ name: {
+            "_index": meta["_index"], "_id": meta["_id"], "status": 429,
+            "error": {"type": "es_rejected_execution_exception", "reason": "rejected execution of write (test proxy)"}
+        }}));
+    }
+    let mut items = rejected;
+    let mut took = 0;
+    if n < pairs.len() {
+        let rest: String = pairs[n..].iter().map(|(a, s)| format!("{a}\n{s}\n")).collect();
+        let resp = ctx
+            .client
+            .post(format!("{}{}", ctx.target, path))
+            .header("content-type", "application/x-ndjson")
+            .body(rest)
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = resp.json().await.unwrap();
+        took = v["took"].as_u64().unwrap_or(0);
+        items.extend(v["items"].as_array().unwrap().iter().cloned());
+    }
+    let body = serde_json::json!({"took": took, "errors": true, "items": items});
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
 }
 
 /// Minimal base64 (standard alphabet, padded) for the proxy's expected Basic credentials.
