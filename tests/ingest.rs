@@ -23,10 +23,10 @@ struct Fixture {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-fn pipeline(index: &str) -> Pipeline {
+fn pipeline(index: &str, extra: &str) -> Pipeline {
     toml::from_str(&format!(
         "name = 'docs'\nindex = '{index}'\nmodel = 'all-MiniLM-L6-v2'\nhash_field = 'content_hash'\n\
-         [[fields]]\nsource = ['title', 'text']\nvector = 'text_vector'\n"
+         [[fields]]\nsource = ['title', 'text']\nvector = 'text_vector'\n{extra}"
     ))
     .unwrap()
 }
@@ -36,12 +36,16 @@ async fn fixture(extra: &[(&str, &str)]) -> Fixture {
 }
 
 async fn fixture_on(url: &str, extra: &[(&str, &str)]) -> Fixture {
+    fixture_with(url, extra, "").await
+}
+
+async fn fixture_with(url: &str, extra: &[(&str, &str)], pipeline_extra: &str) -> Fixture {
     let mut pairs = vec![("SIDECAR__ENGINE__URLS", url)];
     pairs.extend_from_slice(extra);
     let settings = encoder_settings(&pairs);
     let engine = EngineClient::new(&settings.engine).unwrap();
     let index = unique_index("ingest");
-    let p = pipeline(&index);
+    let p = pipeline(&index, pipeline_extra);
     let info = engine.info().await.unwrap();
     let body = index_body(&info, &p, ModelShape { dims: 384, normalized: true }).unwrap();
     engine.send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&body)).await.unwrap();
@@ -383,4 +387,42 @@ async fn item_level_429s_from_the_engine_are_retried_until_every_document_is_sto
     assert!(resp["items"].as_array().unwrap().iter().all(|i| i["index"]["status"] == 201), "{resp}");
     assert_eq!(proxy.count(), 3, "one bulk, then two retries of the rejected items only");
     assert_eq!(count(&f).await, 10, "every document stored exactly once");
+}
+
+#[tokio::test]
+async fn long_documents_become_overlapping_passages_with_their_own_vectors() {
+    let f =
+        fixture_with(&engine_url(), &[], "[chunking]\nmax_tokens = 64\noverlap = 16\npassages_field = 'passages'\n")
+            .await;
+    let d = scifact(5).into_iter().max_by_key(|d| d["text"].as_str().unwrap().len()).unwrap();
+    let full = format!("{}\n{}", d["title"].as_str().unwrap(), d["text"].as_str().unwrap());
+    let r = reqwest::Client::new()
+        .put(format!("{}/{}/_doc/long?refresh=true", f.url, f.index))
+        .json(&json!({"title": d["title"], "text": d["text"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let stored: Value = f.engine.get_json(&format!("/{}/_doc/long", f.index)).await.unwrap();
+    let passages = stored["_source"]["passages"].as_array().unwrap();
+    assert!(passages.len() >= 3, "{} passages", passages.len());
+    let texts: Vec<String> = passages.iter().map(|p| p["text"].as_str().unwrap().to_string()).collect();
+    for t in &texts {
+        assert!(full.contains(t.as_str()), "a passage is a slice of the document: {t:?}");
+    }
+    assert!(texts[0].starts_with(d["title"].as_str().unwrap()));
+    let want = embed(&f.url, &texts).await;
+    for (p, w) in passages.iter().zip(&want) {
+        assert!(cosine(&floats(&p["vector"]), w) >= 0.9999);
+    }
+    // the last passage, beyond what one 256-token window would keep, finds the document
+    let q = json!({"size": 1, "query": {"nested": {"path": "passages", "query": {"knn": {"passages.vector": {"vector": want.last().unwrap(), "k": 3}}}}}});
+    let hits: Value = f
+        .engine
+        .send(EngineRequest::new(Method::POST, format!("/{}/_search", f.index)).json(&q).idempotent(true))
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(hits["hits"]["hits"][0]["_id"], "long", "{hits}");
 }

@@ -281,6 +281,11 @@ impl Encoder {
         &self.manifest
     }
 
+    /// Passages of `text` by this model's tokens (see [`TextTokenizer::chunk`]).
+    pub fn chunk(&self, text: &str, max_tokens: usize, overlap: usize) -> Result<Vec<String>, EncoderError> {
+        self.tokenizer.chunk(text, max_tokens, overlap)
+    }
+
     pub fn provider(&self) -> Provider {
         self.provider
     }

@@ -90,6 +90,32 @@ impl TextTokenizer {
         self.encode_input(EncodeInput::Single(InputSequence::from(words)))
     }
 
+    /// Cuts `text` into passages of at most `max_tokens` model tokens (special tokens not
+    /// counted), consecutive passages sharing `overlap` tokens. Passages are slices of the
+    /// original text (token offsets), so nothing is lowercased or re-spaced. Empty text: none.
+    pub fn chunk(&self, text: &str, max_tokens: usize, overlap: usize) -> Result<Vec<String>, EncoderError> {
+        let enc = self.untruncated.encode(text, false).map_err(|e| tok_err("encode", e))?;
+        let offsets = enc.get_offsets();
+        if offsets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let step = max_tokens.saturating_sub(overlap).max(1);
+        let mut out = Vec::new();
+        let mut start = 0;
+        loop {
+            let end = (start + max_tokens).min(offsets.len());
+            let (a, b) = (offsets[start].0, offsets[end - 1].1);
+            if let Some(slice) = text.get(a..b) {
+                out.push(slice.to_string());
+            }
+            if end == offsets.len() {
+                break;
+            }
+            start += step;
+        }
+        Ok(out)
+    }
+
     fn encode_input(&self, input: EncodeInput<'_>) -> Result<Encoded, EncoderError> {
         let enc = self.inner.encode(input.clone(), true).map_err(|e| tok_err("encode", e))?;
         // Only an input that reached the limit can have been cut: count it in full then.
@@ -165,6 +191,17 @@ mod tests {
         assert_eq!(tk.pad_id(), 0);
         let unknown = tk.encode("日本").unwrap();
         assert_eq!(unknown.ids, vec![2, 1, 1, 3], "unknown characters map to [UNK] one by one");
+    }
+
+    #[test]
+    fn chunks_are_overlapping_slices_of_the_original_text() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tk = TextTokenizer::load(&vocab_model(tmp.path(), 16)).unwrap();
+        // 8 tokens: 中 文 检 索 Hello , Worlds(2 tokens)
+        let chunks = tk.chunk("中文检索 Hello, Worlds", 4, 2).unwrap();
+        assert_eq!(chunks, vec!["中文检索", "检索 Hello,", "Hello, Worlds"]);
+        assert_eq!(tk.chunk("中文", 4, 1).unwrap(), vec!["中文"]);
+        assert!(tk.chunk("", 4, 1).unwrap().is_empty());
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //!
 //! Item-level 429s from the engine are retried (only those items) with the engine's backoff.
 //!
-//! Not yet: passage chunking at write time (pipelines with `[chunking]` are refused at startup).
+//! Chunking: with `[chunking]`, the text of the first `[[fields]]` entry is also cut into
+//! passages of `max_tokens` model tokens with `overlap` (slices of the original text), stored as
+//! nested `{text, vector}` objects in `passages_field`, so long documents are searchable past
+//! the model's max_seq_len.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -116,8 +119,17 @@ type Refusal = (u16, &'static str, String);
 /// One text to embed: (item position, field spec index, text).
 struct Pending {
     position: usize,
-    spec: usize,
+    target: Target,
     text: String,
+}
+
+/// Where a vector goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The vector field of `fields[i]`.
+    Field(usize),
+    /// `passages_field[k].vector`.
+    Passage(usize),
 }
 
 impl Ingestor {
@@ -130,12 +142,17 @@ impl Ingestor {
         let mut by_index = BTreeMap::new();
         for p in pipelines {
             let err = |reason: String| IngestConfigError { pipeline: p.name.clone(), reason };
-            if p.chunking.is_some() {
-                return Err(err(
-                    "[chunking] is not supported by the write path yet; remove it to ingest through the sidecar".into(),
-                ));
+            let encoder = encoders.get(Some(&p.model)).map_err(|e| err(e.to_string()))?;
+            if let Some(c) = &p.chunking {
+                let room = encoder.manifest().max_seq_len.saturating_sub(2);
+                if c.max_tokens > room {
+                    return Err(err(format!(
+                        "chunking.max_tokens {} does not fit the model's max_seq_len {} (at most {room} with [CLS] and [SEP])",
+                        c.max_tokens,
+                        encoder.manifest().max_seq_len
+                    )));
+                }
             }
-            encoders.get(Some(&p.model)).map_err(|e| err(e.to_string()))?;
             if by_index.contains_key(&p.index) {
                 return Err(err(format!("a second pipeline targets index `{}`", p.index)));
             }
@@ -162,6 +179,8 @@ impl Ingestor {
         let mut failures = Vec::new();
         // model name -> texts to embed with it
         let mut work: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
+        // (position, model, text of fields[0], max_tokens, overlap)
+        let mut to_chunk: Vec<(usize, String, String, usize, usize)> = Vec::new();
         for (position, item) in items.iter().enumerate() {
             let Some(p) = item.index(default_index).and_then(|i| self.by_index.get(i)) else { continue };
             let doc = match (item.action, item.source.as_ref()) {
@@ -174,8 +193,15 @@ impl Ingestor {
             };
             match self.texts_for(p, doc, item.action == Action::Update) {
                 Ok(texts) => {
+                    if let (Some(c), Some((0, text))) = (&p.chunking, texts.first()) {
+                        to_chunk.push((position, p.model.clone(), text.clone(), c.max_tokens, c.overlap));
+                    }
                     for (spec, text) in texts {
-                        work.entry(p.model.clone()).or_default().push(Pending { position, spec, text });
+                        work.entry(p.model.clone()).or_default().push(Pending {
+                            position,
+                            target: Target::Field(spec),
+                            text,
+                        });
                     }
                 }
                 Err((status, error_type, reason)) => {
@@ -185,6 +211,43 @@ impl Ingestor {
         }
         let failed: std::collections::BTreeSet<usize> = failures.iter().map(|f| f.position).collect();
         let skipped = self.keep_unchanged(items, default_index, &mut work, &failed, engine).await;
+        let still: std::collections::BTreeSet<usize> = work.values().flatten().map(|p| p.position).collect();
+        to_chunk.retain(|(pos, ..)| still.contains(pos) && !failed.contains(pos));
+        if !to_chunk.is_empty() {
+            // Tokenizing whole documents is CPU work: off the async workers.
+            let encoders = self.encoders.clone();
+            let chunked = tokio::task::spawn_blocking(move || {
+                to_chunk
+                    .into_iter()
+                    .map(|(pos, model, text, max, overlap)| {
+                        let passages = encoders.get(Some(&model))?.chunk(&text, max, overlap)?;
+                        Ok((pos, model, passages))
+                    })
+                    .collect::<Result<Vec<_>, EncoderError>>()
+            })
+            .await
+            .map_err(|e| EncoderError::Tokenizer(e.to_string()))??;
+            for (pos, model, passages) in chunked {
+                let item = &mut items[pos];
+                let Some(p) = item.index(default_index).and_then(|i| self.by_index.get(i)).cloned() else { continue };
+                let Some(c) = &p.chunking else { continue };
+                let doc = match (item.action, item.source.as_mut()) {
+                    (Action::Update, Some(s)) => s.get_mut("doc"),
+                    (_, s) => s,
+                };
+                if let Some(Value::Object(doc)) = doc {
+                    let list: Vec<Value> = passages.iter().map(|t| serde_json::json!({"text": t})).collect();
+                    doc.insert(c.passages_field.clone(), Value::Array(list));
+                }
+                for (k, text) in passages.into_iter().enumerate() {
+                    work.entry(model.clone()).or_default().push(Pending {
+                        position: pos,
+                        target: Target::Passage(k),
+                        text,
+                    });
+                }
+            }
+        }
         for (model, pending) in work {
             let pending: Vec<Pending> = pending.into_iter().filter(|p| !failed.contains(&p.position)).collect();
             let encoder = self.encoders.get(Some(&model))?;
@@ -203,16 +266,26 @@ impl Ingestor {
                     let item = &mut items[p.position];
                     let pipeline = item.index(default_index).and_then(|i| self.by_index.get(i)).cloned();
                     let Some(pipeline) = pipeline else { continue };
-                    let spec = &pipeline.fields[p.spec];
                     let target = match (item.action, item.source.as_mut()) {
                         (Action::Update, Some(s)) => s.get_mut("doc"),
                         (_, s) => s,
                     };
-                    if let Some(Value::Object(doc)) = target {
-                        doc.insert(spec.vector.clone(), Value::from(v));
-                        if let Some(h) = &pipeline.hash_field {
-                            doc.insert(h.clone(), Value::from(content_hash(&pipeline, doc)));
+                    let Some(Value::Object(doc)) = target else { continue };
+                    match p.target {
+                        Target::Field(spec) => {
+                            doc.insert(pipeline.fields[spec].vector.clone(), Value::from(v));
                         }
+                        Target::Passage(k) => {
+                            let Some(c) = &pipeline.chunking else { continue };
+                            if let Some(Value::Object(passage)) =
+                                doc.get_mut(&c.passages_field).and_then(|l| l.get_mut(k))
+                            {
+                                passage.insert("vector".into(), Value::from(v));
+                            }
+                        }
+                    }
+                    if let Some(h) = &pipeline.hash_field {
+                        doc.insert(h.clone(), Value::from(content_hash(&pipeline, doc)));
                     }
                 }
             }
@@ -259,6 +332,7 @@ impl Ingestor {
             let hash_field = p.hash_field.clone().unwrap_or_default();
             let mut fields = vec![hash_field.clone()];
             fields.extend(p.fields.iter().map(|f| f.vector.clone()));
+            fields.extend(p.chunking.as_ref().map(|c| c.passages_field.clone()));
             let path = format!("/{index}/_mget?_source_includes={}", fields.join(","));
             let body = serde_json::json!({"ids": ids.keys().collect::<Vec<_>>()});
             let Ok(resp) =
@@ -270,7 +344,8 @@ impl Ingestor {
             for d in found["docs"].as_array().into_iter().flatten() {
                 let (Some(id), Some(src)) = (d["_id"].as_str(), d["_source"].as_object()) else { continue };
                 let Some((pos, hash)) = ids.get(id) else { continue };
-                let complete = p.fields.iter().all(|f| src.get(&f.vector).is_some_and(Value::is_array));
+                let complete = p.fields.iter().all(|f| src.get(&f.vector).is_some_and(Value::is_array))
+                    && p.chunking.as_ref().is_none_or(|c| src.get(&c.passages_field).is_some_and(Value::is_array));
                 if src.get(&hash_field).and_then(Value::as_str) == Some(hash.as_str()) && complete {
                     unchanged.insert(*pos, src.clone());
                 }
