@@ -23,10 +23,13 @@ struct Fixture {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// The test pipeline; `extra` goes before `[[fields]]` when it is plain keys, after it when it
+/// is a table (TOML keys after a table header belong to that table).
 fn pipeline(index: &str, extra: &str) -> Pipeline {
+    let (top, tail) = if extra.trim_start().starts_with('[') { ("", extra) } else { (extra, "") };
     toml::from_str(&format!(
-        "name = 'docs'\nindex = '{index}'\nmodel = 'all-MiniLM-L6-v2'\nhash_field = 'content_hash'\n\
-         [[fields]]\nsource = ['title', 'text']\nvector = 'text_vector'\n{extra}"
+        "name = 'docs'\nindex = '{index}'\nmodel = 'all-MiniLM-L6-v2'\nhash_field = 'content_hash'\n{top}\
+         [[fields]]\nsource = ['title', 'text']\nvector = 'text_vector'\n{tail}"
     ))
     .unwrap()
 }
@@ -425,4 +428,32 @@ async fn long_documents_become_overlapping_passages_with_their_own_vectors() {
         .json()
         .unwrap();
     assert_eq!(hits["hits"]["hits"][0]["_id"], "long", "{hits}");
+}
+
+#[tokio::test]
+async fn the_pipelines_engine_ingest_pipeline_is_passed_through() {
+    let name = unique_index("sidecar-ingest-pipeline");
+    let f = fixture_with(&engine_url(), &[], &format!("engine_pipeline = '{name}'\n")).await;
+    let one = |id: &str| {
+        format!("{}\n{}\n", json!({"index": {"_index": f.index, "_id": id}}), json!({"title": "t", "text": "x"}))
+    };
+    // not created yet: the engine itself names the missing pipeline, so the parameter reached it
+    let (_, resp) = bulk(&f.url, one("a")).await;
+    let reason = resp["items"][0]["index"]["error"]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains(&name), "{resp}");
+    let r = reqwest::Client::new()
+        .put(format!("{}/{}/_doc/b", f.url, f.index))
+        .json(&json!({"text": "y"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.status().is_success(), "single documents use it too");
+
+    f.engine
+        .send(EngineRequest::new(Method::PUT, format!("/_ingest/pipeline/{name}")).json(&json!({"processors": []})))
+        .await
+        .unwrap();
+    let (_, resp) = bulk(&f.url, one("c")).await;
+    assert_eq!(resp["items"][0]["index"]["status"], 201, "{resp}");
+    f.engine.send(EngineRequest::new(Method::DELETE, format!("/_ingest/pipeline/{name}"))).await.unwrap();
 }

@@ -130,6 +130,13 @@ async fn one_doc(state: &AppState, t: DocTarget, query: Option<String>, body: By
         let body = serde_json::json!({"error": {"type": f.error_type, "reason": f.reason}, "status": f.status});
         return Ok((status, axum::Json(body)).into_response());
     }
+    let path = match (
+        state.ingestor.pipeline_for(&index).and_then(|p| p.engine_pipeline.as_ref()),
+        path.contains("pipeline="),
+    ) {
+        (Some(name), false) => format!("{path}{}pipeline={name}", if path.contains('?') { '&' } else { '?' }),
+        _ => path,
+    };
     let doc = items.pop().and_then(|i| i.source).unwrap_or_default();
     let req = EngineRequest::new(method, path).json(&doc).passthrough();
     Ok(engine_answer(state.engine.send(req).await?))

@@ -141,7 +141,13 @@ pub fn index_body(info: &EngineInfo, p: &Pipeline, model: ModelShape) -> Result<
     vars.insert("analyzer", json!(analyzer));
     vars.insert("dims", json!(model.dims));
     vars.insert("similarity", json!(es_similarity(similarity)));
-    vars.insert("space_type", json!(os_space_type(similarity)));
+    // OpenSearch keeps cosinesimil for `auto`: the same ranking as innerproduct on unit vectors,
+    // with scores in [0, 1] whatever the vectors, and the default the k-NN docs lead with.
+    let os_similarity = match v.similarity {
+        Similarity::Auto => Similarity::Cosine,
+        s => s,
+    };
+    vars.insert("space_type", json!(os_space_type(os_similarity)));
     vars.insert("index_type", json!(index_type));
     vars.insert("m", json!(v.m));
     vars.insert("ef_construction", json!(v.ef_construction));
@@ -311,7 +317,7 @@ mod tests {
         assert_eq!(diffs.len(), 3, "{diffs:?}");
         assert!(diffs.iter().any(|d| d.contains("`text` is `keyword`")));
         assert!(diffs.iter().any(|d| d.contains("dimension 768") && d.contains("384")));
-        assert!(diffs.iter().any(|d| d.contains("space_type \"l2\"") && d.contains("innerproduct")));
+        assert!(diffs.iter().any(|d| d.contains("space_type \"l2\"") && d.contains("cosinesimil")));
         let missing = compare(&json!({"properties": {}}), &want);
         assert!(missing.iter().any(|d| d.contains("`v` is missing")));
     }

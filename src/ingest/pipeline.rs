@@ -19,7 +19,8 @@ pub struct PipelineError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Similarity {
-    /// `dot_product` when the model's vectors are normalised, else `cosine`.
+    /// Elasticsearch: `dot_product` when the model's vectors are normalised, else `cosine`.
+    /// OpenSearch: `cosinesimil`.
     Auto,
     Cosine,
     DotProduct,

@@ -177,6 +177,14 @@ impl Ingestor {
         engine: &EngineClient,
     ) -> Result<Prepared, EncoderError> {
         let mut failures = Vec::new();
+        // The pipeline's engine ingest pipeline, unless the item names its own.
+        for item in items.iter_mut() {
+            let name =
+                item.index(default_index).and_then(|i| self.by_index.get(i)).and_then(|p| p.engine_pipeline.clone());
+            if let Some(name) = name {
+                item.meta.entry("pipeline").or_insert(Value::String(name));
+            }
+        }
         // model name -> texts to embed with it
         let mut work: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
         // (position, model, text of fields[0], max_tokens, overlap)
