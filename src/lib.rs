@@ -16,5 +16,6 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod ingest;
+pub mod query;
 pub mod settings;
 pub mod telemetry;
