@@ -41,6 +41,25 @@ impl BulkItem {
     pub fn index<'a>(&'a self, default: Option<&'a str>) -> Option<&'a str> {
         self.meta.get("_index").and_then(Value::as_str).or(default)
     }
+
+    /// The document whose fields the sidecar embeds: the source of `index`/`create`, the partial
+    /// `doc` of an `update` (scripted updates have none), nothing for `delete`.
+    pub fn doc(&self) -> Option<&Map<String, Value>> {
+        match (self.action, self.source.as_ref()) {
+            (Action::Update, Some(s)) => s.get("doc").and_then(Value::as_object),
+            (Action::Index | Action::Create, Some(s)) => s.as_object(),
+            _ => None,
+        }
+    }
+
+    /// [`BulkItem::doc`], mutable.
+    pub fn doc_mut(&mut self) -> Option<&mut Map<String, Value>> {
+        match (self.action, self.source.as_mut()) {
+            (Action::Update, Some(s)) => s.get_mut("doc").and_then(Value::as_object_mut),
+            (Action::Index | Action::Create, Some(s)) => s.as_object_mut(),
+            _ => None,
+        }
+    }
 }
 
 /// Why a whole bulk request was refused.

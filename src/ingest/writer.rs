@@ -165,6 +165,11 @@ impl Ingestor {
         self.by_index.get(index)
     }
 
+    /// The pipeline of the index an item targets, if any.
+    fn pipeline_of(&self, item: &BulkItem, default_index: Option<&str>) -> Option<Arc<Pipeline>> {
+        item.index(default_index).and_then(|i| self.by_index.get(i)).cloned()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_index.is_empty()
     }
@@ -179,9 +184,7 @@ impl Ingestor {
         let mut failures = Vec::new();
         // The pipeline's engine ingest pipeline, unless the item names its own.
         for item in items.iter_mut() {
-            let name =
-                item.index(default_index).and_then(|i| self.by_index.get(i)).and_then(|p| p.engine_pipeline.clone());
-            if let Some(name) = name {
+            if let Some(name) = self.pipeline_of(item, default_index).and_then(|p| p.engine_pipeline.clone()) {
                 item.meta.entry("pipeline").or_insert(Value::String(name));
             }
         }
@@ -189,17 +192,17 @@ impl Ingestor {
         let mut work: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
         // (position, model, text of fields[0], max_tokens, overlap)
         let mut to_chunk: Vec<(usize, String, String, usize, usize)> = Vec::new();
+        // The content hash of each document of a pipeline with `hash_field`: the sources do not
+        // change while vectors are added, so it is computed once, for the skip and for the write.
+        let mut hashes: BTreeMap<usize, String> = BTreeMap::new();
         for (position, item) in items.iter().enumerate() {
-            let Some(p) = item.index(default_index).and_then(|i| self.by_index.get(i)) else { continue };
-            let doc = match (item.action, item.source.as_ref()) {
-                (Action::Index | Action::Create, Some(Value::Object(o))) => o,
-                (Action::Update, Some(s)) => match s.get("doc") {
-                    Some(Value::Object(o)) => o,
-                    _ => continue, // scripted updates and upserts without doc pass through
-                },
-                _ => continue,
-            };
-            match self.texts_for(p, doc, item.action == Action::Update) {
+            let Some(p) = self.pipeline_of(item, default_index) else { continue };
+            // scripted updates and upserts without `doc` pass through
+            let Some(doc) = item.doc() else { continue };
+            if p.hash_field.is_some() {
+                hashes.insert(position, content_hash(&p, doc));
+            }
+            match self.texts_for(&p, doc, item.action == Action::Update) {
                 Ok(texts) => {
                     if let (Some(c), Some((0, text))) = (&p.chunking, texts.first()) {
                         to_chunk.push((position, p.model.clone(), text.clone(), c.max_tokens, c.overlap));
@@ -218,7 +221,7 @@ impl Ingestor {
             }
         }
         let failed: std::collections::BTreeSet<usize> = failures.iter().map(|f| f.position).collect();
-        let skipped = self.keep_unchanged(items, default_index, &mut work, &failed, engine).await;
+        let skipped = self.keep_unchanged(items, default_index, &mut work, &failed, &hashes, engine).await;
         let still: std::collections::BTreeSet<usize> = work.values().flatten().map(|p| p.position).collect();
         to_chunk.retain(|(pos, ..)| still.contains(pos) && !failed.contains(pos));
         if !to_chunk.is_empty() {
@@ -236,14 +239,9 @@ impl Ingestor {
             .await
             .map_err(|e| EncoderError::Tokenizer(e.to_string()))??;
             for (pos, model, passages) in chunked {
-                let item = &mut items[pos];
-                let Some(p) = item.index(default_index).and_then(|i| self.by_index.get(i)).cloned() else { continue };
+                let Some(p) = self.pipeline_of(&items[pos], default_index) else { continue };
                 let Some(c) = &p.chunking else { continue };
-                let doc = match (item.action, item.source.as_mut()) {
-                    (Action::Update, Some(s)) => s.get_mut("doc"),
-                    (_, s) => s,
-                };
-                if let Some(Value::Object(doc)) = doc {
+                if let Some(doc) = items[pos].doc_mut() {
                     let list: Vec<Value> = passages.iter().map(|t| serde_json::json!({"text": t})).collect();
                     doc.insert(c.passages_field.clone(), Value::Array(list));
                 }
@@ -256,6 +254,7 @@ impl Ingestor {
                 }
             }
         }
+        let mut embedded = std::collections::BTreeSet::new();
         for (model, pending) in work {
             let pending: Vec<Pending> = pending.into_iter().filter(|p| !failed.contains(&p.position)).collect();
             let encoder = self.encoders.get(Some(&model))?;
@@ -271,14 +270,9 @@ impl Ingestor {
                 let out = encoder.encode(inputs, opts).await?;
                 for (p, vector) in chunk.iter().zip(out.outputs) {
                     let Pooled::Vector(v) = vector else { continue };
-                    let item = &mut items[p.position];
-                    let pipeline = item.index(default_index).and_then(|i| self.by_index.get(i)).cloned();
-                    let Some(pipeline) = pipeline else { continue };
-                    let target = match (item.action, item.source.as_mut()) {
-                        (Action::Update, Some(s)) => s.get_mut("doc"),
-                        (_, s) => s,
-                    };
-                    let Some(Value::Object(doc)) = target else { continue };
+                    let Some(pipeline) = self.pipeline_of(&items[p.position], default_index) else { continue };
+                    let Some(doc) = items[p.position].doc_mut() else { continue };
+                    embedded.insert(p.position);
                     match p.target {
                         Target::Field(spec) => {
                             doc.insert(pipeline.fields[spec].vector.clone(), Value::from(v));
@@ -292,10 +286,13 @@ impl Ingestor {
                             }
                         }
                     }
-                    if let Some(h) = &pipeline.hash_field {
-                        doc.insert(h.clone(), Value::from(content_hash(&pipeline, doc)));
-                    }
                 }
+            }
+        }
+        for pos in embedded {
+            let field = self.pipeline_of(&items[pos], default_index).and_then(|p| p.hash_field.clone());
+            if let (Some(field), Some(hash), Some(doc)) = (field, hashes.remove(&pos), items[pos].doc_mut()) {
+                doc.insert(field, Value::from(hash));
             }
         }
         Ok(Prepared { failures, skipped })
@@ -311,6 +308,7 @@ impl Ingestor {
         default_index: Option<&str>,
         work: &mut BTreeMap<String, Vec<Pending>>,
         failed: &std::collections::BTreeSet<usize>,
+        hashes: &BTreeMap<usize, String>,
         engine: &EngineClient,
     ) -> usize {
         // index -> (id -> (position, new hash))
@@ -322,16 +320,8 @@ impl Ingestor {
             else {
                 continue;
             };
-            let Some(p) = self.by_index.get(index) else { continue };
-            if p.hash_field.is_none() {
-                continue;
-            }
-            let doc = match (item.action, item.source.as_ref()) {
-                (Action::Update, Some(s)) => s.get("doc").and_then(Value::as_object),
-                (_, s) => s.and_then(Value::as_object),
-            };
-            if let Some(doc) = doc {
-                wanted.entry(index.to_string()).or_default().insert(id.to_string(), (pos, content_hash(p, doc)));
+            if let Some(hash) = hashes.get(&pos) {
+                wanted.entry(index.to_string()).or_default().insert(id.to_string(), (pos, hash.clone()));
             }
         }
         let mut unchanged: BTreeMap<usize, Map<String, Value>> = BTreeMap::new();
@@ -362,10 +352,8 @@ impl Ingestor {
         for (pos, stored) in &unchanged {
             let item = &mut items[*pos];
             if item.action != Action::Update {
-                if let Some(Value::Object(doc)) = item.source.as_mut() {
-                    for (k, v) in stored {
-                        doc.insert(k.clone(), v.clone());
-                    }
+                if let Some(doc) = item.doc_mut() {
+                    doc.extend(stored.iter().map(|(k, v)| (k.clone(), v.clone())));
                 }
             }
         }
