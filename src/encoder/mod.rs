@@ -416,10 +416,6 @@ impl EncoderSet {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.models.is_empty()
-    }
-
     pub fn infos(&self) -> Vec<ModelInfo> {
         self.models.values().map(|e| e.info()).collect()
     }

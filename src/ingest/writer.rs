@@ -170,10 +170,6 @@ impl Ingestor {
         item.index(default_index).and_then(|i| self.by_index.get(i)).cloned()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_index.is_empty()
-    }
-
     /// Embeds what the pipelines ask for, in place; returns the items that must not be sent.
     pub async fn prepare(
         &self,
