@@ -71,6 +71,39 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Retrieval quality on a BEIR-format folder, through the sidecar's own ingest and /search:
+    /// nDCG@10, Recall@100 and MRR@10 per mode, as a markdown table and a PNG bar chart.
+    Eval {
+        /// Folder with corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv.
+        #[arg(long, value_name = "DIR")]
+        dataset: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Comma-separated: bm25, knn, hybrid-rrf, hybrid-linear, hybrid-engine.
+        #[arg(long, default_value = "bm25,knn,hybrid-rrf,hybrid-linear")]
+        modes: String,
+        /// The pipeline file (index, model, fields); `--tune` writes its [search] fusion.
+        #[arg(long, value_name = "FILE")]
+        pipeline: PathBuf,
+        /// Use this index instead of the pipeline's.
+        #[arg(long)]
+        index: Option<String>,
+        /// Delete and rebuild the index even when it exists (otherwise an existing one is reused).
+        #[arg(long)]
+        recreate: bool,
+        /// Index a deterministic subset: the judged documents of as many queries as fit, then others.
+        #[arg(long, value_name = "N")]
+        max_docs: Option<usize>,
+        /// Grid-search the fusion parameters on this split; write the best into the pipeline.
+        #[arg(long)]
+        tune: bool,
+        /// Where eval.md, eval.json and eval.png go.
+        #[arg(long, value_name = "DIR", default_value = ".run/eval")]
+        out: PathBuf,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// BERT-whitening.
     Whiten {
         #[command(subcommand)]
@@ -190,6 +223,10 @@ fn main() -> ExitCode {
             let o = semantic_sidecar::bench::BenchOptions { models, docs, queries, max_docs, max_queries, clients };
             edge(semantic_sidecar::bench::bench_encode(&settings, &o))
         }
+        Command::Eval { dataset, split, modes, pipeline, index, recreate, max_docs, tune, out, quiet } => {
+            telemetry::init_tracing(settings.log.format, "warn");
+            edge(run_eval(settings, dataset, split, &modes, pipeline, index, recreate, max_docs, tune, out, quiet))
+        }
         Command::Whiten { command: WhitenCommand::Fit { model, input, field, dims } } => {
             telemetry::init_tracing(settings.log.format, "warn");
             edge(cli::whiten_fit(&settings, &model, &input, &field, dims))
@@ -215,6 +252,35 @@ fn edge(result: anyhow::Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_eval(
+    settings: Settings,
+    dataset: PathBuf,
+    split: String,
+    modes: &str,
+    pipeline: PathBuf,
+    index: Option<String>,
+    recreate: bool,
+    max_docs: Option<usize>,
+    tune: bool,
+    out: PathBuf,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use semantic_sidecar::eval::{self, EvalMode, EvalOptions};
+    let modes =
+        modes.split(',').filter(|m| !m.trim().is_empty()).map(EvalMode::parse).collect::<anyhow::Result<Vec<_>>>()?;
+    let opts = EvalOptions { dataset, split, modes, pipeline, index, recreate, max_docs, tune, out, progress: !quiet };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let report = runtime.block_on(eval::run(settings, &opts))?;
+    println!("{}", report.markdown());
+    if let Some(t) = &report.tuned {
+        println!("tuned: {t}");
+    }
+    eprintln!("wrote {0}/eval.md, {0}/eval.json, {0}/eval.png", opts.out.display());
+    Ok(())
 }
 
 fn run_server(settings: Settings, url_file: Option<&Path>) -> anyhow::Result<()> {

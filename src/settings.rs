@@ -151,7 +151,20 @@ pub struct Settings {
     pub engine: EngineSettings,
     pub encoder: EncoderSettings,
     pub ingest: IngestSettings,
+    pub search: SearchSettings,
     pub log: LogSettings,
+}
+
+/// Bounds and defaults of the search APIs (`/search`, the hybrid clause of `_search`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSettings {
+    pub max_size: usize,
+    pub max_k: usize,
+    pub max_num_candidates: usize,
+    pub max_query_chars: usize,
+    pub default_k: usize,
+    pub num_candidates_factor: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -431,6 +444,31 @@ impl Settings {
                 }
                 Some(_) => {}
             }
+        }
+        let q = &self.search;
+        for (key, v) in [
+            ("search.max_size", q.max_size),
+            ("search.max_k", q.max_k),
+            ("search.max_num_candidates", q.max_num_candidates),
+            ("search.max_query_chars", q.max_query_chars),
+            ("search.default_k", q.default_k),
+            ("search.num_candidates_factor", q.num_candidates_factor),
+        ] {
+            if v == 0 {
+                return Err(SettingsError::invalid(key, "must be at least 1"));
+            }
+        }
+        if q.default_k > q.max_k {
+            return Err(SettingsError::invalid(
+                "search.default_k",
+                format!("must not exceed search.max_k ({})", q.max_k),
+            ));
+        }
+        if q.max_k > q.max_num_candidates || q.max_num_candidates > 10_000 {
+            return Err(SettingsError::invalid(
+                "search.max_num_candidates",
+                "must be at least search.max_k and at most 10000 (the engines' own limit)",
+            ));
         }
         for (i, file) in self.ingest.pipelines.iter().enumerate() {
             crate::ingest::pipeline::Pipeline::load(file)

@@ -5,8 +5,8 @@
 //!
 //! Routes today: `GET /healthz` (the process is up), `GET /readyz` (the engine answers `GET /`
 //! with a supported flavour and version; the loaded models and their execution providers),
-//! `GET /metrics` (Prometheus text), and the embedding APIs of [`embed`]. Later capabilities add
-//! the ingest and search APIs.
+//! `GET /metrics` (Prometheus text), the embedding APIs of [`embed`], the ES-compatible write
+//! APIs of [`ingest`] and the search APIs of [`search`].
 //!
 //! Middleware, outermost first: request id → tracing → metrics → JSON rejections → timeout →
 //! authentication → body-size limit → route. Authentication runs before the body is read.
@@ -18,6 +18,7 @@ pub mod embed;
 pub mod error;
 pub mod ingest;
 pub mod middleware;
+pub mod search;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ use crate::encoder::EncoderSet;
 use crate::engine::EngineClient;
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::writer::{IngestConfigError, Ingestor};
+use crate::search::Searcher;
 use crate::settings::Settings;
 use crate::telemetry::{EngineLabels, Metrics};
 use middleware::{ApiKeys, SidecarRequestId};
@@ -50,6 +52,7 @@ pub struct AppState {
     pub api_keys: ApiKeys,
     pub encoders: Arc<EncoderSet>,
     pub ingestor: Arc<Ingestor>,
+    pub searcher: Arc<Searcher>,
 }
 
 impl AppState {
@@ -63,14 +66,18 @@ impl AppState {
         let api_keys = ApiKeys::new(settings.server.api_keys.iter().map(|k| k.expose()));
         let encoders = Arc::new(encoders);
         let ingestor = Arc::new(Ingestor::new(Vec::new(), encoders.clone(), 0, 1).expect("no pipelines"));
-        AppState { settings: Arc::new(settings), engine, metrics, api_keys, encoders, ingestor }
+        let searcher = Arc::new(Searcher::new(engine.clone(), encoders.clone(), Vec::new(), settings.search.clone()));
+        AppState { settings: Arc::new(settings), engine, metrics, api_keys, encoders, ingestor, searcher }
     }
 
     /// Adds the pipelines of `settings.ingest` (their models must be loaded).
     pub fn with_pipelines(mut self, pipelines: Vec<Pipeline>) -> Result<Self, IngestConfigError> {
         let e = &self.settings.encoder;
+        let shared: Vec<Arc<Pipeline>> = pipelines.iter().cloned().map(Arc::new).collect();
         self.ingestor =
             Arc::new(Ingestor::new(pipelines, self.encoders.clone(), e.max_input_chars, e.max_inputs_per_request)?);
+        self.searcher =
+            Arc::new(Searcher::new(self.engine.clone(), self.encoders.clone(), shared, self.settings.search.clone()));
         Ok(self)
     }
 }
@@ -91,6 +98,9 @@ pub fn router(state: AppState) -> Router {
         .route("/{index}/_doc", post(ingest::doc_auto_id))
         .route("/{index}/_doc/{id}", post(ingest::doc_with_id).put(ingest::doc_with_id))
         .route("/{index}/_create/{id}", post(ingest::create_with_id).put(ingest::create_with_id))
+        .route("/search", post(search::search))
+        .route("/_search", get(search::search_all).post(search::search_all))
+        .route("/{index}/_search", get(search::search_index).post(search::search_index))
         .fallback(middleware::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_body))

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::query::request::{check_field, SearchSpec};
+
 /// Why a pipeline file was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("pipeline {file}: `{key}`: {reason}")]
@@ -130,7 +132,7 @@ impl Default for VectorIndexSpec {
 }
 
 /// A pipeline file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pipeline {
     pub name: String,
@@ -155,6 +157,9 @@ pub struct Pipeline {
     pub shards: u32,
     #[serde(default)]
     pub replicas: u32,
+    /// Search defaults: BM25 fields, fusion, automatic hybrid rewriting in `_search`.
+    #[serde(default)]
+    pub search: SearchSpec,
 }
 
 fn default_analyzer() -> Analyzer {
@@ -273,6 +278,9 @@ impl Pipeline {
         }
         if !(2..=4096).contains(&v.ef_construction) {
             return bad("vector_index.ef_construction", format!("{} must be between 2 and 4096", v.ef_construction));
+        }
+        for (i, f) in self.search.fields.iter().enumerate() {
+            check_field(f).map_err(|e| (format!("search.fields[{i}]"), e.to_string()))?;
         }
         if self.shards == 0 {
             return bad("shards", "must be at least 1".into());

@@ -70,6 +70,9 @@ pub struct FusedHit {
     pub bm25: Option<(usize, f64)>,
     /// (1-based rank, raw score) on the kNN leg.
     pub knn: Option<(usize, f64)>,
+    /// What each leg added to `score` (BM25, kNN); they sum to it. RRF: `1 / (c + rank)` or 0;
+    /// linear: the weighted normalised score, or the weighted floor when the hit is missing.
+    pub parts: (f64, f64),
 }
 
 impl FusedHit {
@@ -137,11 +140,15 @@ pub fn fuse(bm25: &[LegHit], knn: &[LegHit], fusion: Fusion) -> Vec<FusedHit> {
             };
             ids.iter()
                 .filter(|id| rb.get(*id).is_some_and(|r| r.0 <= window) || rk.get(*id).is_some_and(|r| r.0 <= window))
-                .map(|id| FusedHit {
-                    id: id.to_string(),
-                    score: part(rb.get(id)) + part(rk.get(id)),
-                    bm25: rb.get(id).copied(),
-                    knn: rk.get(id).copied(),
+                .map(|id| {
+                    let parts = (part(rb.get(id)), part(rk.get(id)));
+                    FusedHit {
+                        id: id.to_string(),
+                        score: parts.0 + parts.1,
+                        bm25: rb.get(id).copied(),
+                        knn: rk.get(id).copied(),
+                        parts,
+                    }
                 })
                 .collect()
         }
@@ -149,11 +156,15 @@ pub fn fuse(bm25: &[LegHit], knn: &[LegHit], fusion: Fusion) -> Vec<FusedHit> {
             let ((nb, fb), (nk, fk)) = (norm_leg(&rb, normalization), norm_leg(&rk, normalization));
             let w = weight.0;
             ids.iter()
-                .map(|id| FusedHit {
-                    id: id.to_string(),
-                    score: w * nb.get(id).copied().unwrap_or(fb) + (1.0 - w) * nk.get(id).copied().unwrap_or(fk),
-                    bm25: rb.get(id).copied(),
-                    knn: rk.get(id).copied(),
+                .map(|id| {
+                    let parts = (w * nb.get(id).copied().unwrap_or(fb), (1.0 - w) * nk.get(id).copied().unwrap_or(fk));
+                    FusedHit {
+                        id: id.to_string(),
+                        score: parts.0 + parts.1,
+                        bm25: rb.get(id).copied(),
+                        knn: rk.get(id).copied(),
+                        parts,
+                    }
                 })
                 .collect()
         }
@@ -285,6 +296,7 @@ mod tests {
             for h in &fused {
                 let w = want[&h.id];
                 prop_assert!((h.score - w).abs() < 1e-9, "{}: {} vs {}", h.id, h.score, w);
+                prop_assert!((h.parts.0 + h.parts.1 - h.score).abs() < 1e-12, "parts add up for {}", h.id);
             }
             // sorted best first, deterministic ties
             for pair in fused.windows(2) {

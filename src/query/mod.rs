@@ -1,6 +1,11 @@
 //! Query: turning a user's text into engine requests and fusing what comes back.
 //!
-//! Owns pure logic only (no I/O): fusion today; the request rewriting of the hybrid-search issue
-//! will live here too. Must not touch HTTP or the engine client.
+//! Pure logic only (no I/O): request validation ([`request`]), the engine request bodies of every
+//! dialect and fusion ([`build`]), fusion ([`fusion`]) and the shaping of answers ([`answer`]).
+//! The I/O around them (encode, send, fuse) lives in `crate::search`.
 
+pub mod answer;
+pub mod build;
+pub mod compat;
 pub mod fusion;
+pub mod request;

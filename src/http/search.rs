@@ -1,0 +1,70 @@
+//! Search endpoints: the sidecar's own `POST /search`, and the ES-compatible
+//! `GET|POST /{index}/_search` and `/_search` (ordinary bodies pass through unchanged; the
+//! `hybrid` clause and a pipeline's `auto_hybrid` are rewritten by [`Searcher::es_search`]).
+//!
+//! [`Searcher::es_search`]: crate::search::Searcher::es_search
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::engine::{EngineRequest, EngineResponse};
+use crate::error::ErrorCode;
+use crate::query::request::SearchRequest;
+use crate::search::{EsAnswer, SearchError};
+
+impl From<SearchError> for ApiError {
+    fn from(e: SearchError) -> Self {
+        match e {
+            SearchError::Engine(e) => ApiError::from(e),
+            SearchError::Encoder(e) => ApiError::from(e),
+            other => ApiError::new(other.code(), other.to_string()),
+        }
+    }
+}
+
+fn raw(resp: EngineResponse) -> Response {
+    let status = StatusCode::from_u16(resp.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut r = (status, resp.body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `POST /search`.
+pub async fn search(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: SearchRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("the search request: {e}")))?;
+    Ok(Json(state.searcher.search(req).await?).into_response())
+}
+
+/// `GET|POST /{index}/_search`.
+pub async fn search_index(
+    State(state): State<AppState>,
+    Path(index): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    match state.searcher.es_search(&index, query.as_deref(), body).await? {
+        EsAnswer::Raw(resp) => Ok(raw(resp)),
+        EsAnswer::Json(v) => Ok(Json(v).into_response()),
+    }
+}
+
+/// `GET|POST /_search`: no index, so no pipeline; passed through.
+pub async fn search_all(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let path = match query.filter(|q| !q.is_empty()) {
+        Some(q) => format!("/_search?{q}"),
+        None => "/_search".to_string(),
+    };
+    let req = EngineRequest::new(Method::POST, path).passthrough().idempotent(true);
+    let req = if body.is_empty() { req } else { req.json_bytes(body) };
+    Ok(raw(state.engine.send(req).await?))
+}

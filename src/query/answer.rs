@@ -1,0 +1,275 @@
+//! Shaping what the engine answered: reading legs, fusing them, paging, passages and explain.
+//! Pure.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+use super::fusion::{fuse, page, FusedHit, Fusion, LegHit};
+use super::request::{Mode, Plan, Resolved};
+
+/// One leg's answer (a `_search` response or one `_msearch` item).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Leg {
+    pub hits: Vec<Value>,
+    /// `hits.total` as the engine gave it.
+    pub total: Option<Value>,
+}
+
+/// Reads a leg; an `error` item becomes its `(type, reason)`.
+pub fn leg_of(resp: &Value) -> Result<Leg, (String, String)> {
+    if let Some(e) = resp.get("error") {
+        let root = e.get("root_cause").and_then(|r| r.get(0)).unwrap_or(e);
+        let field = |k: &str| root.get(k).or_else(|| e.get(k)).and_then(Value::as_str).unwrap_or("").to_string();
+        let reason = if field("reason").is_empty() { e.to_string() } else { field("reason") };
+        return Err((field("type"), reason));
+    }
+    let hits = resp.pointer("/hits/hits").and_then(Value::as_array).cloned().unwrap_or_default();
+    Ok(Leg { hits, total: resp.pointer("/hits/total").cloned() })
+}
+
+/// A hit's identity across the legs: `_index/_id` (index names cannot hold `/`).
+pub fn key(hit: &Value) -> String {
+    let s = |k: &str| hit.get(k).and_then(Value::as_str).unwrap_or("");
+    format!("{}/{}", s("_index"), s("_id"))
+}
+
+fn leg_hits(leg: &Leg) -> Vec<LegHit> {
+    leg.hits
+        .iter()
+        .map(|h| LegHit { id: key(h), score: h.get("_score").and_then(Value::as_f64).unwrap_or(0.0) })
+        .collect()
+}
+
+/// The best passage of a kNN hit over nested passages: its text, score and position.
+fn passage(hit: &Value, path: &str) -> Option<Value> {
+    let inner = hit.get("inner_hits")?.get(path)?.pointer("/hits/hits/0")?;
+    Some(json!({
+        "text": inner.pointer("/_source/text").cloned().unwrap_or(Value::Null),
+        "score": inner.get("_score").cloned().unwrap_or(Value::Null),
+        "offset": inner.pointer("/_nested/offset").cloned().unwrap_or(Value::Null),
+    }))
+}
+
+fn method_name(plan: &Plan) -> &'static str {
+    match (plan.mode, plan.fusion) {
+        (Mode::Bm25, _) => "bm25",
+        (Mode::Knn, _) => "knn",
+        (Mode::Hybrid, Resolved::Sidecar(Fusion::Rrf { .. })) => "rrf",
+        (Mode::Hybrid, Resolved::Sidecar(Fusion::Linear { .. })) => "linear",
+        (Mode::Hybrid, Resolved::Engine { .. }) => "engine",
+    }
+}
+
+fn leg_explain(rank_score: Option<(usize, f64)>, contribution: Option<f64>) -> Value {
+    match rank_score {
+        None => Value::Null,
+        Some((rank, score)) => {
+            let mut m = Map::new();
+            m.insert("rank".into(), json!(rank));
+            m.insert("score".into(), json!(score));
+            if let Some(c) = contribution {
+                m.insert("contribution".into(), json!(c));
+            }
+            Value::Object(m)
+        }
+    }
+}
+
+/// One output hit: the engine's hit (BM25's copy preferred, it carries the highlight) with the
+/// fused `_score`, the best passage and, with `explain`, what each leg said.
+fn output_hit(plan: &Plan, f: &FusedHit, by_key: &BTreeMap<String, (Option<&Value>, Option<&Value>)>) -> Value {
+    let (b, k) = by_key.get(&f.id).copied().unwrap_or((None, None));
+    let mut hit = b.or(k).cloned().unwrap_or_else(|| json!({}));
+    let Some(m) = hit.as_object_mut() else { return hit };
+    m.remove("inner_hits");
+    m.insert("_score".into(), json!(f.score));
+    if !m.contains_key("highlight") {
+        if let Some(h) = k.and_then(|k| k.get("highlight")) {
+            m.insert("highlight".into(), h.clone());
+        }
+    }
+    if let (Some(path), Some(k)) = (&plan.target.passages, k) {
+        if let Some(p) = passage(k, path) {
+            m.insert("passage".into(), p);
+        }
+    }
+    if plan.explain {
+        let fused = matches!(plan.mode, Mode::Hybrid);
+        m.insert(
+            "_explain".into(),
+            json!({
+                "method": method_name(plan),
+                "bm25": leg_explain(f.bm25, fused.then_some(f.parts.0)),
+                "knn": leg_explain(f.knn, fused.then_some(f.parts.1)),
+                "fused": f.score,
+            }),
+        );
+    }
+    hit
+}
+
+/// The fused (or single-leg) list of a sidecar-fused plan, one page of it, and its size.
+pub struct Page {
+    pub hits: Vec<Value>,
+    /// Distinct documents in the fused list.
+    pub total: usize,
+    /// Whether a leg was cut at its depth (more documents may match).
+    pub truncated: bool,
+    pub max_score: Option<f64>,
+}
+
+fn index_hits(leg: Option<&Leg>) -> BTreeMap<String, &Value> {
+    leg.map(|l| l.hits.iter().map(|h| (key(h), h)).collect()).unwrap_or_default()
+}
+
+fn single(leg: &Leg, on_bm25: bool) -> Vec<FusedHit> {
+    leg_hits(leg)
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let rs = Some((i + 1, h.score));
+            FusedHit {
+                id: h.id,
+                score: h.score,
+                bm25: if on_bm25 { rs } else { None },
+                knn: if on_bm25 { None } else { rs },
+                parts: if on_bm25 { (h.score, 0.0) } else { (0.0, h.score) },
+            }
+        })
+        .collect()
+}
+
+/// Fuses the legs the plan ran (by the plan's sidecar fusion) and cuts the page.
+pub fn sidecar_page(plan: &Plan, bm25: Option<&Leg>, knn: Option<&Leg>, depth: usize) -> Page {
+    let fused = match (bm25, knn, plan.fusion) {
+        (Some(b), Some(k), Resolved::Sidecar(f)) => fuse(&leg_hits(b), &leg_hits(k), f),
+        (Some(b), _, _) => single(b, true),
+        (None, Some(k), _) => single(k, false),
+        (None, None, _) => Vec::new(),
+    };
+    let (bi, ki) = (index_hits(bm25), index_hits(knn));
+    let mut by_key: BTreeMap<String, (Option<&Value>, Option<&Value>)> = BTreeMap::new();
+    for (id, h) in &bi {
+        by_key.entry(id.clone()).or_default().0 = Some(h);
+    }
+    for (id, h) in &ki {
+        by_key.entry(id.clone()).or_default().1 = Some(h);
+    }
+    let truncated = [bm25, knn].iter().flatten().any(|l| l.hits.len() >= depth);
+    let hits = page(&fused, plan.from, plan.size).iter().map(|f| output_hit(plan, f, &by_key)).collect();
+    Page { hits, total: fused.len(), truncated, max_score: fused.first().map(|f| f.score) }
+}
+
+/// The hits of an engine-fused answer; with `explain`, annotated from the separately run legs
+/// (their ranks and scores; the fused score is the engine's).
+pub fn engine_hits(plan: &Plan, resp: &Value, legs: Option<(&Leg, &Leg)>) -> Vec<Value> {
+    let hits = resp.pointer("/hits/hits").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ranks = |leg: &Leg| -> BTreeMap<String, (usize, f64)> {
+        leg_hits(leg).into_iter().enumerate().map(|(i, h)| (h.id, (i + 1, h.score))).collect()
+    };
+    let (rb, rk) = legs.map(|(b, k)| (ranks(b), ranks(k))).unwrap_or_default();
+    hits.into_iter()
+        .map(|mut hit| {
+            let id = key(&hit);
+            let p = plan.target.passages.as_deref().and_then(|path| passage(&hit, path));
+            if let Some(m) = hit.as_object_mut() {
+                m.remove("inner_hits");
+                if let Some(p) = p {
+                    m.insert("passage".into(), p);
+                }
+                if plan.explain {
+                    let fused = m.get("_score").cloned().unwrap_or(Value::Null);
+                    m.insert(
+                        "_explain".into(),
+                        json!({
+                            "method": "engine",
+                            "bm25": leg_explain(rb.get(&id).copied(), None),
+                            "knn": leg_explain(rk.get(&id).copied(), None),
+                            "fused": fused,
+                        }),
+                    );
+                }
+            }
+            hit
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::request::{SearchRequest, SearchSpec, Target};
+    use crate::settings::SearchSettings;
+
+    fn plan(body: Value, passages: bool) -> Plan {
+        let r: SearchRequest = serde_json::from_value(body).unwrap();
+        let limits = SearchSettings {
+            max_size: 100,
+            max_k: 1000,
+            max_num_candidates: 10000,
+            max_query_chars: 1000,
+            default_k: 50,
+            num_candidates_factor: 4,
+        };
+        let target = Target {
+            index: "d".into(),
+            model: "m".into(),
+            text_fields: vec!["text".into()],
+            vector_field: "v".into(),
+            passages: passages.then(|| "passages".into()),
+            hidden: vec![],
+        };
+        crate::query::request::plan(r, target, &SearchSpec::default(), &limits).unwrap()
+    }
+
+    fn hit(id: &str, score: f64) -> Value {
+        json!({"_index": "d", "_id": id, "_score": score, "_source": {"text": id}})
+    }
+
+    #[test]
+    fn rrf_page_adds_up_and_carries_passages_and_highlights() {
+        let p = plan(json!({"index": "d", "query": "q", "explain": true, "size": 2, "k": 3}), true);
+        let mut b1 = hit("a", 3.0);
+        b1["highlight"] = json!({"text": ["<em>a</em>"]});
+        let bm25 = Leg { hits: vec![b1, hit("b", 2.0), hit("c", 1.0)], total: None };
+        let mut k1 = hit("b", 0.9);
+        k1["inner_hits"] = json!({"passages": {"hits": {"hits": [
+            {"_score": 0.9, "_nested": {"field": "passages", "offset": 2}, "_source": {"text": "best part of b"}}
+        ]}}});
+        let knn = Leg { hits: vec![k1, hit("d", 0.8)], total: None };
+        let page = sidecar_page(&p, Some(&bm25), Some(&knn), 3);
+        assert_eq!(page.total, 4);
+        assert!(page.truncated);
+        let ids: Vec<&str> = page.hits.iter().map(|h| h["_id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["b", "a"]);
+        let b = &page.hits[0];
+        assert_eq!(b["passage"], json!({"text": "best part of b", "score": 0.9, "offset": 2}));
+        assert!(b.get("inner_hits").is_none());
+        let e = &b["_explain"];
+        assert_eq!(e["bm25"]["rank"], 2);
+        assert_eq!(e["knn"]["rank"], 1);
+        let sum = e["bm25"]["contribution"].as_f64().unwrap() + e["knn"]["contribution"].as_f64().unwrap();
+        assert!((sum - e["fused"].as_f64().unwrap()).abs() < 1e-12);
+        assert!((sum - (1.0 / 62.0 + 1.0 / 61.0)).abs() < 1e-12);
+        assert_eq!(page.hits[1]["highlight"], json!({"text": ["<em>a</em>"]}));
+        assert_eq!(page.hits[1]["_explain"]["knn"], Value::Null);
+    }
+
+    #[test]
+    fn a_single_leg_keeps_its_order_and_scores() {
+        let p = plan(json!({"index": "d", "query": "q", "mode": "knn", "from": 1, "size": 1}), false);
+        let knn = Leg { hits: vec![hit("x", 0.9), hit("y", 0.7)], total: None };
+        let page = sidecar_page(&p, None, Some(&knn), 50);
+        assert_eq!(page.total, 2);
+        assert!(!page.truncated);
+        assert_eq!(page.hits[0]["_id"], "y");
+        assert_eq!(page.hits[0]["_score"], 0.7);
+    }
+
+    #[test]
+    fn an_error_item_names_its_type_and_reason() {
+        let item = json!({"error": {"root_cause": [{"type": "query_shard_exception", "reason": "no such field"}], "type": "search_phase_execution_exception", "reason": "all shards failed"}, "status": 400});
+        assert_eq!(leg_of(&item).unwrap_err(), ("query_shard_exception".into(), "no such field".into()));
+    }
+}

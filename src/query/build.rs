@@ -1,0 +1,382 @@
+//! Engine request bodies for a [`Plan`]: the BM25 and kNN legs (for sidecar fusion over one
+//! `_msearch`, or a single-leg search), and the engine-fused shapes of each dialect. Pure; golden
+//! JSON of every combination is in `tests/snapshots/query__*.snap`.
+//!
+//! | method | Elasticsearch 8/9 | OpenSearch 2/3 |
+//! |---|---|---|
+//! | sidecar `rrf` / `linear` | `_msearch`: `query` leg + top-level `knn` leg | `_msearch`: `query` leg + `query.knn` leg |
+//! | engine `boost` | top-level `knn` + `query` with boosts (8.4+) | `bool.should[bool(multi_match), knn]` with boosts |
+//! | engine `rrf` | `retriever.rrf` (8.16+, licence-gated) | `hybrid` + `score-ranker-processor` pipeline (neural-search 2.19+) |
+//! | engine `linear` | refused (use sidecar `linear`) | `hybrid` + `normalization-processor` pipeline (neural-search) |
+
+use serde_json::{json, Map, Value};
+
+use super::fusion::{Normalization, Weight};
+use super::request::{EngineMethod, Plan, QueryError, Resolved};
+use crate::engine::dialect::{Dialect, EngineInfo, Version};
+
+/// What the sidecar knows about the cluster beyond `GET /`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    pub info: EngineInfo,
+    /// Elasticsearch: the licence allows `retriever.rrf` (enterprise or trial).
+    pub rrf_licensed: bool,
+    /// The licence type Elasticsearch reported, for explanations.
+    pub license: Option<String>,
+    /// OpenSearch: the neural-search plugin is installed (`hybrid` query, search pipelines).
+    pub neural_search: bool,
+}
+
+impl Capabilities {
+    fn dialect(&self) -> Dialect {
+        self.info.dialect
+    }
+}
+
+/// An engine-fused search, ready to send.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineQuery {
+    /// The method actually used (never `Auto`).
+    pub method: EngineMethod,
+    pub body: Value,
+    /// OpenSearch search pipeline (name, definition) the request needs (`?search_pipeline=`).
+    pub pipeline: Option<(String, Value)>,
+    /// Why `auto` chose what it chose, when it matters.
+    pub note: Option<String>,
+}
+
+fn filter_bool(filters: &[Value]) -> Option<Value> {
+    (!filters.is_empty()).then(|| json!({"bool": {"filter": filters}}))
+}
+
+/// The `multi_match` carrying the user's text (the only place it lands, besides the vector).
+pub fn text_clause(plan: &Plan) -> Value {
+    json!({"multi_match": {"query": plan.text, "fields": plan.fields}})
+}
+
+/// The BM25 leg's query: the text clause, filtered.
+pub fn bm25_query(plan: &Plan, boost: Option<f64>) -> Value {
+    let mut b = Map::new();
+    b.insert("must".into(), json!([text_clause(plan)]));
+    if !plan.filters.is_empty() {
+        b.insert("filter".into(), json!(plan.filters));
+    }
+    if let Some(x) = boost {
+        b.insert("boost".into(), json!(x));
+    }
+    json!({ "bool": b })
+}
+
+fn inner_hits(path: &str) -> Value {
+    json!({"size": 1, "_source": {"includes": [format!("{path}.text")]}})
+}
+
+fn vector_json(v: &[f32]) -> Value {
+    Value::Array(v.iter().map(|x| json!(x)).collect())
+}
+
+/// Elasticsearch's top-level `knn` section (also the `knn` retriever's body, without inner hits).
+pub fn es_knn_section(plan: &Plan, vector: &[f32], boost: Option<f64>, with_inner_hits: bool) -> Value {
+    let mut k = Map::new();
+    k.insert("field".into(), json!(plan.target.knn_field()));
+    k.insert("query_vector".into(), vector_json(vector));
+    k.insert("k".into(), json!(plan.k));
+    k.insert("num_candidates".into(), json!(plan.num_candidates));
+    if !plan.filters.is_empty() {
+        k.insert("filter".into(), json!(plan.filters));
+    }
+    if let Some(x) = boost {
+        k.insert("boost".into(), json!(x));
+    }
+    if let (Some(path), true) = (&plan.target.passages, with_inner_hits) {
+        k.insert("inner_hits".into(), inner_hits(path));
+    }
+    Value::Object(k)
+}
+
+/// A kNN clause that stands where a query may (OpenSearch `knn` query; Elasticsearch `knn` query,
+/// 8.12+). Filters are pre-filters inside the clause, except around nested passages, where they
+/// name parent fields and wrap the clause in a `bool`.
+pub fn knn_clause(plan: &Plan, vector: &[f32], dialect: Dialect, boost: Option<f64>) -> Value {
+    let field = plan.target.knn_field();
+    let filter = filter_bool(&plan.filters);
+    let flat_filter = if plan.target.passages.is_none() { filter.clone() } else { None };
+    let mut clause = match dialect {
+        Dialect::Opensearch => {
+            let mut p = Map::new();
+            p.insert("vector".into(), vector_json(vector));
+            p.insert("k".into(), json!(plan.k));
+            if let Some(f) = flat_filter {
+                p.insert("filter".into(), f);
+            }
+            json!({"knn": {field: p}})
+        }
+        Dialect::Elasticsearch => {
+            let mut p = Map::new();
+            p.insert("field".into(), json!(field));
+            p.insert("query_vector".into(), vector_json(vector));
+            p.insert("k".into(), json!(plan.k));
+            p.insert("num_candidates".into(), json!(plan.num_candidates));
+            if flat_filter.is_some() {
+                p.insert("filter".into(), json!(plan.filters));
+            }
+            json!({"knn": p})
+        }
+    };
+    if let Some(path) = &plan.target.passages {
+        clause =
+            json!({"nested": {"path": path, "score_mode": "max", "query": clause, "inner_hits": inner_hits(path)}});
+        if let Some(f) = filter {
+            clause = json!({"bool": {"must": [clause], "filter": f["bool"]["filter"]}});
+        }
+    }
+    if let Some(x) = boost {
+        let (name, body) = clause.as_object_mut().and_then(|m| m.iter_mut().next()).expect("one clause");
+        match (name.as_str(), dialect) {
+            ("knn", Dialect::Opensearch) => {
+                if let Some(p) = body.as_object_mut().and_then(|m| m.values_mut().next()).and_then(Value::as_object_mut)
+                {
+                    p.insert("boost".into(), json!(x));
+                }
+            }
+            _ => {
+                if let Some(m) = body.as_object_mut() {
+                    m.insert("boost".into(), json!(x));
+                }
+            }
+        }
+    }
+    clause
+}
+
+fn common(body: &mut Map<String, Value>, plan: &Plan, highlight: Option<Value>) {
+    body.insert("_source".into(), plan.source.clone());
+    if let Some(h) = highlight {
+        body.insert("highlight".into(), h);
+    }
+}
+
+/// The highlight of a leg whose own query has no text: highlighted with the text clause.
+fn highlight_with_text(plan: &Plan) -> Option<Value> {
+    plan.highlight.clone().map(|mut h| {
+        if let Some(m) = h.as_object_mut() {
+            m.entry("highlight_query").or_insert_with(|| text_clause(plan));
+        }
+        h
+    })
+}
+
+/// The BM25 leg: `depth` hits from the top.
+pub fn bm25_leg(plan: &Plan, depth: usize) -> Value {
+    let mut b = Map::new();
+    b.insert("query".into(), bm25_query(plan, None));
+    b.insert("size".into(), json!(depth));
+    common(&mut b, plan, plan.highlight.clone());
+    Value::Object(b)
+}
+
+/// The kNN leg: `depth` hits from the top.
+pub fn knn_leg(plan: &Plan, vector: &[f32], dialect: Dialect, depth: usize) -> Value {
+    let mut b = Map::new();
+    match dialect {
+        Dialect::Elasticsearch => {
+            b.insert("knn".into(), es_knn_section(plan, vector, None, true));
+        }
+        Dialect::Opensearch => {
+            b.insert("query".into(), knn_clause(plan, vector, dialect, None));
+        }
+    }
+    b.insert("size".into(), json!(depth));
+    common(&mut b, plan, highlight_with_text(plan));
+    Value::Object(b)
+}
+
+/// One `_msearch` NDJSON body with the given legs, all on the plan's index.
+pub fn msearch(plan: &Plan, legs: &[Value]) -> String {
+    let header = json!({"index": plan.target.index}).to_string();
+    let mut out = String::new();
+    for leg in legs {
+        out.push_str(&header);
+        out.push('\n');
+        out.push_str(&leg.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+fn neural_search_missing(what: &str) -> QueryError {
+    QueryError::Invalid(format!(
+        "engine-side {what} fusion on OpenSearch needs the neural-search plugin (the `hybrid` query and search pipelines), which this cluster does not have; use fusion {{\"{what}\": {{...}}}} (computed by the sidecar) or {{\"engine\": {{\"method\": \"boost\"}}}}"
+    ))
+}
+
+fn weight(w: Weight) -> f64 {
+    f64::from(w)
+}
+
+/// Picks the method `auto` stands for on this cluster, with the reason when it is a fallback.
+pub fn resolve_method(method: EngineMethod, caps: &Capabilities) -> (EngineMethod, Option<String>) {
+    if method != EngineMethod::Auto {
+        return (method, None);
+    }
+    match caps.dialect() {
+        Dialect::Elasticsearch if caps.info.supports_rrf_retriever() && caps.rrf_licensed => (EngineMethod::Rrf, None),
+        Dialect::Elasticsearch if caps.info.supports_rrf_retriever() => (
+            EngineMethod::Boost,
+            Some(format!(
+                "retriever.rrf needs an enterprise or trial licence (this cluster: {}); used knn + query boosts",
+                caps.license.as_deref().unwrap_or("unknown")
+            )),
+        ),
+        Dialect::Elasticsearch => (
+            EngineMethod::Boost,
+            Some(format!("retriever.rrf needs Elasticsearch 8.16+ (this cluster: {})", caps.info.version)),
+        ),
+        Dialect::Opensearch if caps.neural_search => (EngineMethod::Linear, None),
+        Dialect::Opensearch => (
+            EngineMethod::Boost,
+            Some("the neural-search plugin (hybrid query) is not installed; used bool.should boosts".into()),
+        ),
+    }
+}
+
+fn os_technique(n: Normalization, version: Version) -> Result<&'static str, QueryError> {
+    match n {
+        Normalization::Minmax => Ok("min_max"),
+        Normalization::L2 => Ok("l2"),
+        Normalization::Zscore if version >= Version::new(3, 0, 0) => Ok("z_score"),
+        Normalization::Zscore => Err(QueryError::Invalid(format!(
+            "OpenSearch {version} has no z_score normalisation in search pipelines (3.0+); use minmax or l2, or sidecar-side linear fusion"
+        ))),
+    }
+}
+
+/// The engine-fused search for a hybrid plan on this cluster.
+pub fn engine_query(plan: &Plan, vector: &[f32], caps: &Capabilities) -> Result<EngineQuery, QueryError> {
+    let Resolved::Engine { method, weight: w, rank_constant, normalization } = plan.fusion else {
+        return Err(QueryError::Invalid("not an engine-fused plan".into()));
+    };
+    let (method, note) = resolve_method(method, caps);
+    let w = weight(w);
+    let version = caps.info.version;
+    let mut body = Map::new();
+    let mut pipeline = None;
+    match (caps.dialect(), method) {
+        (_, EngineMethod::Auto) => unreachable!("resolved above"),
+        (Dialect::Elasticsearch, _) if !caps.info.supports_top_level_knn() => {
+            return Err(QueryError::Invalid(format!(
+                "Elasticsearch {version} has no top-level knn search (8.4+); vector search is not available on it"
+            )));
+        }
+        (Dialect::Elasticsearch, EngineMethod::Boost) => {
+            body.insert("query".into(), bm25_query(plan, Some(w)));
+            body.insert("knn".into(), es_knn_section(plan, vector, Some(1.0 - w), true));
+        }
+        (Dialect::Elasticsearch, EngineMethod::Rrf) => {
+            if !caps.info.supports_rrf_retriever() {
+                return Err(QueryError::Invalid(format!(
+                    "retriever.rrf needs Elasticsearch 8.16+ (this cluster: {version}); use fusion {{\"rrf\": {{...}}}}, computed by the sidecar on any version"
+                )));
+            }
+            if !caps.rrf_licensed {
+                return Err(QueryError::Invalid(format!(
+                    "retriever.rrf needs an enterprise or trial licence and this cluster's is `{}`; use fusion {{\"rrf\": {{...}}}}, computed by the sidecar on any licence",
+                    caps.license.as_deref().unwrap_or("unknown")
+                )));
+            }
+            body.insert(
+                "retriever".into(),
+                json!({"rrf": {
+                    "retrievers": [
+                        {"standard": {"query": bm25_query(plan, None)}},
+                        {"knn": es_knn_section(plan, vector, None, false)},
+                    ],
+                    "rank_constant": rank_constant,
+                    "rank_window_size": plan.k,
+                }}),
+            );
+        }
+        (Dialect::Elasticsearch, EngineMethod::Linear) => {
+            return Err(QueryError::Invalid(
+                "engine-side linear fusion is not offered on Elasticsearch; use fusion {\"linear\": {...}} (computed by the sidecar) or {\"engine\": {\"method\": \"boost\"}}".into(),
+            ));
+        }
+        (Dialect::Opensearch, EngineMethod::Boost) => {
+            body.insert(
+                "query".into(),
+                json!({"bool": {
+                    "should": [bm25_query(plan, Some(w)), knn_clause(plan, vector, Dialect::Opensearch, Some(1.0 - w))],
+                    "minimum_should_match": 1,
+                }}),
+            );
+        }
+        (Dialect::Opensearch, EngineMethod::Rrf) => {
+            if !caps.neural_search {
+                return Err(neural_search_missing("rrf"));
+            }
+            if version < Version::new(2, 19, 0) {
+                return Err(QueryError::Invalid(format!(
+                    "RRF in an OpenSearch search pipeline needs 2.19+ (this cluster: {version}); use fusion {{\"rrf\": {{...}}}}, computed by the sidecar"
+                )));
+            }
+            body.insert("query".into(), hybrid_query(plan, vector));
+            pipeline = Some((
+                format!("semantic-sidecar-rrf-{rank_constant}"),
+                json!({
+                    "description": "semantic-sidecar: reciprocal rank fusion of the BM25 and kNN sub-queries",
+                    "phase_results_processors": [{"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": rank_constant}}}],
+                }),
+            ));
+        }
+        (Dialect::Opensearch, EngineMethod::Linear) => {
+            if !caps.neural_search {
+                return Err(neural_search_missing("linear"));
+            }
+            let technique = os_technique(normalization, version)?;
+            body.insert("query".into(), hybrid_query(plan, vector));
+            let permille = (w * 1000.0).round() as u32;
+            pipeline = Some((
+                format!("semantic-sidecar-linear-{technique}-{permille}"),
+                json!({
+                    "description": "semantic-sidecar: normalised linear blend of the BM25 and kNN sub-queries",
+                    "phase_results_processors": [{"normalization-processor": {
+                        "normalization": {"technique": technique},
+                        "combination": {"technique": "arithmetic_mean", "parameters": {"weights": [w, 1.0 - w]}},
+                    }}],
+                }),
+            ));
+        }
+    }
+    body.insert("size".into(), json!(plan.size));
+    body.insert("from".into(), json!(plan.from));
+    common(&mut body, plan, plan.highlight.clone());
+    Ok(EngineQuery { method, body: Value::Object(body), pipeline, note })
+}
+
+/// OpenSearch `hybrid`: the two legs as sub-queries, each filtered.
+fn hybrid_query(plan: &Plan, vector: &[f32]) -> Value {
+    json!({"hybrid": {"queries": [bm25_query(plan, None), knn_clause(plan, vector, Dialect::Opensearch, None)]}})
+}
+
+/// A hybrid clause nested inside another query: `bool.should[text, knn]`, scored by the engine
+/// (sum of the boosted legs). Elasticsearch needs the `knn` query (8.12+).
+pub fn nested_hybrid(plan: &Plan, vector: &[f32], caps: &Capabilities) -> Result<Value, QueryError> {
+    if caps.dialect() == Dialect::Elasticsearch && caps.info.version < Version::new(8, 12, 0) {
+        return Err(QueryError::Invalid(format!(
+            "a hybrid clause inside another query needs the knn query of Elasticsearch 8.12+ (this cluster: {}); put it at the top of `query` instead",
+            caps.info.version
+        )));
+    }
+    let w = match plan.fusion {
+        Resolved::Engine { weight: w, .. } => weight(w),
+        Resolved::Sidecar(_) => 0.5,
+    };
+    let (b, k) = match plan.mode {
+        super::request::Mode::Bm25 => return Ok(bm25_query(plan, None)),
+        super::request::Mode::Knn => return Ok(knn_clause(plan, vector, caps.dialect(), None)),
+        super::request::Mode::Hybrid => {
+            (bm25_query(plan, Some(w)), knn_clause(plan, vector, caps.dialect(), Some(1.0 - w)))
+        }
+    };
+    Ok(json!({"bool": {"should": [b, k], "minimum_should_match": 1}}))
+}

@@ -1,0 +1,271 @@
+//! The ES-compatible `_search`: finding the sidecar's `hybrid` clause in an ordinary query body,
+//! or a plain `match` / `multi_match` a pipeline asks to be made hybrid. Pure.
+//!
+//! The clause: `{"hybrid": {"query": "user text", "fields": [...], "fusion": {...}, "filter": [...],
+//! "k": 50, "num_candidates": 200, "mode": "hybrid", "explain": false}}` (only `query` is required).
+//! OpenSearch's own `hybrid` query (`{"hybrid": {"queries": [...]}}`) has no `query` string and
+//! is left alone.
+//!
+//! - As the whole `query`, it runs like `POST /search` (sidecar or engine fusion); the rest of the
+//!   body (aggregations, `track_total_hits`, `post_filter`, ...) goes with the BM25 leg and the
+//!   answer is that leg's, with the fused hits.
+//! - Nested anywhere else (inside a `bool`, ...), it becomes `bool.should[multi_match, knn]` in
+//!   place: the engine adds the scores (OpenSearch; Elasticsearch 8.12+ for the `knn` query).
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::request::{FusionSpec, Mode, QueryError, SearchRequest, SearchSpec};
+
+/// The sidecar clause.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HybridClause {
+    pub query: String,
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+    #[serde(default)]
+    pub fusion: Option<FusionSpec>,
+    #[serde(default)]
+    pub filter: Option<Value>,
+    #[serde(default)]
+    pub k: Option<usize>,
+    #[serde(default)]
+    pub num_candidates: Option<usize>,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub explain: bool,
+}
+
+impl HybridClause {
+    /// The `/search` request this clause amounts to, with paging and `_source`/`highlight` from
+    /// the surrounding body.
+    pub fn to_request(&self, index: &str, body: &Map<String, Value>) -> Result<SearchRequest, QueryError> {
+        let count = |k: &str| -> Result<Option<usize>, QueryError> {
+            match body.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(|n| Some(n as usize))
+                    .ok_or_else(|| QueryError::Invalid(format!("`{k}` must be a non-negative integer, not `{v}`"))),
+            }
+        };
+        Ok(SearchRequest {
+            index: index.to_string(),
+            query: self.query.clone(),
+            mode: self.mode.unwrap_or_default(),
+            fusion: self.fusion.clone(),
+            filter: self.filter.clone(),
+            size: count("size")?,
+            from: count("from")?,
+            k: self.k,
+            num_candidates: self.num_candidates,
+            fields: self.fields.clone(),
+            explain: self.explain,
+            source: body.get("_source").cloned(),
+            highlight: body.get("highlight").cloned(),
+        })
+    }
+}
+
+/// What to do with a `_search` body.
+#[derive(Debug)]
+pub enum Rewrite {
+    /// No sidecar clause: the body goes to the engine byte for byte.
+    Passthrough,
+    /// The whole query is hybrid; `rest` is the body without `query`.
+    TopLevel { clause: HybridClause, rest: Map<String, Value> },
+    /// Clauses nested in the query, by JSON pointer.
+    Nested { clauses: Vec<(String, HybridClause)> },
+}
+
+fn parse_clause(v: &Value, at: &str) -> Result<HybridClause, QueryError> {
+    serde_json::from_value(v.clone()).map_err(|e| QueryError::Invalid(format!("the hybrid clause at {at}: {e}")))
+}
+
+/// Is this `{"hybrid": {...}}` ours (a `query` string) rather than OpenSearch's (`queries`)?
+fn ours(v: &Value) -> Option<&Value> {
+    let inner = v.as_object().filter(|m| m.len() == 1)?.get("hybrid")?;
+    inner.get("query").filter(|q| q.is_string()).map(|_| inner)
+}
+
+fn collect(v: &Value, at: String, out: &mut Vec<(String, HybridClause)>) -> Result<(), QueryError> {
+    if let Some(inner) = ours(v) {
+        out.push((at.clone(), parse_clause(inner, &at)?));
+        return Ok(());
+    }
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                collect(x, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out)?;
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                collect(x, format!("{at}/{i}"), out)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn bare(field: &str) -> &str {
+    field.split_once('^').map_or(field, |(n, _)| n)
+}
+
+/// A plain top-level `match` / `multi_match` on the pipeline's BM25 fields, as a clause.
+fn auto_clause(query: &Value, spec: &SearchSpec, default_fields: &[String]) -> Option<HybridClause> {
+    let configured: Vec<&str> = if spec.fields.is_empty() {
+        default_fields.iter().map(|f| bare(f)).collect()
+    } else {
+        spec.fields.iter().map(|f| bare(f)).collect()
+    };
+    let m = query.as_object().filter(|m| m.len() == 1)?;
+    let clause = |text: &str, fields: Vec<String>| HybridClause {
+        query: text.to_string(),
+        fields: Some(fields),
+        fusion: None,
+        filter: None,
+        k: None,
+        num_candidates: None,
+        mode: None,
+        explain: false,
+    };
+    if let Some(Value::Object(mm)) = m.get("match") {
+        let (field, v) = mm.iter().next().filter(|_| mm.len() == 1)?;
+        if !configured.contains(&field.as_str()) {
+            return None;
+        }
+        let text = match v {
+            Value::String(s) => s.as_str(),
+            // only the plain form: options like operator or fuzziness would be lost
+            Value::Object(o) if o.len() == 1 => o.get("query")?.as_str()?,
+            _ => return None,
+        };
+        return Some(clause(text, vec![field.clone()]));
+    }
+    if let Some(Value::Object(mm)) = m.get("multi_match") {
+        if mm.keys().any(|k| !["query", "fields"].contains(&k.as_str())) {
+            return None;
+        }
+        let text = mm.get("query")?.as_str()?;
+        let fields: Vec<String> = match mm.get("fields") {
+            Some(Value::Array(a)) => a.iter().map(|f| f.as_str().map(String::from)).collect::<Option<_>>()?,
+            None => configured.iter().map(|s| s.to_string()).collect(),
+            _ => return None,
+        };
+        if fields.is_empty() || !fields.iter().all(|f| configured.contains(&bare(f))) {
+            return None;
+        }
+        return Some(clause(text, fields));
+    }
+    None
+}
+
+/// Looks at a `_search` body. `auto` is the pipeline's search spec and default BM25 fields when
+/// the index has a pipeline.
+pub fn analyse(body: &Value, auto: Option<(&SearchSpec, &[String])>) -> Result<Rewrite, QueryError> {
+    let Some(obj) = body.as_object() else { return Ok(Rewrite::Passthrough) };
+    let Some(query) = obj.get("query") else { return Ok(Rewrite::Passthrough) };
+    let rest = || {
+        let mut r = obj.clone();
+        r.remove("query");
+        r
+    };
+    if let Some(inner) = ours(query) {
+        return Ok(Rewrite::TopLevel { clause: parse_clause(inner, "query")?, rest: rest() });
+    }
+    if let Some((spec, fields)) = auto.filter(|(s, _)| s.auto_hybrid) {
+        if let Some(clause) = auto_clause(query, spec, fields) {
+            return Ok(Rewrite::TopLevel { clause, rest: rest() });
+        }
+    }
+    let mut clauses = Vec::new();
+    collect(query, "/query".into(), &mut clauses)?;
+    Ok(if clauses.is_empty() { Rewrite::Passthrough } else { Rewrite::Nested { clauses } })
+}
+
+/// Keys of a body that cannot go with a fused hybrid query.
+pub const CONFLICTING_KEYS: &[&str] = &["sort", "knn", "retriever", "search_after", "rescore", "collapse"];
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn spec(auto: bool) -> SearchSpec {
+        SearchSpec { auto_hybrid: auto, ..SearchSpec::default() }
+    }
+
+    fn fields() -> Vec<String> {
+        vec!["title^2".into(), "text".into()]
+    }
+
+    #[test]
+    fn ordinary_bodies_pass_through() {
+        let f = fields();
+        for body in [
+            json!({}),
+            json!({"query": {"match_all": {}}}),
+            json!({"query": {"term": {"hybrid": "x"}}}),
+            json!({"query": {"hybrid": {"queries": [{"match": {"text": "x"}}]}}}),
+            json!({"query": {"match": {"text": "cells"}}}),
+        ] {
+            assert!(matches!(analyse(&body, Some((&spec(false), &f))).unwrap(), Rewrite::Passthrough), "{body}");
+        }
+        assert!(matches!(analyse(&json!({"query": {"match": {"x": "y"}}}), None).unwrap(), Rewrite::Passthrough));
+    }
+
+    #[test]
+    fn the_clause_at_the_top_keeps_the_rest_of_the_body() {
+        let body = json!({"query": {"hybrid": {"query": "cells", "fusion": {"linear": {"weight": 0.3}}}}, "aggs": {"y": {"terms": {"field": "year"}}}, "size": 5});
+        let Rewrite::TopLevel { clause, rest } = analyse(&body, None).unwrap() else { panic!() };
+        assert_eq!(clause.query, "cells");
+        assert!(rest.contains_key("aggs") && !rest.contains_key("query"));
+        let req = clause.to_request("docs", &rest).unwrap();
+        assert_eq!((req.size, req.from), (Some(5), None));
+    }
+
+    #[test]
+    fn nested_clauses_are_found_by_pointer() {
+        let body = json!({"query": {"bool": {"must": [{"hybrid": {"query": "a"}}], "filter": [{"term": {"y": 1}}], "should": {"hybrid": {"query": "b"}}}}});
+        let Rewrite::Nested { clauses } = analyse(&body, None).unwrap() else { panic!() };
+        let ptrs: Vec<&str> = clauses.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(ptrs, ["/query/bool/must/0", "/query/bool/should"]);
+        assert!(body.pointer(ptrs[0]).is_some());
+    }
+
+    #[test]
+    fn a_malformed_clause_is_named() {
+        let e = analyse(&json!({"query": {"hybrid": {"query": "a", "boost": 2}}}), None).unwrap_err();
+        assert!(e.to_string().contains("hybrid clause at query") && e.to_string().contains("boost"), "{e}");
+    }
+
+    #[test]
+    fn auto_hybrid_takes_plain_matches_on_configured_fields_only() {
+        let f = fields();
+        let s = spec(true);
+        let yes = [
+            json!({"query": {"match": {"text": "cells"}}}),
+            json!({"query": {"match": {"title": {"query": "cells"}}}}),
+            json!({"query": {"multi_match": {"query": "cells", "fields": ["title^3", "text"]}}}),
+            json!({"query": {"multi_match": {"query": "cells"}}}),
+        ];
+        for body in yes {
+            assert!(matches!(analyse(&body, Some((&s, &f))).unwrap(), Rewrite::TopLevel { .. }), "{body}");
+        }
+        let no = [
+            json!({"query": {"match": {"author": "cells"}}}),
+            json!({"query": {"match": {"text": {"query": "cells", "operator": "and"}}}}),
+            json!({"query": {"multi_match": {"query": "cells", "fields": ["text", "author"]}}}),
+            json!({"query": {"multi_match": {"query": "cells", "type": "phrase"}}}),
+            json!({"query": {"bool": {"must": {"match": {"text": "cells"}}}}}),
+        ];
+        for body in no {
+            assert!(matches!(analyse(&body, Some((&s, &f))).unwrap(), Rewrite::Passthrough), "{body}");
+        }
+    }
+}

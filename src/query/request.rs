@@ -1,0 +1,532 @@
+//! The sidecar's search request (`POST /search`, and the hybrid clause of `_search`): parsed
+//! strictly, checked against the `[search]` bounds, and resolved against the index's pipeline
+//! into a [`Plan`] that the request builders turn into engine JSON. Pure.
+//!
+//! Safety: the user's text only ever lands in `multi_match` query strings and in the query
+//! vector. Filters are the application's own query DSL, but clauses that run code or parse a
+//! query language (`script`, `script_score`, `query_string`, `simple_query_string`, templates)
+//! are refused in them, so a filter built from user input cannot become an injection point.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::fusion::{Fusion, Normalization, Weight};
+use crate::error::ErrorCode;
+use crate::ingest::pipeline::Pipeline;
+use crate::settings::SearchSettings;
+
+/// Which legs run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Bm25,
+    Knn,
+    #[default]
+    Hybrid,
+}
+
+/// How the engine fuses, when it does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineMethod {
+    /// The best the cluster offers: Elasticsearch `retriever.rrf` when licensed (8.16+), else
+    /// `knn` + `query` boosts; OpenSearch `hybrid` + a normalisation search pipeline when the
+    /// neural-search plugin is installed, else `bool.should`. The answer says what was used.
+    #[default]
+    Auto,
+    /// `weight · bm25 + (1 − weight) · knn` on raw scores: Elasticsearch top-level `knn` + `query`
+    /// (8.4+), OpenSearch `bool.should[match, knn]`.
+    Boost,
+    /// Reciprocal rank fusion in the engine: Elasticsearch `retriever.rrf` (8.16+, licence-gated),
+    /// OpenSearch `hybrid` + the `score-ranker-processor` (neural-search 2.19+).
+    Rrf,
+    /// Normalised linear blend in the engine: OpenSearch `hybrid` + `normalization-processor`
+    /// (neural-search 2.10+).
+    Linear,
+}
+
+fn rank_constant_default() -> u32 {
+    60
+}
+fn half() -> Weight {
+    Weight::try_from(0.5).expect("0.5 is a weight")
+}
+fn minmax() -> Normalization {
+    Normalization::Minmax
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RrfSpec {
+    #[serde(default = "rank_constant_default")]
+    pub rank_constant: u32,
+    /// Ranks counted per leg; defaults to `k`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearSpec {
+    /// The BM25 share, 0..=1.
+    #[serde(default = "half")]
+    pub weight: Weight,
+    #[serde(default = "minmax")]
+    pub normalization: Normalization,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSpec {
+    #[serde(default)]
+    pub method: EngineMethod,
+    /// The BM25 share for `boost` and `linear`.
+    #[serde(default = "half")]
+    pub weight: Weight,
+    #[serde(default = "rank_constant_default")]
+    pub rank_constant: u32,
+    #[serde(default = "minmax")]
+    pub normalization: Normalization,
+}
+
+/// `{"rrf": {...}}`, `{"linear": {...}}` (both computed by the sidecar) or `{"engine": {...}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionSpec {
+    Rrf(RrfSpec),
+    Linear(LinearSpec),
+    Engine(EngineSpec),
+}
+
+impl Default for FusionSpec {
+    fn default() -> Self {
+        FusionSpec::Rrf(RrfSpec { rank_constant: rank_constant_default(), window: None })
+    }
+}
+
+/// A pipeline's search defaults (`[search]` in its file).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSpec {
+    /// BM25 fields, `name` or `name^boost`; default: the sources of the first `[[fields]]` entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+    /// Fusion when a request does not say (default RRF, rank constant 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<FusionSpec>,
+    /// Rewrite a plain top-level `match` / `multi_match` on the BM25 fields in `_search` into hybrid.
+    #[serde(default)]
+    pub auto_hybrid: bool,
+}
+
+/// `POST /search`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    /// An index with a pipeline, or a pipeline's name.
+    pub index: String,
+    pub query: String,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub fusion: Option<FusionSpec>,
+    /// One filter clause or a list; applied to both legs.
+    #[serde(default)]
+    pub filter: Option<Value>,
+    #[serde(default)]
+    pub size: Option<usize>,
+    #[serde(default)]
+    pub from: Option<usize>,
+    #[serde(default)]
+    pub k: Option<usize>,
+    #[serde(default)]
+    pub num_candidates: Option<usize>,
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+    #[serde(default)]
+    pub explain: bool,
+    #[serde(default, rename = "_source")]
+    pub source: Option<Value>,
+    #[serde(default)]
+    pub highlight: Option<Value>,
+}
+
+/// Why a search request was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Limit(String),
+}
+
+impl QueryError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            QueryError::Invalid(_) => ErrorCode::InvalidInput,
+            QueryError::Limit(_) => ErrorCode::LimitExceeded,
+        }
+    }
+}
+
+/// Where an index keeps its text and vectors (from its pipeline).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Target {
+    pub index: String,
+    pub model: String,
+    /// BM25 fields (with boosts).
+    pub text_fields: Vec<String>,
+    /// The document-level vector field.
+    pub vector_field: String,
+    /// The nested passages path, when documents are chunked: the kNN leg searches passages.
+    pub passages: Option<String>,
+    /// Fields left out of `_source` unless a request asks for them (vectors).
+    pub hidden: Vec<String>,
+}
+
+impl Target {
+    pub fn of(p: &Pipeline) -> Target {
+        let text_fields = if p.search.fields.is_empty() { p.fields[0].source.clone() } else { p.search.fields.clone() };
+        let mut hidden: Vec<String> = p.fields.iter().map(|f| f.vector.clone()).collect();
+        let passages = p.chunking.as_ref().map(|c| c.passages_field.clone());
+        if let Some(path) = &passages {
+            hidden.push(format!("{path}.vector"));
+        }
+        Target {
+            index: p.index.clone(),
+            model: p.model.clone(),
+            text_fields,
+            vector_field: p.fields[0].vector.clone(),
+            passages,
+            hidden,
+        }
+    }
+
+    /// The field the kNN leg searches.
+    pub fn knn_field(&self) -> String {
+        match &self.passages {
+            Some(p) => format!("{p}.vector"),
+            None => self.vector_field.clone(),
+        }
+    }
+}
+
+/// Fusion as resolved for one request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Resolved {
+    /// Fused by the sidecar over one `_msearch`.
+    Sidecar(Fusion),
+    /// Fused by the engine; the method is settled against the cluster's capabilities later.
+    Engine { method: EngineMethod, weight: Weight, rank_constant: u32, normalization: Normalization },
+}
+
+/// A validated search, ready to be turned into engine requests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub target: Target,
+    pub text: String,
+    pub mode: Mode,
+    pub fusion: Resolved,
+    pub filters: Vec<Value>,
+    pub size: usize,
+    pub from: usize,
+    /// Depth of each leg.
+    pub k: usize,
+    pub num_candidates: usize,
+    pub fields: Vec<String>,
+    pub explain: bool,
+    pub source: Value,
+    pub highlight: Option<Value>,
+}
+
+/// Query-DSL clauses that run code or parse a query language: never accepted in filters.
+const FORBIDDEN_CLAUSES: &[&str] =
+    &["script", "script_score", "query_string", "simple_query_string", "template", "search_template", "wrapper"];
+
+/// Refuses forbidden clauses anywhere inside `v`; `at` names where `v` came from.
+pub fn check_dsl(v: &Value, at: &str) -> Result<(), QueryError> {
+    match v {
+        Value::Object(m) => {
+            for (k, inner) in m {
+                if FORBIDDEN_CLAUSES.contains(&k.as_str()) {
+                    return Err(QueryError::Invalid(format!(
+                        "`{k}` is not accepted in {at}: clauses that run scripts or parse query strings are refused"
+                    )));
+                }
+                check_dsl(inner, at)?;
+            }
+            Ok(())
+        }
+        Value::Array(a) => a.iter().try_for_each(|x| check_dsl(x, at)),
+        _ => Ok(()),
+    }
+}
+
+/// The filter clauses of a request: one object or a list of objects, each a single clause.
+pub fn filters_of(filter: Option<Value>) -> Result<Vec<Value>, QueryError> {
+    let list = match filter {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a,
+        Some(o @ Value::Object(_)) => vec![o],
+        Some(other) => {
+            return Err(QueryError::Invalid(format!(
+                "`filter` must be a query clause or a list of them, not `{other}`"
+            )))
+        }
+    };
+    for (i, f) in list.iter().enumerate() {
+        match f.as_object() {
+            Some(m) if m.len() == 1 => {}
+            _ => {
+                return Err(QueryError::Invalid(format!(
+                    "`filter[{i}]` must be one query clause like {{\"term\": {{\"field\": \"value\"}}}}, got `{f}`"
+                )))
+            }
+        }
+        check_dsl(f, "filters")?;
+    }
+    Ok(list)
+}
+
+/// `name`, `name^2`, `title.*^1.5`: what `multi_match` accepts, nothing else.
+pub fn check_field(f: &str) -> Result<(), QueryError> {
+    let (name, boost) = f.split_once('^').map_or((f, None), |(n, b)| (n, Some(b)));
+    let name_ok =
+        !name.is_empty() && !name.starts_with('_') && name.chars().all(|c| c.is_alphanumeric() || "._-*@".contains(c));
+    let boost_ok = boost.is_none_or(|b| b.parse::<f64>().is_ok_and(|x| x.is_finite() && x >= 0.0));
+    if name_ok && boost_ok {
+        Ok(())
+    } else {
+        Err(QueryError::Invalid(format!("`{f}` is not a field name with an optional ^boost")))
+    }
+}
+
+/// Checks the user's text against the bounds.
+pub fn check_text(text: &str, limits: &SearchSettings) -> Result<(), QueryError> {
+    if text.trim().is_empty() {
+        return Err(QueryError::Invalid("`query` is empty: send the user's text".into()));
+    }
+    let n = text.chars().count();
+    if n > limits.max_query_chars {
+        return Err(QueryError::Limit(format!(
+            "`query` has {n} characters, more than search.max_query_chars ({})",
+            limits.max_query_chars
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a fusion spec's parameters (serde checked the shape and the weight).
+pub fn check_fusion(f: &FusionSpec, limits: &SearchSettings) -> Result<(), QueryError> {
+    let rc = match f {
+        FusionSpec::Rrf(r) => {
+            if let Some(w) = r.window {
+                if w == 0 || w > limits.max_k {
+                    return Err(QueryError::Limit(format!(
+                        "`fusion.rrf.window` {w} must be between 1 and search.max_k ({})",
+                        limits.max_k
+                    )));
+                }
+            }
+            r.rank_constant
+        }
+        FusionSpec::Engine(e) => e.rank_constant,
+        FusionSpec::Linear(_) => 1,
+    };
+    if rc == 0 {
+        return Err(QueryError::Invalid("`rank_constant` must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Validates `req` and resolves it against `target` and the pipeline's search defaults.
+pub fn plan(
+    req: SearchRequest,
+    target: Target,
+    defaults: &SearchSpec,
+    limits: &SearchSettings,
+) -> Result<Plan, QueryError> {
+    check_text(&req.query, limits)?;
+    let size = req.size.unwrap_or(10);
+    if size > limits.max_size {
+        return Err(QueryError::Limit(format!("`size` {size} is more than search.max_size ({})", limits.max_size)));
+    }
+    let from = req.from.unwrap_or(0);
+    let page_end = from.saturating_add(size);
+    let k = match req.k {
+        Some(0) => return Err(QueryError::Invalid("`k` must be at least 1".into())),
+        Some(k) => k,
+        None => limits.default_k.max(page_end),
+    };
+    if k > limits.max_k {
+        return Err(QueryError::Limit(format!("`k` {k} is more than search.max_k ({})", limits.max_k)));
+    }
+    if page_end > k {
+        return Err(QueryError::Limit(format!(
+            "`from` + `size` ({page_end}) is beyond `k` ({k}): each leg returns k hits; raise k or page less deep"
+        )));
+    }
+    let num_candidates = match req.num_candidates {
+        Some(n) if n < k => {
+            return Err(QueryError::Invalid(format!("`num_candidates` {n} must be at least `k` ({k})")));
+        }
+        Some(n) if n > limits.max_num_candidates => {
+            return Err(QueryError::Limit(format!(
+                "`num_candidates` {n} is more than search.max_num_candidates ({})",
+                limits.max_num_candidates
+            )));
+        }
+        Some(n) => n,
+        None => k.saturating_mul(limits.num_candidates_factor).clamp(k, limits.max_num_candidates),
+    };
+    let fields = req.fields.unwrap_or_else(|| target.text_fields.clone());
+    if fields.is_empty() {
+        return Err(QueryError::Invalid("`fields` is empty: name at least one text field".into()));
+    }
+    fields.iter().try_for_each(|f| check_field(f))?;
+    let filters = filters_of(req.filter)?;
+    let spec = req.fusion.or_else(|| defaults.fusion.clone()).unwrap_or_default();
+    check_fusion(&spec, limits)?;
+    let fusion = match spec {
+        FusionSpec::Rrf(r) => {
+            let window = r.window.unwrap_or(k);
+            if window > k {
+                return Err(QueryError::Invalid(format!("`fusion.rrf.window` {window} is beyond `k` ({k})")));
+            }
+            Resolved::Sidecar(Fusion::Rrf { rank_constant: r.rank_constant, window })
+        }
+        FusionSpec::Linear(l) => Resolved::Sidecar(Fusion::Linear { weight: l.weight, normalization: l.normalization }),
+        FusionSpec::Engine(e) => Resolved::Engine {
+            method: e.method,
+            weight: e.weight,
+            rank_constant: e.rank_constant,
+            normalization: e.normalization,
+        },
+    };
+    let source = match req.source {
+        Some(s) => s,
+        None if target.hidden.is_empty() => Value::Bool(true),
+        None => json!({"excludes": target.hidden}),
+    };
+    if let Some(h) = &req.highlight {
+        if !h.is_object() {
+            return Err(QueryError::Invalid("`highlight` must be an object (Elasticsearch highlight syntax)".into()));
+        }
+        check_dsl(h, "highlight")?;
+    }
+    Ok(Plan {
+        target,
+        text: req.query,
+        mode: req.mode,
+        fusion,
+        filters,
+        size,
+        from,
+        k,
+        num_candidates,
+        fields,
+        explain: req.explain,
+        source,
+        highlight: req.highlight,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> SearchSettings {
+        SearchSettings {
+            max_size: 100,
+            max_k: 1000,
+            max_num_candidates: 10000,
+            max_query_chars: 1000,
+            default_k: 50,
+            num_candidates_factor: 4,
+        }
+    }
+
+    fn target() -> Target {
+        Target {
+            index: "docs".into(),
+            model: "m".into(),
+            text_fields: vec!["title^2".into(), "text".into()],
+            vector_field: "text_vector".into(),
+            passages: None,
+            hidden: vec!["text_vector".into()],
+        }
+    }
+
+    fn req(body: Value) -> Result<Plan, QueryError> {
+        let r: SearchRequest = serde_json::from_value(body).map_err(|e| QueryError::Invalid(e.to_string()))?;
+        plan(r, target(), &SearchSpec::default(), &limits())
+    }
+
+    #[test]
+    fn defaults_fill_a_minimal_request() {
+        let p = req(json!({"index": "docs", "query": "cells"})).unwrap();
+        assert_eq!((p.size, p.from, p.k, p.num_candidates, p.mode), (10, 0, 50, 200, Mode::Hybrid));
+        assert_eq!(p.fusion, Resolved::Sidecar(Fusion::Rrf { rank_constant: 60, window: 50 }));
+        assert_eq!(p.fields, vec!["title^2", "text"]);
+        assert_eq!(p.source, json!({"excludes": ["text_vector"]}));
+        // k grows to cover a deep page when not given
+        let p = req(json!({"index": "docs", "query": "cells", "from": 90, "size": 20})).unwrap();
+        assert_eq!(p.k, 110);
+    }
+
+    #[test]
+    fn bad_requests_name_the_problem() {
+        let cases = [
+            (json!({"index": "d", "query": "  "}), "empty"),
+            (json!({"index": "d", "query": "x", "size": 101}), "max_size"),
+            (json!({"index": "d", "query": "x", "k": 1001}), "max_k"),
+            (json!({"index": "d", "query": "x", "k": 10, "size": 20}), "beyond `k`"),
+            (json!({"index": "d", "query": "x", "k": 100, "num_candidates": 50}), "num_candidates"),
+            (json!({"index": "d", "query": "x", "fusion": {"borda": {}}}), "unknown variant `borda`"),
+            (json!({"index": "d", "query": "x", "fusion": {"linear": {"weight": 1.5}}}), "between 0 and 1"),
+            (json!({"index": "d", "query": "x", "fusion": {"rrf": {"rank_constant": 0}}}), "rank_constant"),
+            (json!({"index": "d", "query": "x", "fusion": {"rrf": {"window": 60}}}), "window"),
+            (json!({"index": "d", "query": "x", "mode": "sparse"}), "unknown variant `sparse`"),
+            (json!({"index": "d", "query": "x", "filter": "year:2020"}), "`filter`"),
+            (json!({"index": "d", "query": "x", "filter": [{"term": {"a": 1}, "range": {}}]}), "filter[0]"),
+            (json!({"index": "d", "query": "x", "filter": {"script": {"script": "1"}}}), "`script`"),
+            (
+                json!({"index": "d", "query": "x", "filter": {"bool": {"must": {"query_string": {"query": "a"}}}}}),
+                "query_string",
+            ),
+            (json!({"index": "d", "query": "x", "fields": ["title^x"]}), "title^x"),
+            (json!({"index": "d", "query": "x", "sort": "date"}), "unknown field `sort`"),
+            (json!({"index": "d", "query": "x".repeat(1001)}), "max_query_chars"),
+        ];
+        for (body, needle) in cases {
+            let e = req(body.clone()).unwrap_err().to_string();
+            assert!(e.contains(needle), "{body}: `{e}` should mention `{needle}`");
+        }
+    }
+
+    #[test]
+    fn limits_are_limit_errors_and_shapes_are_invalid_input() {
+        let e = req(json!({"index": "d", "query": "x", "k": 5000})).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::LimitExceeded);
+        let e = req(json!({"index": "d", "query": "x", "filter": 3})).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidInput);
+    }
+
+    #[test]
+    fn the_pipeline_default_fusion_applies_unless_the_request_says() {
+        let spec = SearchSpec {
+            fusion: Some(FusionSpec::Linear(LinearSpec {
+                weight: Weight::try_from(0.3).unwrap(),
+                normalization: Normalization::Zscore,
+            })),
+            ..SearchSpec::default()
+        };
+        let r: SearchRequest = serde_json::from_value(json!({"index": "d", "query": "x"})).unwrap();
+        let p = plan(r, target(), &spec, &limits()).unwrap();
+        assert!(matches!(p.fusion, Resolved::Sidecar(Fusion::Linear { normalization: Normalization::Zscore, .. })));
+        let r: SearchRequest =
+            serde_json::from_value(json!({"index": "d", "query": "x", "fusion": {"engine": {}}})).unwrap();
+        let p = plan(r, target(), &spec, &limits()).unwrap();
+        assert!(matches!(p.fusion, Resolved::Engine { method: EngineMethod::Auto, .. }));
+    }
+}

@@ -1,0 +1,424 @@
+//! Search: the I/O around the pure [`crate::query`] code. Resolves the index's pipeline, encodes
+//! the query text (query prefix, interactive lane), sends the legs or the engine-fused request,
+//! and shapes the answer. One implementation behind `POST /search`, the ES-compatible `_search`
+//! and `semantic-sidecar eval`.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::http::Method;
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+use tokio::sync::OnceCell;
+
+use crate::encoder::{EncodeOptions, EncoderError, EncoderSet, Input, Lane, Pooled, TextKind};
+use crate::engine::dialect::Dialect;
+use crate::engine::{EngineClient, EngineError, EngineRequest, EngineResponse};
+use crate::error::ErrorCode;
+use crate::ingest::pipeline::Pipeline;
+use crate::query::answer::{engine_hits, leg_of, sidecar_page, Leg};
+use crate::query::build::{self, Capabilities};
+use crate::query::compat::{self, Rewrite, CONFLICTING_KEYS};
+use crate::query::fusion::Fusion;
+use crate::query::request::{self, EngineMethod, Mode, Plan, QueryError, Resolved, SearchRequest, Target};
+use crate::settings::SearchSettings;
+
+/// Why a search failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Encoder(#[from] EncoderError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("`{0}` is neither an index with a pipeline nor a pipeline name (pipelines: {1})")]
+    NoPipeline(String, String),
+}
+
+impl SearchError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SearchError::Query(e) => e.code(),
+            SearchError::Encoder(e) => e.code(),
+            SearchError::Engine(e) => e.code(),
+            SearchError::NoPipeline(..) => ErrorCode::NotFound,
+        }
+    }
+}
+
+/// What an ES-compatible `_search` produced.
+pub enum EsAnswer {
+    /// The engine's answer as it came (passthrough and nested rewrites).
+    Raw(EngineResponse),
+    /// A fused answer, ES-shaped.
+    Json(Value),
+}
+
+/// The search service. Cheap to share behind an `Arc`.
+pub struct Searcher {
+    engine: EngineClient,
+    encoders: Arc<EncoderSet>,
+    pipelines: Vec<Arc<Pipeline>>,
+    limits: SearchSettings,
+    caps: OnceCell<Capabilities>,
+    /// OpenSearch search pipelines already put by this process.
+    made: Mutex<BTreeSet<String>>,
+}
+
+fn rejected(status: u16, error_type: String, reason: String) -> EngineError {
+    EngineError::Rejected { status, error_type, reason }
+}
+
+fn fusion_info(plan: &Plan) -> Value {
+    match (plan.mode, plan.fusion) {
+        (Mode::Hybrid, Resolved::Sidecar(Fusion::Rrf { rank_constant, window })) => {
+            json!({"by": "sidecar", "method": "rrf", "rank_constant": rank_constant, "window": window})
+        }
+        (Mode::Hybrid, Resolved::Sidecar(Fusion::Linear { weight, normalization })) => {
+            json!({"by": "sidecar", "method": "linear", "weight": f64::from(weight), "normalization": normalization})
+        }
+        (Mode::Hybrid, Resolved::Engine { .. }) => json!({"by": "engine"}),
+        _ => Value::Null,
+    }
+}
+
+impl Searcher {
+    pub fn new(
+        engine: EngineClient,
+        encoders: Arc<EncoderSet>,
+        pipelines: Vec<Arc<Pipeline>>,
+        limits: SearchSettings,
+    ) -> Self {
+        Searcher { engine, encoders, pipelines, limits, caps: OnceCell::new(), made: Mutex::new(BTreeSet::new()) }
+    }
+
+    /// The pipeline of an index (exact name) or with that name.
+    pub fn pipeline(&self, name: &str) -> Option<&Arc<Pipeline>> {
+        self.pipelines.iter().find(|p| p.index == name).or_else(|| self.pipelines.iter().find(|p| p.name == name))
+    }
+
+    fn pipeline_or_err(&self, name: &str) -> Result<&Arc<Pipeline>, SearchError> {
+        self.pipeline(name).ok_or_else(|| {
+            let names: Vec<String> = self.pipelines.iter().map(|p| format!("{} → {}", p.name, p.index)).collect();
+            SearchError::NoPipeline(name.to_string(), if names.is_empty() { "none".into() } else { names.join(", ") })
+        })
+    }
+
+    /// What the cluster can do, asked once (`GET /`, the licence or the plugin list).
+    pub async fn capabilities(&self) -> Result<&Capabilities, EngineError> {
+        self.caps
+            .get_or_try_init(|| async {
+                let info = self.engine.info().await?;
+                let mut caps = Capabilities { info, rrf_licensed: false, license: None, neural_search: false };
+                match caps.info.dialect {
+                    Dialect::Elasticsearch => {
+                        if let Ok(v) = self.engine.get_json::<Value>("/_license").await {
+                            let t = v.pointer("/license/type").and_then(Value::as_str).map(String::from);
+                            let active = v.pointer("/license/status").and_then(Value::as_str) == Some("active");
+                            caps.rrf_licensed = active && matches!(t.as_deref(), Some("enterprise" | "trial"));
+                            caps.license = t;
+                        }
+                    }
+                    Dialect::Opensearch => {
+                        if let Ok(Value::Array(list)) = self.engine.get_json::<Value>("/_cat/plugins?format=json").await
+                        {
+                            caps.neural_search = list.iter().any(|p| {
+                                p.get("component").and_then(Value::as_str) == Some("opensearch-neural-search")
+                            });
+                        }
+                    }
+                }
+                tracing::info!(flavor = %caps.info.flavor, version = %caps.info.version, license = ?caps.license,
+                    neural_search = caps.neural_search, "search capabilities detected");
+                Ok(caps)
+            })
+            .await
+    }
+
+    async fn encode_query(&self, model: &str, text: &str) -> Result<Vec<f32>, SearchError> {
+        let encoder = self.encoders.get(Some(model))?;
+        let opts = EncodeOptions { kind: TextKind::Query, lane: Lane::Interactive, ..EncodeOptions::default() };
+        let out = encoder.encode(vec![Input::Text(text.to_string())], opts).await?;
+        match out.outputs.into_iter().next() {
+            Some(Pooled::Vector(v)) => Ok(v),
+            _ => Err(SearchError::Encoder(EncoderError::Inference("the model returned no sentence vector".into()))),
+        }
+    }
+
+    fn plan(&self, req: SearchRequest) -> Result<Plan, SearchError> {
+        let p = self.pipeline_or_err(&req.index)?.clone();
+        Ok(request::plan(req, Target::of(&p), &p.search, &self.limits)?)
+    }
+
+    fn check_knn(&self, caps: &Capabilities, plan: &Plan) -> Result<(), QueryError> {
+        if plan.mode != Mode::Bm25 && caps.info.dialect == Dialect::Elasticsearch && !caps.info.supports_top_level_knn()
+        {
+            return Err(QueryError::Invalid(format!(
+                "Elasticsearch {} has no top-level knn search (8.4+); only mode bm25 works on it",
+                caps.info.version
+            )));
+        }
+        Ok(())
+    }
+
+    async fn post_json(&self, path: String, body: &Value) -> Result<Value, SearchError> {
+        let resp = self.engine.send(EngineRequest::new(Method::POST, path).json(body).idempotent(true)).await?;
+        Ok(resp.json()?)
+    }
+
+    /// Runs the legs a plan needs (one `_msearch` for two); `extra` joins the BM25 leg's body.
+    async fn legs(
+        &self,
+        plan: &Plan,
+        vector: Option<&[f32]>,
+        dialect: Dialect,
+        extra: Option<&Map<String, Value>>,
+    ) -> Result<(Option<Leg>, Option<Leg>, Value), SearchError> {
+        let mut bodies = Vec::new();
+        if plan.mode != Mode::Knn {
+            let mut b = build::bm25_leg(plan, plan.k);
+            if let (Some(m), Some(extra)) = (b.as_object_mut(), extra) {
+                for (k, v) in extra {
+                    m.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            bodies.push(b);
+        }
+        if let (Some(v), true) = (vector, plan.mode != Mode::Bm25) {
+            bodies.push(build::knn_leg(plan, v, dialect, plan.k));
+        }
+        let ndjson = build::msearch(plan, &bodies);
+        let resp = self
+            .engine
+            .send(EngineRequest::new(Method::POST, "/_msearch").ndjson(Bytes::from(ndjson)).idempotent(true))
+            .await?;
+        let body: Value = resp.json()?;
+        let items = body.get("responses").and_then(Value::as_array).cloned().unwrap_or_default();
+        if items.len() != bodies.len() {
+            return Err(EngineError::InvalidResponse(format!(
+                "_msearch answered {} of {} searches",
+                items.len(),
+                bodies.len()
+            ))
+            .into());
+        }
+        let mut legs = Vec::new();
+        for item in &items {
+            let status = item.get("status").and_then(Value::as_u64).unwrap_or(400) as u16;
+            legs.push(leg_of(item).map_err(|(t, r)| rejected(status, t, r))?);
+        }
+        let mut it = legs.into_iter();
+        let bm25 = if plan.mode != Mode::Knn { it.next() } else { None };
+        let knn = if plan.mode != Mode::Bm25 { it.next() } else { None };
+        let first = items.into_iter().next().unwrap_or(Value::Null);
+        Ok((bm25, knn, first))
+    }
+
+    /// Puts an OpenSearch search pipeline once per process (PUT is idempotent).
+    async fn ensure_pipeline(&self, name: &str, def: &Value) -> Result<(), SearchError> {
+        if self.made.lock().map(|m| m.contains(name)).unwrap_or(false) {
+            return Ok(());
+        }
+        let req = EngineRequest::new(Method::PUT, format!("/_search/pipeline/{name}")).json(def).idempotent(true);
+        self.engine.send(req).await?;
+        if let Ok(mut m) = self.made.lock() {
+            m.insert(name.to_string());
+        }
+        Ok(())
+    }
+
+    /// Sends an engine-fused search; `extra` joins the body. Returns the answer and what was used.
+    async fn engine_fused(
+        &self,
+        plan: &Plan,
+        vector: &[f32],
+        caps: &Capabilities,
+        extra: Option<&Map<String, Value>>,
+        query_string: Option<&str>,
+    ) -> Result<(Value, Value), SearchError> {
+        let mut eq = build::engine_query(plan, vector, caps)?;
+        if let (Some(m), Some(extra)) = (eq.body.as_object_mut(), extra) {
+            for (k, v) in extra {
+                m.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        let mut params: Vec<String> = query_string.filter(|q| !q.is_empty()).map(String::from).into_iter().collect();
+        if let Some((name, def)) = &eq.pipeline {
+            self.ensure_pipeline(name, def).await?;
+            params.push(format!("search_pipeline={name}"));
+        }
+        let path =
+            format!("/{}/_search{}{}", plan.target.index, if params.is_empty() { "" } else { "?" }, params.join("&"));
+        let resp = self.post_json(path, &eq.body).await?;
+        let mut info = json!({"by": "engine", "method": eq.method});
+        if let Resolved::Engine { weight, rank_constant, normalization, .. } = plan.fusion {
+            match eq.method {
+                EngineMethod::Rrf => info["rank_constant"] = json!(rank_constant),
+                EngineMethod::Linear => {
+                    info["weight"] = json!(f64::from(weight));
+                    info["normalization"] = json!(normalization);
+                }
+                _ => info["weight"] = json!(f64::from(weight)),
+            }
+        }
+        if let Some(n) = eq.note {
+            info["note"] = json!(n);
+        }
+        if let Some((name, _)) = eq.pipeline {
+            info["search_pipeline"] = json!(name);
+        }
+        Ok((resp, info))
+    }
+
+    /// `POST /search`.
+    pub async fn search(&self, req: SearchRequest) -> Result<Value, SearchError> {
+        let started = Instant::now();
+        let plan = self.plan(req)?;
+        let caps = self.capabilities().await?;
+        self.check_knn(caps, &plan)?;
+        let vector = match plan.mode {
+            Mode::Bm25 => None,
+            _ => Some(self.encode_query(&plan.target.model, &plan.text).await?),
+        };
+        if let (Mode::Hybrid, Resolved::Engine { .. }, Some(v)) = (plan.mode, plan.fusion, vector.as_deref()) {
+            let (resp, info) = self.engine_fused(&plan, v, caps, None, None).await?;
+            let legs = match plan.explain {
+                true => {
+                    let (b, k, _) = self.legs(&plan, Some(v), caps.info.dialect, None).await?;
+                    b.zip(k)
+                }
+                false => None,
+            };
+            let hits = engine_hits(&plan, &resp, legs.as_ref().map(|(b, k)| (b, k)));
+            return Ok(json!({
+                "took": started.elapsed().as_millis() as u64,
+                "timed_out": resp.get("timed_out").cloned().unwrap_or(json!(false)),
+                "mode": plan.mode,
+                "fusion": info,
+                "hits": {
+                    "total": resp.pointer("/hits/total").cloned().unwrap_or(Value::Null),
+                    "max_score": resp.pointer("/hits/max_score").cloned().unwrap_or(Value::Null),
+                    "hits": hits,
+                },
+            }));
+        }
+        let (bm25, knn, _) = self.legs(&plan, vector.as_deref(), caps.info.dialect, None).await?;
+        let page = sidecar_page(&plan, bm25.as_ref(), knn.as_ref(), plan.k);
+        Ok(json!({
+            "took": started.elapsed().as_millis() as u64,
+            "timed_out": false,
+            "mode": plan.mode,
+            "fusion": fusion_info(&plan),
+            "hits": {
+                "total": {"value": page.total, "relation": if page.truncated { "gte" } else { "eq" }},
+                "max_score": page.max_score,
+                "hits": page.hits,
+            },
+        }))
+    }
+
+    /// `POST /{index}/_search`: passthrough, or the hybrid clause / automatic rewrite.
+    pub async fn es_search(
+        &self,
+        index: &str,
+        query_string: Option<&str>,
+        body: Bytes,
+    ) -> Result<EsAnswer, SearchError> {
+        let started = Instant::now();
+        let path = match query_string.filter(|q| !q.is_empty()) {
+            Some(q) => format!("/{index}/_search?{q}"),
+            None => format!("/{index}/_search"),
+        };
+        let parsed: Option<Value> = if body.is_empty() { None } else { serde_json::from_slice(&body).ok() };
+        let pipeline = self.pipelines.iter().find(|p| p.index == index).cloned();
+        let rewrite = match &parsed {
+            None => Rewrite::Passthrough,
+            Some(v) => {
+                let target = pipeline.as_ref().map(|p| Target::of(p));
+                let auto = pipeline.as_ref().zip(target.as_ref()).map(|(p, t)| (&p.search, t.text_fields.as_slice()));
+                compat::analyse(v, auto)?
+            }
+        };
+        let passthrough = |body: Bytes| {
+            let req = EngineRequest::new(Method::POST, path.clone()).passthrough().idempotent(true);
+            if body.is_empty() {
+                req
+            } else {
+                req.json_bytes(body)
+            }
+        };
+        match rewrite {
+            Rewrite::Passthrough => Ok(EsAnswer::Raw(self.engine.send(passthrough(body)).await?)),
+            Rewrite::Nested { clauses } => {
+                let mut v = parsed.unwrap_or_default();
+                let caps = self.capabilities().await?;
+                for (ptr, clause) in clauses {
+                    let p = self.pipeline_or_err(index)?.clone();
+                    let plan =
+                        request::plan(clause.to_request(index, &Map::new())?, Target::of(&p), &p.search, &self.limits)?;
+                    if !matches!(plan.fusion, Resolved::Engine { method: EngineMethod::Auto | EngineMethod::Boost, .. })
+                        && clause.fusion.is_some()
+                    {
+                        return Err(QueryError::Invalid(format!(
+                            "the hybrid clause at {ptr} is nested, so the engine scores it (bool.should, boosts): give it no fusion or {{\"engine\": {{\"method\": \"boost\"}}}}; rrf and linear need the clause as the whole query"
+                        ))
+                        .into());
+                    }
+                    let vector = self.encode_query(&plan.target.model, &plan.text).await?;
+                    let replacement = build::nested_hybrid(&plan, &vector, caps)?;
+                    if let Some(slot) = v.pointer_mut(&ptr) {
+                        *slot = replacement;
+                    }
+                }
+                Ok(EsAnswer::Raw(self.engine.send(passthrough(Bytes::from(v.to_string()))).await?))
+            }
+            Rewrite::TopLevel { clause, mut rest } => {
+                self.pipeline_or_err(index)?;
+                if let Some(k) = CONFLICTING_KEYS.iter().find(|k| rest.contains_key(**k)) {
+                    return Err(QueryError::Invalid(format!(
+                        "`{k}` cannot be combined with a hybrid query (the hits are ordered by the fused score)"
+                    ))
+                    .into());
+                }
+                let plan = self.plan(clause.to_request(index, &rest)?)?;
+                for k in ["size", "from", "_source", "highlight"] {
+                    rest.remove(k);
+                }
+                let caps = self.capabilities().await?;
+                self.check_knn(caps, &plan)?;
+                let vector = match plan.mode {
+                    Mode::Bm25 => None,
+                    _ => Some(self.encode_query(&plan.target.model, &plan.text).await?),
+                };
+                if let (Mode::Hybrid, Resolved::Engine { .. }, Some(v)) = (plan.mode, plan.fusion, vector.as_deref()) {
+                    let (mut resp, _) = self.engine_fused(&plan, v, caps, Some(&rest), query_string).await?;
+                    let hits = engine_hits(&plan, &resp, None);
+                    if let Some(h) = resp.pointer_mut("/hits/hits") {
+                        *h = Value::Array(hits);
+                    }
+                    return Ok(EsAnswer::Json(resp));
+                }
+                let (bm25, knn, first) = self.legs(&plan, vector.as_deref(), caps.info.dialect, Some(&rest)).await?;
+                let page = sidecar_page(&plan, bm25.as_ref(), knn.as_ref(), plan.k);
+                let mut resp = first;
+                if let Some(m) = resp.as_object_mut() {
+                    m.remove("status");
+                    m.insert("took".into(), json!(started.elapsed().as_millis() as u64));
+                }
+                if let Some(h) = resp.get_mut("hits").and_then(Value::as_object_mut) {
+                    h.insert("max_score".into(), json!(page.max_score));
+                    h.insert("hits".into(), Value::Array(page.hits));
+                    if plan.mode == Mode::Knn {
+                        h.insert(
+                            "total".into(),
+                            json!({"value": page.total, "relation": if page.truncated { "gte" } else { "eq" }}),
+                        );
+                    }
+                }
+                Ok(EsAnswer::Json(resp))
+            }
+        }
+    }
+}
