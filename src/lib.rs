@@ -12,6 +12,7 @@
 //! - [`error`]: the error codes shared by the domain modules.
 
 pub mod bench;
+pub mod bench_search;
 pub mod chart;
 pub mod cli;
 pub mod encoder;

@@ -137,6 +137,24 @@ enum IndexCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Latency /search (hybrid) adds over the engine queries it issues, at 1 and N clients, and
+    /// under a concurrent bulk embedding load. The pipeline's index must hold documents.
+    Search {
+        #[arg(long, value_name = "FILE")]
+        pipeline: PathBuf,
+        /// Queries (.jsonl with text, e.g. BEIR queries.jsonl).
+        #[arg(long)]
+        queries: PathBuf,
+        /// Documents for the bulk load (.jsonl with title/text).
+        #[arg(long)]
+        docs: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        max_queries: usize,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
     /// Encoder throughput: naive vs grouped batches per model, and concurrent HTTP clients.
     Encode {
         /// Model folders or names; the first also serves the HTTP measurement.
@@ -217,6 +235,18 @@ fn main() -> ExitCode {
                 IndexCommand::Create { pipeline, dry_run } => cli::index_create(&settings, &pipeline, dry_run),
                 IndexCommand::Check { pipeline } => cli::index_check(&settings, &pipeline),
             })
+        }
+        Command::Bench { command: BenchCommand::Search { pipeline, queries, docs, max_queries, clients, rounds } } => {
+            telemetry::init_tracing(settings.log.format, "warn");
+            let o = semantic_sidecar::bench_search::SearchBenchOptions {
+                pipeline,
+                queries,
+                docs,
+                max_queries,
+                clients,
+                rounds,
+            };
+            edge(semantic_sidecar::bench_search::bench_search(&settings, &o))
         }
         Command::Bench { command: BenchCommand::Encode { models, docs, queries, max_docs, max_queries, clients } } => {
             telemetry::init_tracing(settings.log.format, "warn");

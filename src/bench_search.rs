@@ -1,0 +1,238 @@
+//! `semantic-sidecar bench search`: the latency `/search` (hybrid) adds over the bare engine
+//! queries it issues, at 1 and N concurrent clients, and again while a bulk embedding load runs.
+//!
+//! For every query the exact `_msearch` the sidecar sends is built with the same code
+//! (`query::build`) from the same query vector, and sent straight to the engine: that is the
+//! baseline. Then the same queries go through `POST /search` on an in-process server (encode on
+//! the interactive lane + the `_msearch` + fusion). Added latency = sidecar − engine, per
+//! percentile, from the same run. The bulk load is clients posting 32 SciFact abstracts at a time
+//! to `/embed` (the bulk lane), which must not delay the query encodes.
+//!
+//! A benchmark, not a test: it prints one JSON object per measurement and a markdown table.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::encoder::{EncodeOptions, EncoderSet, Input, Lane, Pooled, TextKind};
+use crate::engine::{EngineClient, EngineRequest};
+use crate::http::{self, AppState};
+use crate::ingest::pipeline::Pipeline;
+use crate::query::build;
+use crate::query::request::{plan, SearchRequest, Target};
+use crate::settings::Settings;
+use crate::telemetry::Metrics;
+
+/// What to measure.
+pub struct SearchBenchOptions {
+    pub pipeline: PathBuf,
+    pub queries: PathBuf,
+    pub docs: PathBuf,
+    pub max_queries: usize,
+    pub clients: usize,
+    pub rounds: usize,
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs `work(i)` for i in 0..n with `clients` concurrent workers; latencies in ms, sorted.
+async fn timed<F, Fut>(n: usize, clients: usize, work: F) -> anyhow::Result<Vec<f64>>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let work = Arc::new(work);
+    let mut handles = Vec::new();
+    for _ in 0..clients {
+        let (next, work) = (next.clone(), work.clone());
+        handles.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let t = Instant::now();
+                work(i).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await??);
+    }
+    all.sort_by(f64::total_cmp);
+    Ok(all)
+}
+
+fn texts(path: &PathBuf, max: usize, docs: bool) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| {
+            let t = v["text"].as_str().unwrap_or("").to_string();
+            if docs {
+                format!("{}\n{t}", v["title"].as_str().unwrap_or(""))
+            } else {
+                t
+            }
+        })
+        .take(max)
+        .collect())
+}
+
+pub fn bench_search(settings: &Settings, o: &SearchBenchOptions) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(settings.clone(), o))
+}
+
+async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<()> {
+    let p = Pipeline::load(&o.pipeline)?;
+    let model = crate::cli::resolve_model(&settings, &p.model)
+        .or_else(|_| crate::cli::resolve_model(&settings, &format!("models/{}", p.model)))?;
+    if !settings.encoder.models.contains(&model.dir) {
+        settings.encoder.models.push(model.dir.clone());
+    }
+    let engine = EngineClient::new(&settings.engine)?;
+    let info = engine.info().await?;
+    let count: Value = engine.get_json(&format!("/{}/_count", p.index)).await?;
+    let docs_in_index = count["count"].as_u64().unwrap_or(0);
+    if docs_in_index == 0 {
+        bail!("index `{}` is empty: fill it first (e.g. `semantic-sidecar eval --pipeline ...`)", p.index);
+    }
+    let metrics = Metrics::new();
+    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
+    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await??;
+    let encoder = encoders.get(Some(&p.model))?;
+    let state =
+        AppState::with_encoders(settings.clone(), engine.clone(), metrics, encoders).with_pipelines(vec![p.clone()])?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(http::serve(listener, state, async move {
+        let _ = rx.await;
+    }));
+
+    let queries = texts(&o.queries, o.max_queries, false)?;
+    let abstracts = texts(&o.docs, 512, true)?;
+    // the exact _msearch bodies /search sends, from the same vectors
+    let mut bodies = Vec::new();
+    for q in &queries {
+        let req: SearchRequest = serde_json::from_value(json!({"index": p.index, "query": q, "size": 10}))?;
+        let pl = plan(req, Target::of(&p), &p.search, &settings.search)?;
+        let opts = EncodeOptions { kind: TextKind::Query, lane: Lane::Interactive, ..EncodeOptions::default() };
+        let out = encoder.encode(vec![Input::Text(q.clone())], opts).await?;
+        let Some(Pooled::Vector(v)) = out.outputs.into_iter().next() else { bail!("no vector") };
+        let legs = [build::bm25_leg(&pl, pl.k), build::knn_leg(&pl, &v, info.dialect, pl.k)];
+        bodies.push(Bytes::from(build::msearch(&pl, &legs)));
+    }
+    let bodies = Arc::new(bodies);
+    let queries = Arc::new(queries);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let n = queries.len() * o.rounds;
+    let mut rows = Vec::new();
+    for (label, clients, load) in
+        [("1 client", 1, false), ("N clients", o.clients, false), ("N clients + bulk load", o.clients, true)]
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let embedded = Arc::new(AtomicUsize::new(0));
+        let mut loaders = Vec::new();
+        if load {
+            for w in 0..2 {
+                let (stop, embedded, client, url) = (stop.clone(), embedded.clone(), client.clone(), url.clone());
+                let batch: Vec<String> = abstracts.iter().skip(w * 32).cycle().take(32).cloned().collect();
+                loaders.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = client
+                            .post(format!("{url}/embed"))
+                            .json(&json!({"inputs": batch, "truncate": true}))
+                            .send()
+                            .await;
+                        if r.is_ok_and(|r| r.status().is_success()) {
+                            embedded.fetch_add(batch.len(), Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let (e, b) = (engine.clone(), bodies.clone());
+        let engine_ms = timed(n, clients, move |i| {
+            let (e, body) = (e.clone(), b[i % b.len()].clone());
+            async move {
+                e.send(EngineRequest::new(reqwest::Method::POST, "/_msearch").ndjson(body).idempotent(true)).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        let (c, u, q, index) = (client.clone(), url.clone(), queries.clone(), p.index.clone());
+        let started = Instant::now();
+        let sidecar_ms = timed(n, clients, move |i| {
+            let (c, u) = (c.clone(), u.clone());
+            let body = json!({"index": index, "query": q[i % q.len()], "size": 10});
+            async move {
+                let r = c.post(format!("{u}/search")).json(&body).send().await?;
+                if !r.status().is_success() {
+                    bail!("/search answered {}", r.status());
+                }
+                r.bytes().await?;
+                Ok(())
+            }
+        })
+        .await?;
+        let secs = started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        for l in loaders {
+            let _ = l.await;
+        }
+        let row = json!({
+            "measurement": label, "clients": clients, "searches": n, "bulk_texts_per_s": embedded.load(Ordering::Relaxed) as f64 / secs,
+            "engine_p50_ms": pct(&engine_ms, 50.0), "engine_p99_ms": pct(&engine_ms, 99.0),
+            "sidecar_p50_ms": pct(&sidecar_ms, 50.0), "sidecar_p99_ms": pct(&sidecar_ms, 99.0),
+            "added_p50_ms": pct(&sidecar_ms, 50.0) - pct(&engine_ms, 50.0),
+            "added_p99_ms": pct(&sidecar_ms, 99.0) - pct(&engine_ms, 99.0),
+            "searches_per_s": n as f64 / secs,
+        });
+        println!("{row}");
+        rows.push(row);
+    }
+    let _ = tx.send(());
+    println!(
+        "\nindex `{}`: {docs_in_index} documents; {} queries × {} rounds\n\n| measurement | clients | engine p50 / p99 ms | /search p50 / p99 ms | added p50 / p99 ms | searches/s | bulk texts/s |\n|---|---|---|---|---|---|---|",
+        p.index,
+        queries.len(),
+        o.rounds
+    );
+    for r in &rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        println!(
+            "| {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.1} |",
+            r["measurement"].as_str().unwrap_or(""),
+            r["clients"],
+            f("engine_p50_ms"),
+            f("engine_p99_ms"),
+            f("sidecar_p50_ms"),
+            f("sidecar_p99_ms"),
+            f("added_p50_ms"),
+            f("added_p99_ms"),
+            f("searches_per_s"),
+            f("bulk_texts_per_s")
+        );
+    }
+    Ok(())
+}
