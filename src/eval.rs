@@ -400,16 +400,16 @@ fn as_fusion(spec: &FusionSpec, depth: usize) -> Option<Fusion> {
     }
 }
 
-/// Writes `fusion` as the pipeline file's `[search] fusion`, keeping the rest of the file.
+/// Writes `fusion` as the pipeline file's `[search] fusion`: the other keys and comments of the
+/// file stay as they were, the `[search]` table is rewritten at the end.
 pub fn write_fusion(pipeline: &Path, fusion: &FusionSpec) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(pipeline)?;
+    let mut spec = Pipeline::load(pipeline)?.search;
+    spec.fusion = Some(fusion.clone());
     let mut doc: toml_edit::DocumentMut = text.parse().with_context(|| format!("parsing {}", pipeline.display()))?;
-    let value: toml_edit::DocumentMut = toml::to_string(&json!({"fusion": fusion}))?.parse()?;
-    let fusion_item = value.as_table().get("fusion").cloned().context("serialising the fusion")?;
-    let search = doc.entry("search").or_insert(toml_edit::Item::Table(toml_edit::Table::new()));
-    let table = search.as_table_mut().context("`search` in the pipeline is not a table")?;
-    table.insert("fusion", fusion_item);
-    std::fs::write(pipeline, doc.to_string())?;
+    doc.remove("search");
+    let table = toml::to_string(&json!({ "search": spec }))?;
+    std::fs::write(pipeline, format!("{}\n\n{table}", doc.to_string().trim_end()))?;
     Pipeline::load(pipeline).with_context(|| format!("{} after writing the tuned fusion", pipeline.display()))?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! - [`engine`]: the HTTP client for Elasticsearch and OpenSearch (dialects, retries);
 //! - [`query`]: pure search logic (request validation, engine request bodies, fusion);
 //! - [`search`]: the I/O around it (encode the query, send legs, shape answers);
+//! - [`reindex`]: resumable reindex jobs into vector indices;
 //! - [`http`]: routes, middleware, error → status mapping, server lifecycle;
 //! - [`telemetry`]: logs and Prometheus metrics;
 //! - [`error`]: the error codes shared by the domain modules.
@@ -22,6 +23,7 @@ pub mod eval;
 pub mod http;
 pub mod ingest;
 pub mod query;
+pub mod reindex;
 pub mod search;
 pub mod settings;
 pub mod telemetry;

@@ -104,6 +104,45 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Reindex an existing index into a vector index through a pipeline: resumable (checkpoints in
+    /// the engine), sliced, backpressured, failures logged in an error index, alias moved at the end.
+    Reindex {
+        /// A pipeline file, or the name of a pipeline in ingest.pipelines.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Default: the pipeline's index.
+        #[arg(long)]
+        source: Option<String>,
+        /// Default: `{source}-{unix time}`; created when missing.
+        #[arg(long)]
+        target: Option<String>,
+        /// Reindex a subset: a query DSL object as JSON.
+        #[arg(long, value_name = "JSON")]
+        query: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        slices: u32,
+        /// Continue a job from its checkpoints.
+        #[arg(long, value_name = "JOB_ID")]
+        resume: Option<String>,
+        /// Move this alias to the target when done (blue/green).
+        #[arg(long)]
+        alias: Option<String>,
+        /// Documents per read.
+        #[arg(long)]
+        page_size: Option<usize>,
+        /// Largest bulk request; the size adapts below it.
+        #[arg(long)]
+        bulk_size: Option<usize>,
+        /// Comma-separated `_source` includes of the read.
+        #[arg(long)]
+        source_includes: Option<String>,
+        /// Read with scroll instead of a point in time.
+        #[arg(long)]
+        scroll: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// BERT-whitening.
     Whiten {
         #[command(subcommand)]
@@ -256,6 +295,50 @@ fn main() -> ExitCode {
         Command::Eval { dataset, split, modes, pipeline, index, recreate, max_docs, tune, out, quiet } => {
             telemetry::init_tracing(settings.log.format, "warn");
             edge(run_eval(settings, dataset, split, &modes, pipeline, index, recreate, max_docs, tune, out, quiet))
+        }
+        Command::Reindex {
+            pipeline,
+            source,
+            target,
+            query,
+            slices,
+            resume,
+            alias,
+            page_size,
+            bulk_size,
+            source_includes,
+            scroll,
+            quiet,
+        } => {
+            telemetry::init_tracing(settings.log.format, "warn");
+            let query = match query.map(|q| serde_json::from_str::<serde_json::Value>(&q)).transpose() {
+                Ok(q) => q,
+                Err(e) => {
+                    eprintln!("error: --query is not JSON: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let file = pipeline.as_deref().map(Path::new).filter(|p| p.is_file()).map(Path::to_path_buf);
+            let req = semantic_sidecar::reindex::JobRequest {
+                pipeline: pipeline.unwrap_or_default(),
+                source,
+                target,
+                query,
+                slices,
+                alias,
+                source_includes: source_includes.map(|s| s.split(',').map(String::from).collect()),
+                page_size,
+                bulk_size,
+                scroll,
+                resume,
+            };
+            match cli::reindex(settings, req, file.as_deref(), quiet) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Whiten { command: WhitenCommand::Fit { model, input, field, dims } } => {
             telemetry::init_tracing(settings.log.format, "warn");

@@ -53,6 +53,11 @@ pub struct EngineLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -179,6 +184,10 @@ pub struct Metrics {
     pub engine_up: Gauge,
     pub engine_info: Family<EngineLabels, Gauge>,
     pub encoder: EncoderMetrics,
+    /// Reindex documents by outcome: read, written, failed, unchanged (not embedded again).
+    pub reindex_docs: Family<OutcomeLabels, Counter>,
+    /// The adaptive bulk size of the last reindex batch.
+    pub reindex_bulk_size: Gauge,
 }
 
 impl Default for Metrics {
@@ -208,7 +217,13 @@ impl Metrics {
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").to_string() }).set(1);
         registry.register("build_info", "the sidecar's version", build);
         let encoder = EncoderMetrics::register(&mut registry);
+        let reindex_docs = Family::<OutcomeLabels, Counter>::default();
+        registry.register("reindex_documents", "reindex documents by outcome", reindex_docs.clone());
+        let reindex_bulk_size = Gauge::default();
+        registry.register("reindex_bulk_size", "documents per bulk request (adaptive)", reindex_bulk_size.clone());
         Metrics {
+            reindex_docs,
+            reindex_bulk_size,
             encoder,
             registry: Arc::new(Mutex::new(registry)),
             http_requests,

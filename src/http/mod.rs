@@ -17,6 +17,7 @@
 pub mod embed;
 pub mod error;
 pub mod ingest;
+pub mod jobs;
 pub mod middleware;
 pub mod search;
 
@@ -38,6 +39,7 @@ use crate::encoder::EncoderSet;
 use crate::engine::EngineClient;
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::writer::{IngestConfigError, Ingestor};
+use crate::reindex::{Jobs, Reindexer};
 use crate::search::Searcher;
 use crate::settings::Settings;
 use crate::telemetry::{EngineLabels, Metrics};
@@ -53,6 +55,7 @@ pub struct AppState {
     pub encoders: Arc<EncoderSet>,
     pub ingestor: Arc<Ingestor>,
     pub searcher: Arc<Searcher>,
+    pub jobs: Arc<Jobs>,
 }
 
 impl AppState {
@@ -67,7 +70,15 @@ impl AppState {
         let encoders = Arc::new(encoders);
         let ingestor = Arc::new(Ingestor::new(Vec::new(), encoders.clone(), 0, 1).expect("no pipelines"));
         let searcher = Arc::new(Searcher::new(engine.clone(), encoders.clone(), Vec::new(), settings.search.clone()));
-        AppState { settings: Arc::new(settings), engine, metrics, api_keys, encoders, ingestor, searcher }
+        let jobs = Arc::new(Jobs::new(Arc::new(Reindexer::new(
+            engine.clone(),
+            encoders.clone(),
+            Vec::new(),
+            settings.encoder.max_input_chars,
+            settings.encoder.max_inputs_per_request,
+            metrics.clone(),
+        ))));
+        AppState { settings: Arc::new(settings), engine, metrics, api_keys, encoders, ingestor, searcher, jobs }
     }
 
     /// Adds the pipelines of `settings.ingest` (their models must be loaded).
@@ -76,8 +87,20 @@ impl AppState {
         let shared: Vec<Arc<Pipeline>> = pipelines.iter().cloned().map(Arc::new).collect();
         self.ingestor =
             Arc::new(Ingestor::new(pipelines, self.encoders.clone(), e.max_input_chars, e.max_inputs_per_request)?);
-        self.searcher =
-            Arc::new(Searcher::new(self.engine.clone(), self.encoders.clone(), shared, self.settings.search.clone()));
+        self.searcher = Arc::new(Searcher::new(
+            self.engine.clone(),
+            self.encoders.clone(),
+            shared.clone(),
+            self.settings.search.clone(),
+        ));
+        self.jobs = Arc::new(Jobs::new(Arc::new(Reindexer::new(
+            self.engine.clone(),
+            self.encoders.clone(),
+            shared,
+            e.max_input_chars,
+            e.max_inputs_per_request,
+            self.metrics.clone(),
+        ))));
         Ok(self)
     }
 }
@@ -99,6 +122,8 @@ pub fn router(state: AppState) -> Router {
         .route("/{index}/_doc/{id}", post(ingest::doc_with_id).put(ingest::doc_with_id))
         .route("/{index}/_create/{id}", post(ingest::create_with_id).put(ingest::create_with_id))
         .route("/search", post(search::search))
+        .route("/_jobs/reindex", post(jobs::start))
+        .route("/_jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/_search", get(search::search_all).post(search::search_all))
         .route("/{index}/_search", get(search::search_index).post(search::search_index))
         .fallback(middleware::not_found)

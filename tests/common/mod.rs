@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -89,6 +89,8 @@ pub struct FaultProxy {
     pub requests: Arc<AtomicUsize>,
     script: Arc<Mutex<VecDeque<Fault>>>,
     default_fault: Arc<Mutex<Option<Fault>>>,
+    bulk_only: Arc<AtomicBool>,
+    target: Arc<Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -103,8 +105,11 @@ impl FaultProxy {
             use base64_lite::encode;
             format!("Basic {}", encode(format!("{u}:{p}").as_bytes()))
         });
+        let bulk_only = Arc::new(AtomicBool::new(false));
+        let target = Arc::new(Mutex::new(target.trim_end_matches('/').to_string()));
         let ctx = Arc::new(ProxyCtx {
-            target: target.trim_end_matches('/').to_string(),
+            target: target.clone(),
+            bulk_only: bulk_only.clone(),
             client: reqwest::Client::new(),
             requests: requests.clone(),
             script: script.clone(),
@@ -124,7 +129,7 @@ impl FaultProxy {
                 });
             }
         });
-        FaultProxy { url: format!("http://{addr}"), requests, script, default_fault, task }
+        FaultProxy { url: format!("http://{addr}"), requests, script, default_fault, bulk_only, target, task }
     }
 
     /// The next `n` requests get `fault`.
@@ -138,6 +143,16 @@ impl FaultProxy {
     /// Every request not covered by the script gets `fault` (None: forward).
     pub fn always(&self, fault: Option<Fault>) {
         *self.default_fault.lock().unwrap() = fault;
+    }
+
+    /// Faults (scripted and default) apply only to `_bulk` requests; others are forwarded.
+    pub fn only_bulk(&self, yes: bool) {
+        self.bulk_only.store(yes, Ordering::SeqCst);
+    }
+
+    /// Forwards to another engine URL from now on (an engine restarted on a new port).
+    pub fn retarget(&self, url: &str) {
+        *self.target.lock().unwrap() = url.trim_end_matches('/').to_string();
     }
 
     pub fn count(&self) -> usize {
@@ -156,7 +171,8 @@ impl Drop for FaultProxy {
 }
 
 struct ProxyCtx {
-    target: String,
+    target: Arc<Mutex<String>>,
+    bulk_only: Arc<AtomicBool>,
     client: reqwest::Client,
     requests: Arc<AtomicUsize>,
     script: Arc<Mutex<VecDeque<Fault>>>,
@@ -187,7 +203,13 @@ fn error_response(status: u16, kind: &str, reason: &str) -> Response<Full<Bytes>
 
 async fn handle(ctx: Arc<ProxyCtx>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
     ctx.requests.fetch_add(1, Ordering::SeqCst);
-    let fault = ctx.script.lock().unwrap().pop_front().or_else(|| ctx.default_fault.lock().unwrap().clone());
+    let eligible = !ctx.bulk_only.load(Ordering::SeqCst) || req.uri().path().ends_with("_bulk");
+    let fault = if eligible {
+        ctx.script.lock().unwrap().pop_front().or_else(|| ctx.default_fault.lock().unwrap().clone())
+    } else {
+        None
+    };
+    let target = ctx.target.lock().unwrap().clone();
     match fault {
         Some(Fault::Drop) => return Err(Dropped),
         Some(Fault::Status(429)) => {
@@ -215,7 +237,7 @@ async fn handle(ctx: Arc<ProxyCtx>, req: Request<Incoming>) -> Result<Response<F
     let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let content_type = req.headers().get("content-type").cloned();
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let mut fwd = ctx.client.request(method, format!("{}{}", ctx.target, path)).body(body);
+    let mut fwd = ctx.client.request(method, format!("{target}{path}")).body(body);
     if let Some(ct) = content_type {
         fwd = fwd.header("content-type", ct.as_bytes());
     }
@@ -254,7 +276,7 @@ async fn bulk_with_rejections(ctx: &ProxyCtx, req: Request<Incoming>, n: usize) 
         let rest: String = pairs[n..].iter().map(|(a, s)| format!("{a}\n{s}\n")).collect();
         let resp = ctx
             .client
-            .post(format!("{}{}", ctx.target, path))
+            .post(format!("{}{}", ctx.target.lock().unwrap().clone(), path))
             .header("content-type", "application/x-ndjson")
             .body(rest)
             .send()
