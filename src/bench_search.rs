@@ -181,6 +181,7 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
         })
         .await?;
         let (c, u, q, index) = (client.clone(), url.clone(), queries.clone(), p.index.clone());
+        embedded.store(0, Ordering::Relaxed);
         let started = Instant::now();
         let sidecar_ms = timed(n, clients, move |i| {
             let (c, u) = (c.clone(), u.clone());

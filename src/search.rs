@@ -163,6 +163,15 @@ impl Searcher {
         Ok(())
     }
 
+    /// The query vector a plan needs (none for BM25 alone), after checking the cluster can use it.
+    async fn query_vector(&self, caps: &Capabilities, plan: &Plan) -> Result<Option<Vec<f32>>, SearchError> {
+        self.check_knn(caps, plan)?;
+        Ok(match plan.mode {
+            Mode::Bm25 => None,
+            _ => Some(self.encode_query(&plan.target.model, &plan.text).await?),
+        })
+    }
+
     async fn post_json(&self, path: String, body: &Value) -> Result<Value, SearchError> {
         let resp = self.engine.send(EngineRequest::new(Method::POST, path).json(body).idempotent(true)).await?;
         Ok(resp.json()?)
@@ -277,11 +286,7 @@ impl Searcher {
         let started = Instant::now();
         let plan = self.plan(req)?;
         let caps = self.capabilities().await?;
-        self.check_knn(caps, &plan)?;
-        let vector = match plan.mode {
-            Mode::Bm25 => None,
-            _ => Some(self.encode_query(&plan.target.model, &plan.text).await?),
-        };
+        let vector = self.query_vector(caps, &plan).await?;
         if let (Mode::Hybrid, Resolved::Engine { .. }, Some(v)) = (plan.mode, plan.fusion, vector.as_deref()) {
             let (resp, info) = self.engine_fused(&plan, v, caps, None, None).await?;
             let legs = match plan.explain {
@@ -387,11 +392,7 @@ impl Searcher {
                     rest.remove(k);
                 }
                 let caps = self.capabilities().await?;
-                self.check_knn(caps, &plan)?;
-                let vector = match plan.mode {
-                    Mode::Bm25 => None,
-                    _ => Some(self.encode_query(&plan.target.model, &plan.text).await?),
-                };
+                let vector = self.query_vector(caps, &plan).await?;
                 if let (Mode::Hybrid, Resolved::Engine { .. }, Some(v)) = (plan.mode, plan.fusion, vector.as_deref()) {
                     let (mut resp, _) = self.engine_fused(&plan, v, caps, Some(&rest), query_string).await?;
                     let hits = engine_hits(&plan, &resp, None);

@@ -255,6 +255,7 @@ pub struct EncoderSettings {
     pub intra_threads: usize,
     pub inter_threads: usize,
     pub sessions_per_model: usize,
+    pub reserve_interactive_session: bool,
     pub thread_spinning: bool,
     pub max_batch_tokens: usize,
     pub max_batch_requests: usize,
@@ -266,7 +267,8 @@ pub struct EncoderSettings {
 }
 
 impl EncoderSettings {
-    /// `intra_threads`, with 0 meaning every available core.
+    /// `intra_threads`, with 0 meaning every available core (for each session: with the reserved
+    /// interactive session, one session runs bulk work and the other only short queries).
     pub fn effective_intra_threads(&self) -> usize {
         if self.intra_threads > 0 {
             self.intra_threads

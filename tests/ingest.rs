@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{cosine, encoder_settings, engine_url, unique_index, Fault, FaultProxy};
+use common::{cosine, embed_passages, encoder_settings, engine_url, unique_index, Fault, FaultProxy};
 use reqwest::Method;
 use semantic_sidecar::encoder::EncoderSet;
 use semantic_sidecar::engine::{EngineClient, EngineRequest};
@@ -89,30 +89,14 @@ async fn count(f: &Fixture) -> u64 {
     v["count"].as_u64().unwrap()
 }
 
-async fn embed(url: &str, texts: &[String]) -> Vec<Vec<f32>> {
-    let r: Value = reqwest::Client::new()
-        .post(format!("{url}/embed"))
-        .json(&json!({"inputs": texts, "truncate": true, "prompt_name": "passage"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r.as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
-        .collect()
-}
-
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 #[tokio::test]
 async fn a_thousand_scifact_documents_arrive_with_the_vectors_of_embed() {
-    let f = fixture(&[]).await;
+    // one request embeds 1,000 abstracts (~40 s alone on 2 cores, more beside the other tests)
+    let f = fixture(&[("SIDECAR__SERVER__REQUEST_TIMEOUT", "600s")]).await;
     let docs = scifact(1000);
     let mut body = String::new();
     for d in &docs {
@@ -131,7 +115,7 @@ async fn a_thousand_scifact_documents_arrive_with_the_vectors_of_embed() {
     let sample: Vec<&Value> = docs.iter().step_by(20).collect();
     let texts: Vec<String> =
         sample.iter().map(|d| format!("{}\n{}", d["title"].as_str().unwrap(), d["text"].as_str().unwrap())).collect();
-    let want = embed(&f.url, &texts).await;
+    let want = embed_passages(&f.url, &texts).await;
     let ids: Vec<&Value> = sample.iter().map(|d| &d["_id"]).collect();
     let got: Value = f
         .engine
@@ -240,7 +224,7 @@ async fn single_document_endpoints_embed_and_keep_the_engine_answers() {
     let r = c.put(format!("{}/{i}/_doc/b", f.url)).json(&json!({"title": ["not", "text"]})).send().await.unwrap();
     assert_eq!(r.status(), 400);
 
-    let want = embed(&f.url, &["Hybrid search\nBM25 and kNN together".to_string()]).await;
+    let want = embed_passages(&f.url, &["Hybrid search\nBM25 and kNN together".to_string()]).await;
     for id in ["a", auto_id.as_str()] {
         let stored: Value = f.engine.get_json(&format!("/{i}/_doc/{id}")).await.unwrap();
         assert!(cosine(&floats(&stored["_source"]["text_vector"]), &want[0]) >= 0.9999);
@@ -251,7 +235,7 @@ async fn single_document_endpoints_embed_and_keep_the_engine_answers() {
     let (_, resp) = bulk(&f.url, upd(json!({"title": "New title", "text": "new text"}))).await;
     assert_eq!(resp["items"][0]["update"]["status"], 200, "{resp}");
     let stored: Value = f.engine.get_json(&format!("/{i}/_doc/a")).await.unwrap();
-    let want = embed(&f.url, &["New title\nnew text".to_string()]).await;
+    let want = embed_passages(&f.url, &["New title\nnew text".to_string()]).await;
     assert!(cosine(&floats(&stored["_source"]["text_vector"]), &want[0]) >= 0.9999);
     let (_, resp) = bulk(&f.url, upd(json!({"title": "Only the title"}))).await;
     assert_eq!(resp["items"][0]["update"]["status"], 400, "{resp}");
@@ -326,7 +310,7 @@ async fn unchanged_documents_keep_their_stored_vectors_without_encoding() {
     assert_eq!(inputs_encoded(&f.url).await, first + 1.0, "only the changed document is encoded");
     let id3 = docs[3]["_id"].as_str().unwrap();
     let stored: Value = f.engine.get_json(&format!("/{}/_doc/{id3}", f.index)).await.unwrap();
-    let want = embed(
+    let want = embed_passages(
         &f.url,
         &[format!("{}\nA completely different abstract about hybrid retrieval.", docs[3]["title"].as_str().unwrap())],
     )
@@ -414,7 +398,7 @@ async fn long_documents_become_overlapping_passages_with_their_own_vectors() {
         assert!(full.contains(t.as_str()), "a passage is a slice of the document: {t:?}");
     }
     assert!(texts[0].starts_with(d["title"].as_str().unwrap()));
-    let want = embed(&f.url, &texts).await;
+    let want = embed_passages(&f.url, &texts).await;
     for (p, w) in passages.iter().zip(&want) {
         assert!(cosine(&floats(&p["vector"]), w) >= 0.9999);
     }

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{encoder_settings, engine_url, unique_index};
+use common::{embed_with, encoder_settings, engine_url, unique_index};
 use reqwest::Method;
 use semantic_sidecar::encoder::EncoderSet;
 use semantic_sidecar::engine::dialect::{detect, Dialect};
@@ -447,19 +447,7 @@ fn shapes(c: &Capabilities, index: &str, vector: &[f32]) -> Vec<(String, Value, 
 #[tokio::test]
 async fn golden_request_json_for_every_dialect_and_fusion_and_the_opensearch_ones_run() {
     let s = fixture().await;
-    let vector: Vec<f32> = {
-        let r: Value = s
-            .http
-            .post(format!("{}/embed", s.url))
-            .json(&json!({"inputs": "stem cells in ageing", "prompt_name": "query"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        r[0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-    };
+    let vector = embed_with(&s.url, &["stem cells in ageing".to_string()], "query").await.remove(0);
     let clusters = [
         ("es8_basic", caps("elasticsearch", "8.15.3", Some("basic"), false)),
         ("es8_trial", caps("elasticsearch", "8.17.0", Some("trial"), false)),

@@ -230,10 +230,19 @@ impl Encoder {
                 Some(Arc::new(w))
             }
         };
-        let queue = Arc::new(BatchQueue::new(BatchLimits {
-            max_batch_tokens: settings.max_batch_tokens,
-            max_batch_requests: settings.max_batch_requests,
-        }));
+        // With several session threads, one never takes bulk work: queries do not wait behind it.
+        let bulk_sessions = if settings.sessions_per_model > 1 && settings.reserve_interactive_session {
+            settings.sessions_per_model - 1
+        } else {
+            settings.sessions_per_model
+        };
+        let queue = Arc::new(
+            BatchQueue::new(BatchLimits {
+                max_batch_tokens: settings.max_batch_tokens,
+                max_batch_requests: settings.max_batch_requests,
+            })
+            .with_max_bulk_running(bulk_sessions),
+        );
         let opts = runtime::SessionOptions {
             providers: settings.execution_providers.clone(),
             require_gpu: settings.require_gpu,

@@ -117,11 +117,26 @@ impl Batch {
     }
 }
 
-#[derive(Default)]
 struct Lanes {
     interactive: VecDeque<Pending>,
     bulk: VecDeque<Pending>,
     closed: bool,
+    /// Bulk batches being run now, and how many may run at once (so a session stays free for
+    /// interactive work when there are several).
+    bulk_running: usize,
+    max_bulk_running: usize,
+}
+
+impl Default for Lanes {
+    fn default() -> Self {
+        Lanes {
+            interactive: VecDeque::new(),
+            bulk: VecDeque::new(),
+            closed: false,
+            bulk_running: 0,
+            max_bulk_running: usize::MAX,
+        }
+    }
 }
 
 impl Lanes {
@@ -145,11 +160,14 @@ impl Lanes {
         self.prune();
         let lane = if !self.interactive.is_empty() {
             Lane::Interactive
-        } else if !self.bulk.is_empty() {
+        } else if !self.bulk.is_empty() && self.bulk_running < self.max_bulk_running {
             Lane::Bulk
         } else {
             return None;
         };
+        if lane == Lane::Bulk {
+            self.bulk_running += 1;
+        }
         let q = self.lane(lane);
         // The window: pending inputs of the oldest jobs, in arrival order, then longest first.
         let window = limits.max_batch_requests.saturating_mul(WINDOW_BATCHES).max(1);
@@ -212,6 +230,23 @@ impl BatchQueue {
         BatchQueue { lanes: Mutex::new(Lanes::default()), ready: Condvar::new(), limits }
     }
 
+    /// At most `n` bulk batches run at once (at least 1): with several session threads, the rest
+    /// stay free for interactive work, so a query never waits for a bulk batch to finish.
+    pub fn with_max_bulk_running(self, n: usize) -> Self {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner()).max_bulk_running = n.max(1);
+        self
+    }
+
+    /// A session thread is done with a batch of `lane`.
+    pub fn finished(&self, lane: Lane) {
+        if lane == Lane::Bulk {
+            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            lanes.bulk_running = lanes.bulk_running.saturating_sub(1);
+            drop(lanes);
+            self.ready.notify_one();
+        }
+    }
+
     /// Queues a job; never blocks.
     pub fn submit(&self, job: Arc<Job>, lane: Lane) -> Result<(), EncoderError> {
         let mut remaining: Vec<usize> = (0..job.seqs.len()).collect();
@@ -235,7 +270,9 @@ impl BatchQueue {
                     continue;
                 }
                 // More work left: wake another session thread (submit woke only one).
-                if !lanes.interactive.is_empty() || !lanes.bulk.is_empty() {
+                if !lanes.interactive.is_empty()
+                    || (!lanes.bulk.is_empty() && lanes.bulk_running < lanes.max_bulk_running)
+                {
                     self.ready.notify_one();
                 }
                 return Some(batch);
@@ -358,6 +395,24 @@ mod tests {
         let sorted: Vec<(usize, usize, usize)> = [60, 50, 10, 9, 8].iter().map(|&l| (0, 0, l)).collect();
         assert_eq!(cut_batch(&sorted, limits(10_000, 64)), 5, "fewer than MIN_SPLIT_BATCH stay together");
         assert_eq!(cut_batch(&[], limits(100, 4)), 0);
+    }
+
+    #[test]
+    fn bulk_batches_are_capped_so_a_session_stays_free_for_queries() {
+        let q = BatchQueue::new(limits(4, 1)).with_max_bulk_running(1);
+        let (b1, _r1) = job(&[3]);
+        let (b2, _r2) = job(&[3]);
+        q.submit(b1, Lane::Bulk).unwrap();
+        q.submit(b2, Lane::Bulk).unwrap();
+        let first = q.next_batch().unwrap();
+        assert_eq!(first.lane, Lane::Bulk);
+        // one bulk batch runs: the next free session gets only interactive work
+        let (i, _ri) = job(&[2]);
+        q.submit(i, Lane::Interactive).unwrap();
+        assert_eq!(q.next_batch().unwrap().lane, Lane::Interactive);
+        assert_eq!(q.depth(), (0, 1), "the second bulk job waits");
+        q.finished(Lane::Bulk);
+        assert_eq!(q.next_batch().unwrap().lane, Lane::Bulk);
     }
 
     #[test]

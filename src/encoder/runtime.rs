@@ -195,6 +195,7 @@ impl Worker {
             self.metrics.set_queue_depth(&self.manifest.name, interactive, bulk);
             let live: Vec<_> = batch.items.iter().filter(|(job, _)| !job.is_abandoned()).cloned().collect();
             if live.is_empty() {
+                self.queue.finished(batch.lane);
                 continue;
             }
             let batch = Batch { lane: batch.lane, items: live };
@@ -212,6 +213,7 @@ impl Worker {
                     }
                 }
             }
+            self.queue.finished(batch.lane);
             self.metrics.observe_batch(&self.manifest.name, batch.items.len(), batch.max_len(), started.elapsed());
         }
     }

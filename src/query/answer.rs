@@ -200,18 +200,10 @@ pub fn engine_hits(plan: &Plan, resp: &Value, legs: Option<(&Leg, &Leg)>) -> Vec
 mod tests {
     use super::*;
     use crate::query::request::{SearchRequest, SearchSpec, Target};
-    use crate::settings::SearchSettings;
 
     fn plan(body: Value, passages: bool) -> Plan {
         let r: SearchRequest = serde_json::from_value(body).unwrap();
-        let limits = SearchSettings {
-            max_size: 100,
-            max_k: 1000,
-            max_num_candidates: 10000,
-            max_query_chars: 1000,
-            default_k: 50,
-            num_candidates_factor: 4,
-        };
+        let limits = crate::settings::Settings::load(None, &Default::default()).unwrap().search;
         let target = Target {
             index: "d".into(),
             model: "m".into(),

@@ -436,14 +436,8 @@ mod tests {
     use super::*;
 
     fn limits() -> SearchSettings {
-        SearchSettings {
-            max_size: 100,
-            max_k: 1000,
-            max_num_candidates: 10000,
-            max_query_chars: 1000,
-            default_k: 50,
-            num_candidates_factor: 4,
-        }
+        // the embedded defaults (config/default.toml)
+        crate::settings::Settings::load(None, &Default::default()).unwrap().search
     }
 
     fn target() -> Target {

@@ -248,6 +248,18 @@ impl JobControl {
     }
 }
 
+/// What every stage of one slice's run needs.
+struct SliceRun<'a> {
+    job: &'a str,
+    spec: &'a JobSpec,
+    dialect: Dialect,
+    slice: u32,
+    ingestor: &'a Ingestor,
+    sizer: &'a Mutex<BulkSizer>,
+    shared: &'a Mutex<JobState>,
+    control: &'a JobControl,
+}
+
 /// A page on its way through the stages.
 struct Batch {
     items: Vec<BulkItem>,
@@ -563,9 +575,19 @@ impl Reindexer {
         });
         let todo: Vec<u32> =
             shared.lock().expect("job state lock").slices.iter().filter(|s| !s.done).map(|s| s.id).collect();
-        let runs = todo
-            .iter()
-            .map(|slice| self.run_slice(&id, &spec, info.dialect, *slice, &ingestor, &sizer, &shared, &control));
+        let runs = todo.iter().map(|&slice| {
+            let run = SliceRun {
+                job: &id,
+                spec: &spec,
+                dialect: info.dialect,
+                slice,
+                ingestor: &ingestor,
+                sizer: &sizer,
+                shared: &shared,
+                control: &control,
+            };
+            async move { self.run_slice(&run).await }
+        });
         let results = join_all(runs).await;
         for r in results {
             r?;
@@ -577,24 +599,14 @@ impl Reindexer {
     }
 
     /// Reads, embeds and writes one slice, through engine outages.
-    #[allow(clippy::too_many_arguments)]
-    async fn run_slice(
-        &self,
-        job: &str,
-        spec: &JobSpec,
-        dialect: Dialect,
-        slice: u32,
-        ingestor: &Ingestor,
-        sizer: &Mutex<BulkSizer>,
-        shared: &Mutex<JobState>,
-        control: &JobControl,
-    ) -> Result<(), ReindexError> {
+    async fn run_slice(&self, run: &SliceRun<'_>) -> Result<(), ReindexError> {
+        let SliceRun { job, slice, shared, control, .. } = *run;
         let mut outage_started: Option<Instant> = None;
         let mut attempt = 0u32;
         let read_of = || shared.lock().expect("job state lock").slices[slice as usize].read;
         loop {
             let before = read_of();
-            let r = self.run_slice_once(job, spec, dialect, slice, ingestor, sizer, shared, control).await;
+            let r = self.run_slice_once(run).await;
             if read_of() > before {
                 // it made progress before this error: a new outage, with its own budget
                 outage_started = None;
@@ -623,18 +635,8 @@ impl Reindexer {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn run_slice_once(
-        &self,
-        job: &str,
-        spec: &JobSpec,
-        dialect: Dialect,
-        slice: u32,
-        ingestor: &Ingestor,
-        sizer: &Mutex<BulkSizer>,
-        shared: &Mutex<JobState>,
-        control: &JobControl,
-    ) -> Result<(), ReindexError> {
+    async fn run_slice_once(&self, run: &SliceRun<'_>) -> Result<(), ReindexError> {
+        let SliceRun { job, spec, dialect, slice, ingestor, sizer, shared, control } = *run;
         let after = shared.lock().expect("job state lock").slices[slice as usize].search_after.clone();
         let read_spec = ReadSpec {
             index: spec.source.clone(),

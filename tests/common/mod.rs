@@ -380,3 +380,26 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb).max(1e-30)
 }
+
+/// `/embed` of the sidecar at `url` with the given prompt (`passage` for documents, `query`).
+pub async fn embed_with(url: &str, texts: &[String], prompt: &str) -> Vec<Vec<f32>> {
+    let r: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/embed"))
+        .json(&serde_json::json!({"inputs": texts, "truncate": true, "prompt_name": prompt}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect()
+}
+
+/// `/embed` of documents, as the ingest pipelines embed them.
+pub async fn embed_passages(url: &str, texts: &[String]) -> Vec<Vec<f32>> {
+    embed_with(url, texts, "passage").await
+}
