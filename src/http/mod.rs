@@ -6,7 +6,7 @@
 //! Routes today: `GET /healthz` (the process is up), `GET /readyz` (the engine answers `GET /`
 //! with a supported flavour and version; the loaded models and their execution providers),
 //! `GET /metrics` (Prometheus text), the embedding APIs of [`embed`], the ES-compatible write
-//! APIs of [`ingest`] and the search APIs of [`search`].
+//! APIs of [`ingest`], the search APIs of [`search`] and the reindex jobs of [`jobs`].
 //!
 //! Middleware, outermost first: request id → tracing → metrics → JSON rejections → timeout →
 //! authentication → body-size limit → route. Authentication runs before the body is read.
