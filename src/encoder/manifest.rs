@@ -15,9 +15,9 @@ use super::EncoderError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pooling {
-    /// The last layer's first token ([CLS]).
+    /// The last layer's first token (`[CLS]`).
     Cls,
-    /// BERT's pooler output (dense + tanh over [CLS]).
+    /// BERT's pooler output (dense + tanh over `[CLS]`).
     Pooler,
     /// Masked mean of the last layer.
     Mean,

@@ -20,7 +20,7 @@ pub struct LayerOutputs<'a> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Pooled {
     Vector(Vec<f32>),
-    /// One vector per real token (pooling `none`), [CLS] and [SEP] included.
+    /// One vector per real token (pooling `none`), `[CLS]` and `[SEP]` included.
     Tokens(Vec<Vec<f32>>),
 }
 
