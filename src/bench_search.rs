@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::encoder::{EncodeOptions, EncoderSet, Input, Lane, Pooled, TextKind};
+use crate::encoder::{EncodeOptions, Input, Lane, Pooled, TextKind};
 use crate::engine::{EngineClient, EngineRequest};
 use crate::http::{self, AppState};
 use crate::ingest::pipeline::Pipeline;
@@ -103,11 +103,7 @@ pub fn bench_search(settings: &Settings, o: &SearchBenchOptions) -> anyhow::Resu
 
 async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<()> {
     let p = Pipeline::load(&o.pipeline)?;
-    let model = crate::cli::resolve_model(&settings, &p.model)
-        .or_else(|_| crate::cli::resolve_model(&settings, &format!("models/{}", p.model)))?;
-    if !settings.encoder.models.contains(&model.dir) {
-        settings.encoder.models.push(model.dir.clone());
-    }
+    crate::cli::add_pipeline_model(&mut settings, &p)?;
     let engine = EngineClient::new(&settings.engine)?;
     let info = engine.info().await?;
     let count: Value = engine.get_json(&format!("/{}/_count", p.index)).await?;
@@ -116,17 +112,11 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
         bail!("index `{}` is empty: fill it first (e.g. `semantic-sidecar eval --pipeline ...`)", p.index);
     }
     let metrics = Metrics::new();
-    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
-    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await??;
+    let encoders = crate::cli::load_encoders(&settings, &metrics).await?;
     let encoder = encoders.get(Some(&p.model))?;
     let state =
         AppState::with_encoders(settings.clone(), engine.clone(), metrics, encoders).with_pipelines(vec![p.clone()])?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(http::serve(listener, state, async move {
-        let _ = rx.await;
-    }));
+    let (url, tx) = http::serve_local(state).await?;
 
     let queries = texts(&o.queries, o.max_queries, false)?;
     let abstracts = texts(&o.docs, 512, true)?;

@@ -101,6 +101,24 @@ pub fn resolve_model(settings: &Settings, model: &str) -> anyhow::Result<ModelDi
     bail!("`{model}` is neither a folder with a model.toml nor the name of a model in encoder.models")
 }
 
+/// The model a pipeline names (a folder, a configured name, or `models/NAME`), added to
+/// `encoder.models` so that the encoder set loads it.
+pub fn add_pipeline_model(settings: &mut Settings, p: &crate::ingest::pipeline::Pipeline) -> anyhow::Result<ModelDir> {
+    let m = resolve_model(settings, &p.model)
+        .or_else(|_| resolve_model(settings, &format!("models/{}", p.model)))
+        .with_context(|| format!("the model `{}` of pipeline `{}`", p.model, p.name))?;
+    if !settings.encoder.models.contains(&m.dir) {
+        settings.encoder.models.push(m.dir.clone());
+    }
+    Ok(m)
+}
+
+/// Loads `encoder.models` off the async workers, recording into `metrics`.
+pub async fn load_encoders(settings: &Settings, metrics: &Metrics) -> anyhow::Result<crate::encoder::EncoderSet> {
+    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
+    Ok(tokio::task::spawn_blocking(move || crate::encoder::EncoderSet::load(&es, &em)).await??)
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
@@ -349,19 +367,13 @@ pub fn reindex(
         pipelines.push(p);
     }
     for p in &pipelines {
-        let m = resolve_model(&settings, &p.model)
-            .or_else(|_| resolve_model(&settings, &format!("models/{}", p.model)))
-            .with_context(|| format!("the model `{}` of pipeline `{}`", p.model, p.name))?;
-        if !settings.encoder.models.contains(&m.dir) {
-            settings.encoder.models.push(m.dir.clone());
-        }
+        add_pipeline_model(&mut settings, p)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let engine = crate::engine::EngineClient::new(&settings.engine)?;
         let metrics = Metrics::new();
-        let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
-        let encoders = Arc::new(tokio::task::spawn_blocking(move || crate::encoder::EncoderSet::load(&es, &em)).await??);
+        let encoders = Arc::new(load_encoders(&settings, &metrics).await?);
         let e = &settings.encoder;
         let reindexer = Arc::new(Reindexer::new(
             engine,

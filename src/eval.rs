@@ -21,7 +21,6 @@ use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::encoder::EncoderSet;
 use crate::engine::{EngineClient, EngineRequest};
 use crate::http::{self, AppState};
 use crate::ingest::pipeline::Pipeline;
@@ -417,15 +416,9 @@ pub fn write_fusion(pipeline: &Path, fusion: &FusionSpec) -> anyhow::Result<()> 
 async fn start(settings: Settings, pipeline: Pipeline) -> anyhow::Result<(Server, EngineClient)> {
     let engine = EngineClient::new(&settings.engine)?;
     let metrics = Metrics::new();
-    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
-    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await??;
+    let encoders = crate::cli::load_encoders(&settings, &metrics).await?;
     let state = AppState::with_encoders(settings, engine.clone(), metrics, encoders).with_pipelines(vec![pipeline])?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(http::serve(listener, state, async move {
-        let _ = rx.await;
-    }));
+    let (url, tx) = http::serve_local(state).await?;
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120)).build()?;
     Ok((Server { url, client, _stop: tx }, engine))
 }
@@ -441,12 +434,7 @@ pub async fn run(mut settings: Settings, opts: &EvalOptions) -> anyhow::Result<R
         crate::ingest::pipeline::check_index_name(i).map_err(|e| anyhow::anyhow!("--index: {e}"))?;
         pipeline.index = i.clone();
     }
-    let model = crate::cli::resolve_model(&settings, &pipeline.model)
-        .or_else(|_| crate::cli::resolve_model(&settings, &format!("models/{}", pipeline.model)))
-        .with_context(|| format!("the pipeline's model `{}`", pipeline.model))?;
-    if !settings.encoder.models.iter().any(|d| d == &model.dir) {
-        settings.encoder.models.push(model.dir.clone());
-    }
+    let model = crate::cli::add_pipeline_model(&mut settings, &pipeline)?;
     let index = pipeline.index.clone();
     let (server, engine) = start(settings.clone(), pipeline.clone()).await?;
 

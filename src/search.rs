@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 
 use crate::encoder::{EncodeOptions, EncoderError, EncoderSet, Input, Lane, Pooled, TextKind};
 use crate::engine::dialect::Dialect;
-use crate::engine::{EngineClient, EngineError, EngineRequest, EngineResponse};
+use crate::engine::{with_query, EngineClient, EngineError, EngineRequest, EngineResponse};
 use crate::error::ErrorCode;
 use crate::ingest::pipeline::Pipeline;
 use crate::query::answer::{engine_hits, leg_of, sidecar_page, Leg};
@@ -332,10 +332,7 @@ impl Searcher {
         body: Bytes,
     ) -> Result<EsAnswer, SearchError> {
         let started = Instant::now();
-        let path = match query_string.filter(|q| !q.is_empty()) {
-            Some(q) => format!("/{index}/_search?{q}"),
-            None => format!("/{index}/_search"),
-        };
+        let path = with_query(format!("/{index}/_search"), query_string);
         let parsed: Option<Value> = if body.is_empty() { None } else { serde_json::from_slice(&body).ok() };
         let pipeline = self.pipelines.iter().find(|p| p.index == index).cloned();
         let rewrite = match &parsed {

@@ -26,13 +26,8 @@ async fn start(settings: Settings) -> Server {
     let em = metrics.encoder.clone();
     let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&enc_settings, &em)).await.unwrap().unwrap();
     let engine = EngineClient::new(&settings.engine).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let state = AppState::with_encoders(settings, engine, metrics, encoders);
-    tokio::spawn(http::serve(listener, state, async move {
-        let _ = rx.await;
-    }));
+    let (url, tx) = http::serve_local(state).await.unwrap();
     Server { url, _stop: tx }
 }
 

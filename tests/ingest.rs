@@ -57,12 +57,7 @@ async fn fixture_with(url: &str, extra: &[(&str, &str)], pipeline_extra: &str) -
     let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
     let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
     let state = AppState::with_encoders(settings, engine.clone(), metrics, encoders).with_pipelines(vec![p]).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(http::serve(listener, state, async move {
-        let _ = rx.await;
-    }));
+    let (addr, tx) = http::serve_local(state).await.unwrap();
     Fixture { url: addr, index, engine, _stop: tx }
 }
 

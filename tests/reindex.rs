@@ -75,12 +75,7 @@ async fn sidecar(engine_url: &str, pipelines: Vec<Pipeline>) -> Sidecar {
     let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
     let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
     let state = AppState::with_encoders(settings, engine, metrics, encoders).with_pipelines(pipelines).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(http::serve(listener, state, async move {
-        let _ = rx.await;
-    }));
+    let (url, tx) = http::serve_local(state).await.unwrap();
     Sidecar { url, http: reqwest::Client::new(), _stop: tx }
 }
 

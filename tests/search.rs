@@ -57,12 +57,7 @@ async fn sidecar_for(index: &str) -> Sidecar {
     let state = AppState::with_encoders(settings, engine.clone(), metrics, encoders)
         .with_pipelines(vec![pipeline(index)])
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(http::serve(listener, state, async move {
-        let _ = rx.await;
-    }));
+    let (url, tx) = http::serve_local(state).await.unwrap();
     Sidecar { url, engine, index: index.to_string(), http: reqwest::Client::new(), _stop: tx }
 }
 

@@ -90,6 +90,14 @@ impl EngineError {
     }
 }
 
+/// `path?query`, or `path` when there is no (or an empty) query string.
+pub fn with_query(path: String, query: Option<&str>) -> String {
+    match query.filter(|q| !q.is_empty()) {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    }
+}
+
 /// A request body.
 #[derive(Clone, Debug)]
 pub enum Body {

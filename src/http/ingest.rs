@@ -12,30 +12,16 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::AppState;
-use crate::engine::{EngineRequest, EngineResponse};
+use super::{engine_answer, AppState};
+use crate::engine::{with_query, EngineRequest};
 use crate::error::ErrorCode;
 use crate::ingest::bulk::{self, Action, BulkItem};
 use crate::ingest::writer::{send_bulk, BulkOutcome};
-
-fn with_query(path: String, query: Option<String>) -> String {
-    match query.filter(|q| !q.is_empty()) {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    }
-}
-
-fn engine_answer(resp: EngineResponse) -> Response {
-    let status = StatusCode::from_u16(resp.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut r = (status, resp.body).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
 
 fn invalid(reason: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidInput, reason)
@@ -61,7 +47,7 @@ async fn run_bulk(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let path = with_query(index.as_ref().map_or("/_bulk".to_string(), |i| format!("/{i}/_bulk")), query);
+    let path = with_query(index.as_ref().map_or("/_bulk".to_string(), |i| format!("/{i}/_bulk")), query.as_deref());
     let mut items = bulk::parse(&body).map_err(|e| invalid(e.reason))?;
     let default_index = index.as_deref();
     let touches_pipeline =
@@ -108,7 +94,7 @@ async fn one_doc(state: &AppState, t: DocTarget, query: Option<String>, body: By
             Some(id) => format!("/{index}/{endpoint}/{id}"),
             None => format!("/{index}/{endpoint}"),
         },
-        query,
+        query.as_deref(),
     );
     if state.ingestor.pipeline_for(&index).is_none() {
         let req = EngineRequest::new(method, path).passthrough();

@@ -142,6 +142,26 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Serves `state` on a free port of 127.0.0.1 in the background (in-process servers of `eval`
+/// and the benchmarks); returns its base URL and the switch that stops it (or drop it).
+pub async fn serve_local(state: AppState) -> std::io::Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, state, async move {
+        let _ = rx.await;
+    }));
+    Ok((url, tx))
+}
+
+/// The engine's answer as it came: its status and body, as JSON.
+fn engine_answer(resp: crate::engine::EngineResponse) -> Response {
+    let status = StatusCode::from_u16(resp.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut r = (status, resp.body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    r
+}
+
 /// Serves `state` on `listener` until `shutdown` completes, then drains for `shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,

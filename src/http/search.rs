@@ -6,13 +6,13 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::ApiError;
-use super::AppState;
-use crate::engine::{EngineRequest, EngineResponse};
+use super::{engine_answer, AppState};
+use crate::engine::{with_query, EngineRequest};
 use crate::error::ErrorCode;
 use crate::query::request::SearchRequest;
 use crate::search::{EsAnswer, SearchError};
@@ -25,13 +25,6 @@ impl From<SearchError> for ApiError {
             other => ApiError::new(other.code(), other.to_string()),
         }
     }
-}
-
-fn raw(resp: EngineResponse) -> Response {
-    let status = StatusCode::from_u16(resp.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut r = (status, resp.body).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
 }
 
 /// `POST /search`.
@@ -49,7 +42,7 @@ pub async fn search_index(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     match state.searcher.es_search(&index, query.as_deref(), body).await? {
-        EsAnswer::Raw(resp) => Ok(raw(resp)),
+        EsAnswer::Raw(resp) => Ok(engine_answer(resp)),
         EsAnswer::Json(v) => Ok(Json(v).into_response()),
     }
 }
@@ -60,11 +53,9 @@ pub async fn search_all(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let path = match query.filter(|q| !q.is_empty()) {
-        Some(q) => format!("/_search?{q}"),
-        None => "/_search".to_string(),
-    };
-    let req = EngineRequest::new(Method::POST, path).passthrough().idempotent(true);
+    let req = EngineRequest::new(Method::POST, with_query("/_search".to_string(), query.as_deref()))
+        .passthrough()
+        .idempotent(true);
     let req = if body.is_empty() { req } else { req.json_bytes(body) };
-    Ok(raw(state.engine.send(req).await?))
+    Ok(engine_answer(state.engine.send(req).await?))
 }

@@ -132,43 +132,43 @@ pub fn fuse(bm25: &[LegHit], knn: &[LegHit], fusion: Fusion) -> Vec<FusedHit> {
     let mut ids: Vec<&str> = rb.keys().chain(rk.keys()).copied().collect();
     ids.sort_unstable();
     ids.dedup();
-    let mut out: Vec<FusedHit> = match fusion {
-        Fusion::Rrf { rank_constant, window } => {
-            let c = f64::from(rank_constant);
-            let part = |r: Option<&(usize, f64)>| {
-                r.filter(|(rank, _)| *rank <= window).map_or(0.0, |(rank, _)| 1.0 / (c + *rank as f64))
-            };
-            ids.iter()
-                .filter(|id| rb.get(*id).is_some_and(|r| r.0 <= window) || rk.get(*id).is_some_and(|r| r.0 <= window))
-                .map(|id| {
-                    let parts = (part(rb.get(id)), part(rk.get(id)));
-                    FusedHit {
-                        id: id.to_string(),
-                        score: parts.0 + parts.1,
-                        bm25: rb.get(id).copied(),
-                        knn: rk.get(id).copied(),
-                        parts,
-                    }
-                })
-                .collect()
-        }
-        Fusion::Linear { weight, normalization } => {
-            let ((nb, fb), (nk, fk)) = (norm_leg(&rb, normalization), norm_leg(&rk, normalization));
-            let w = weight.0;
-            ids.iter()
-                .map(|id| {
-                    let parts = (w * nb.get(id).copied().unwrap_or(fb), (1.0 - w) * nk.get(id).copied().unwrap_or(fk));
-                    FusedHit {
-                        id: id.to_string(),
-                        score: parts.0 + parts.1,
-                        bm25: rb.get(id).copied(),
-                        knn: rk.get(id).copied(),
-                        parts,
-                    }
-                })
-                .collect()
+    // Linear fusion's normalised legs and their floors, computed once (empty for RRF).
+    let ((nb, fb), (nk, fk)) = match fusion {
+        Fusion::Linear { normalization, .. } => (norm_leg(&rb, normalization), norm_leg(&rk, normalization)),
+        Fusion::Rrf { .. } => Default::default(),
+    };
+    // What each leg adds for an id; `None` leaves the id out (beyond the RRF window on both legs).
+    let parts = |id: &str| -> Option<(f64, f64)> {
+        match fusion {
+            Fusion::Rrf { rank_constant, window } => {
+                let c = f64::from(rank_constant);
+                let part = |r: Option<&(usize, f64)>| {
+                    r.filter(|(rank, _)| *rank <= window).map(|(rank, _)| 1.0 / (c + *rank as f64))
+                };
+                match (part(rb.get(id)), part(rk.get(id))) {
+                    (None, None) => None,
+                    (b, k) => Some((b.unwrap_or(0.0), k.unwrap_or(0.0))),
+                }
+            }
+            Fusion::Linear { weight, .. } => {
+                let w = weight.0;
+                Some((w * nb.get(id).copied().unwrap_or(fb), (1.0 - w) * nk.get(id).copied().unwrap_or(fk)))
+            }
         }
     };
+    let mut out: Vec<FusedHit> = ids
+        .iter()
+        .filter_map(|id| {
+            let parts = parts(id)?;
+            Some(FusedHit {
+                id: id.to_string(),
+                score: parts.0 + parts.1,
+                bm25: rb.get(id).copied(),
+                knn: rk.get(id).copied(),
+                parts,
+            })
+        })
+        .collect();
     out.sort_by(|a, b| {
         b.score.total_cmp(&a.score).then_with(|| a.best_rank().cmp(&b.best_rank())).then_with(|| a.id.cmp(&b.id))
     });

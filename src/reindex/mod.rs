@@ -240,7 +240,7 @@ impl JobControl {
         self.cancel.load(Ordering::SeqCst)
     }
 
-    /// The latest checkpointed state, with live progress numbers.
+    /// The job's latest state, with live progress numbers.
     pub fn snapshot(&self) -> (JobState, Value) {
         let s = self.live.lock().map(|s| s.clone()).expect("job state lock");
         let p = s.progress(Some(self.started), self.read_at_start);
@@ -256,7 +256,6 @@ struct SliceRun<'a> {
     slice: u32,
     ingestor: &'a Ingestor,
     sizer: &'a Mutex<BulkSizer>,
-    shared: &'a Mutex<JobState>,
     control: &'a JobControl,
 }
 
@@ -508,9 +507,11 @@ impl Reindexer {
     /// Runs a prepared job to its end (done, cancelled or failed); the final state is stored.
     pub async fn run(&self, state: JobState, control: Arc<JobControl>) -> JobState {
         let started = Instant::now();
-        let shared = Arc::new(Mutex::new(state));
-        let result = self.run_inner(shared.clone(), control.clone()).await;
-        let mut s = shared.lock().map(|s| s.clone()).expect("job state lock");
+        if let Ok(mut live) = control.live.lock() {
+            *live = state;
+        }
+        let result = self.run_inner(&control).await;
+        let mut s = control.live.lock().map(|s| s.clone()).expect("job state lock");
         s.running_ms += started.elapsed().as_millis() as u64;
         match result {
             Ok(()) if control.cancelled() => s.status = Status::Cancelled,
@@ -537,44 +538,36 @@ impl Reindexer {
         s
     }
 
-    async fn checkpoint(
-        &self,
-        shared: &Mutex<JobState>,
-        control: &JobControl,
-        update: impl FnOnce(&mut JobState),
-    ) -> Result<(), ReindexError> {
+    /// Updates the job's state and stores it.
+    async fn checkpoint(&self, control: &JobControl, update: impl FnOnce(&mut JobState)) -> Result<(), ReindexError> {
         let snapshot = {
-            let mut s = shared.lock().expect("job state lock");
+            let mut s = control.live.lock().expect("job state lock");
             update(&mut s);
             s.updated_ms = now_ms();
             s.clone()
         };
-        self.save(&snapshot).await?;
-        if let Ok(mut live) = control.live.lock() {
-            *live = snapshot;
-        }
-        Ok(())
+        self.save(&snapshot).await
     }
 
-    async fn run_inner(&self, shared: Arc<Mutex<JobState>>, control: Arc<JobControl>) -> Result<(), ReindexError> {
+    async fn run_inner(&self, control: &JobControl) -> Result<(), ReindexError> {
         let (spec, id) = {
-            let s = shared.lock().expect("job state lock");
+            let s = control.live.lock().expect("job state lock");
             (s.spec.clone(), s.id.clone())
         };
-        self.checkpoint(&shared, &control, |s| s.status = Status::Running).await?;
+        self.checkpoint(control, |s| s.status = Status::Running).await?;
         let info = self.engine.info().await?;
         let mut p = (*self.pipeline(&spec.pipeline)?).clone();
         p.index = spec.target.clone();
         let ingestor = Ingestor::new(vec![p], self.encoders.clone(), self.max_chars, self.max_inputs)
             .map_err(|e| ReindexError::Invalid(e.to_string()))?;
         let sizer = Mutex::new({
-            let b = shared.lock().expect("job state lock").bulk.clone();
+            let b = control.live.lock().expect("job state lock").bulk.clone();
             let mut z = BulkSizer::new(b.size.max(1), 8.min(spec.bulk_size), spec.bulk_size);
             z.low_water = b.low_water.max(1).min(z.size);
             z
         });
         let todo: Vec<u32> =
-            shared.lock().expect("job state lock").slices.iter().filter(|s| !s.done).map(|s| s.id).collect();
+            control.live.lock().expect("job state lock").slices.iter().filter(|s| !s.done).map(|s| s.id).collect();
         let runs = todo.iter().map(|&slice| {
             let run = SliceRun {
                 job: &id,
@@ -583,8 +576,7 @@ impl Reindexer {
                 slice,
                 ingestor: &ingestor,
                 sizer: &sizer,
-                shared: &shared,
-                control: &control,
+                control,
             };
             async move { self.run_slice(&run).await }
         });
@@ -595,15 +587,15 @@ impl Reindexer {
         if control.cancelled() {
             return Ok(());
         }
-        self.finish(&shared, &control).await
+        self.finish(control).await
     }
 
     /// Reads, embeds and writes one slice, through engine outages.
     async fn run_slice(&self, run: &SliceRun<'_>) -> Result<(), ReindexError> {
-        let SliceRun { job, slice, shared, control, .. } = *run;
+        let SliceRun { job, slice, control, .. } = *run;
         let mut outage_started: Option<Instant> = None;
         let mut attempt = 0u32;
-        let read_of = || shared.lock().expect("job state lock").slices[slice as usize].read;
+        let read_of = || control.live.lock().expect("job state lock").slices[slice as usize].read;
         loop {
             let before = read_of();
             let r = self.run_slice_once(run).await;
@@ -627,7 +619,7 @@ impl Reindexer {
                         .max(Duration::from_millis(500));
                     tracing::warn!(job, slice, error = %e, delay_ms = delay.as_millis() as u64, "engine trouble, the slice resumes from its checkpoint");
                     attempt += 1;
-                    self.checkpoint(shared, control, |s| s.slices[slice as usize].outages += 1).await.ok();
+                    self.checkpoint(control, |s| s.slices[slice as usize].outages += 1).await.ok();
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(e),
@@ -636,8 +628,8 @@ impl Reindexer {
     }
 
     async fn run_slice_once(&self, run: &SliceRun<'_>) -> Result<(), ReindexError> {
-        let SliceRun { job, spec, dialect, slice, ingestor, sizer, shared, control } = *run;
-        let after = shared.lock().expect("job state lock").slices[slice as usize].search_after.clone();
+        let SliceRun { job, spec, dialect, slice, ingestor, sizer, control } = *run;
+        let after = control.live.lock().expect("job state lock").slices[slice as usize].search_after.clone();
         let read_spec = ReadSpec {
             index: spec.source.clone(),
             query: spec.query.clone(),
@@ -649,7 +641,7 @@ impl Reindexer {
         let (mut reader, resumed) = Reader::open(&self.engine, dialect, read_spec, after.clone(), spec.scroll).await?;
         let kind = reader.kind();
         let restart = after.is_some() && !resumed;
-        self.checkpoint(shared, control, |s| {
+        self.checkpoint(control, |s| {
             s.reader = Some(kind.to_string());
             if restart {
                 // the keys do not carry over to a new cursor: read the slice again from its start
@@ -729,7 +721,7 @@ impl Reindexer {
                 self.metrics.reindex_docs.get_or_create(&outcome("failed")).inc_by(failed);
                 self.metrics.reindex_docs.get_or_create(&outcome("unchanged")).inc_by(batch.unchanged as u64);
                 self.metrics.reindex_bulk_size.set(size as i64);
-                self.checkpoint(shared, control, |s| {
+                self.checkpoint(control, |s| {
                     let sl = &mut s.slices[slice as usize];
                     sl.read += batch.read as u64;
                     sl.written += written;
@@ -752,7 +744,7 @@ impl Reindexer {
         reader.close().await;
         result?;
         if !control.cancelled() {
-            self.checkpoint(shared, control, |s| s.slices[slice as usize].done = true).await?;
+            self.checkpoint(control, |s| s.slices[slice as usize].done = true).await?;
         }
         Ok(())
     }
@@ -913,8 +905,8 @@ impl Reindexer {
     }
 
     /// Verifies the counts and moves the alias.
-    async fn finish(&self, shared: &Mutex<JobState>, control: &JobControl) -> Result<(), ReindexError> {
-        let s = shared.lock().expect("job state lock").clone();
+    async fn finish(&self, control: &JobControl) -> Result<(), ReindexError> {
+        let s = control.live.lock().expect("job state lock").clone();
         self.engine
             .send(EngineRequest::new(Method::POST, format!("/{}/_refresh", s.spec.target)).idempotent(true))
             .await?;
@@ -930,7 +922,7 @@ impl Reindexer {
             self.swap_alias(alias, &s.spec.target).await?;
             swapped = true;
         }
-        self.checkpoint(shared, control, |x| {
+        self.checkpoint(control, |x| {
             x.status = Status::Done;
             x.alias_swapped = swapped;
         })

@@ -44,8 +44,6 @@ pub struct Reader {
     spec: ReadSpec,
     cursor: Cursor,
     after: Option<Value>,
-    /// Whether a checkpoint's sort key can be used with a fresh cursor.
-    pub stable_keys: bool,
     finished: bool,
 }
 
@@ -107,7 +105,6 @@ impl Reader {
             spec,
             cursor,
             after: if stable { after } else { None },
-            stable_keys: stable,
             finished: false,
         };
         Ok((reader, resumed))
