@@ -334,13 +334,13 @@ impl Searcher {
         let started = Instant::now();
         let path = with_query(format!("/{index}/_search"), query_string);
         let parsed: Option<Value> = if body.is_empty() { None } else { serde_json::from_slice(&body).ok() };
-        let pipeline = self.pipelines.iter().find(|p| p.index == index).cloned();
+        let pipeline = self.pipelines.iter().find(|p| p.index == index);
+        let target = pipeline.map(|p| Target::of(p));
         let rewrite = match &parsed {
             None => Rewrite::Passthrough,
             Some(v) => {
-                let target = pipeline.as_ref().map(|p| Target::of(p));
-                let auto = pipeline.as_ref().zip(target.as_ref()).map(|(p, t)| (&p.search, t.text_fields.as_slice()));
-                compat::analyse(v, auto)?
+                let auto = pipeline.zip(target.as_ref()).filter(|(p, _)| p.search.auto_hybrid);
+                compat::analyse(v, auto.map(|(_, t)| t.text_fields.as_slice()))?
             }
         };
         let passthrough = |body: Bytes| {
@@ -356,10 +356,11 @@ impl Searcher {
             Rewrite::Nested { clauses } => {
                 let mut v = parsed.unwrap_or_default();
                 let caps = self.capabilities().await?;
+                let p = self.pipeline_or_err(index)?;
+                let target = target.unwrap_or_else(|| Target::of(p));
                 for (ptr, clause) in clauses {
-                    let p = self.pipeline_or_err(index)?.clone();
                     let plan =
-                        request::plan(clause.to_request(index, &Map::new())?, Target::of(&p), &p.search, &self.limits)?;
+                        request::plan(clause.to_request(index, &Map::new())?, target.clone(), &p.search, &self.limits)?;
                     if !matches!(plan.fusion, Resolved::Engine { method: EngineMethod::Auto | EngineMethod::Boost, .. })
                         && clause.fusion.is_some()
                     {

@@ -15,7 +15,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::request::{FusionSpec, Mode, QueryError, SearchRequest, SearchSpec};
+use super::request::{FusionSpec, Mode, QueryError, SearchRequest};
 
 /// The sidecar clause.
 #[derive(Clone, Debug, Deserialize)]
@@ -116,12 +116,8 @@ fn bare(field: &str) -> &str {
 }
 
 /// A plain top-level `match` / `multi_match` on the pipeline's BM25 fields, as a clause.
-fn auto_clause(query: &Value, spec: &SearchSpec, default_fields: &[String]) -> Option<HybridClause> {
-    let configured: Vec<&str> = if spec.fields.is_empty() {
-        default_fields.iter().map(|f| bare(f)).collect()
-    } else {
-        spec.fields.iter().map(|f| bare(f)).collect()
-    };
+fn auto_clause(query: &Value, fields: &[String]) -> Option<HybridClause> {
+    let configured: Vec<&str> = fields.iter().map(|f| bare(f)).collect();
     let m = query.as_object().filter(|m| m.len() == 1)?;
     let clause = |text: &str, fields: Vec<String>| HybridClause {
         query: text.to_string(),
@@ -164,9 +160,9 @@ fn auto_clause(query: &Value, spec: &SearchSpec, default_fields: &[String]) -> O
     None
 }
 
-/// Looks at a `_search` body. `auto` is the pipeline's search spec and default BM25 fields when
-/// the index has a pipeline.
-pub fn analyse(body: &Value, auto: Option<(&SearchSpec, &[String])>) -> Result<Rewrite, QueryError> {
+/// Looks at a `_search` body. `auto_fields`: the BM25 fields of the index's pipeline when it has
+/// `auto_hybrid` on.
+pub fn analyse(body: &Value, auto_fields: Option<&[String]>) -> Result<Rewrite, QueryError> {
     let Some(obj) = body.as_object() else { return Ok(Rewrite::Passthrough) };
     let Some(query) = obj.get("query") else { return Ok(Rewrite::Passthrough) };
     let rest = || {
@@ -177,8 +173,8 @@ pub fn analyse(body: &Value, auto: Option<(&SearchSpec, &[String])>) -> Result<R
     if let Some(inner) = ours(query) {
         return Ok(Rewrite::TopLevel { clause: parse_clause(inner, "query")?, rest: rest() });
     }
-    if let Some((spec, fields)) = auto.filter(|(s, _)| s.auto_hybrid) {
-        if let Some(clause) = auto_clause(query, spec, fields) {
+    if let Some(fields) = auto_fields {
+        if let Some(clause) = auto_clause(query, fields) {
             return Ok(Rewrite::TopLevel { clause, rest: rest() });
         }
     }
@@ -196,17 +192,12 @@ mod tests {
 
     use super::*;
 
-    fn spec(auto: bool) -> SearchSpec {
-        SearchSpec { auto_hybrid: auto, ..SearchSpec::default() }
-    }
-
     fn fields() -> Vec<String> {
         vec!["title^2".into(), "text".into()]
     }
 
     #[test]
     fn ordinary_bodies_pass_through() {
-        let f = fields();
         for body in [
             json!({}),
             json!({"query": {"match_all": {}}}),
@@ -214,7 +205,7 @@ mod tests {
             json!({"query": {"hybrid": {"queries": [{"match": {"text": "x"}}]}}}),
             json!({"query": {"match": {"text": "cells"}}}),
         ] {
-            assert!(matches!(analyse(&body, Some((&spec(false), &f))).unwrap(), Rewrite::Passthrough), "{body}");
+            assert!(matches!(analyse(&body, None).unwrap(), Rewrite::Passthrough), "{body}");
         }
         assert!(matches!(analyse(&json!({"query": {"match": {"x": "y"}}}), None).unwrap(), Rewrite::Passthrough));
     }
@@ -247,7 +238,6 @@ mod tests {
     #[test]
     fn auto_hybrid_takes_plain_matches_on_configured_fields_only() {
         let f = fields();
-        let s = spec(true);
         let yes = [
             json!({"query": {"match": {"text": "cells"}}}),
             json!({"query": {"match": {"title": {"query": "cells"}}}}),
@@ -255,7 +245,7 @@ mod tests {
             json!({"query": {"multi_match": {"query": "cells"}}}),
         ];
         for body in yes {
-            assert!(matches!(analyse(&body, Some((&s, &f))).unwrap(), Rewrite::TopLevel { .. }), "{body}");
+            assert!(matches!(analyse(&body, Some(&f)).unwrap(), Rewrite::TopLevel { .. }), "{body}");
         }
         let no = [
             json!({"query": {"match": {"author": "cells"}}}),
@@ -265,7 +255,7 @@ mod tests {
             json!({"query": {"bool": {"must": {"match": {"text": "cells"}}}}}),
         ];
         for body in no {
-            assert!(matches!(analyse(&body, Some((&s, &f))).unwrap(), Rewrite::Passthrough), "{body}");
+            assert!(matches!(analyse(&body, Some(&f)).unwrap(), Rewrite::Passthrough), "{body}");
         }
     }
 }
