@@ -2,9 +2,12 @@
 """Static checks of Dockerfile and docker-compose.yml (no Docker engine on the dev machines).
 
 Checks what can be checked without building: the compose file parses; every service that builds
-names a Dockerfile stage that exists; the GPU service is behind the `gpu` profile with an NVIDIA
-device reservation; the ONNX Runtime version and hashes in the Dockerfile match scripts/lib.sh;
-every COPY source exists in the repository. Exit 1 with a message per problem.
+names a Dockerfile stage that exists; there is an `elasticsearch` and an `opensearch` profile, each
+with its engine and a sidecar pointed at it; every sidecar serves a model that the repository's
+mounted folders hold (models/ after scripts/setup) and its pipelines exist; the GPU service is
+behind the `gpu` profile with an NVIDIA device reservation and CUDA first with require_gpu; the ONNX
+Runtime version and hashes in the Dockerfile match scripts/lib.sh; every COPY source exists in the
+repository. Exit 1 with a message per problem.
 """
 import re
 import sys
@@ -30,6 +33,35 @@ if gpu.get("profiles") != ["gpu"]:
 devices = gpu.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
 if not any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices):
     problems.append("sidecar-gpu must reserve an NVIDIA GPU")
+
+services = compose.get("services", {})
+for profile, engine in (("elasticsearch", "elasticsearch"), ("opensearch", "opensearch")):
+    if profile not in services.get(engine, {}).get("profiles", []):
+        problems.append(f"the {engine} service must be in the {profile!r} profile")
+    sidecars = [n for n, s in services.items() if n.startswith("sidecar") and profile in s.get("profiles", [])]
+    if not any(f"http://{engine}:9200" in str(services[n].get("environment", {}).get("SIDECAR__ENGINE__URLS")) for n in sidecars):
+        problems.append(f"no sidecar in the {profile!r} profile points at {engine}")
+for name, svc in services.items():
+    if not name.startswith("sidecar"):
+        continue
+    env = svc.get("environment", {})
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in svc.get("volumes", [])}
+    model = env.get("SIDECAR__ENCODER__MODELS")
+    if not model:
+        problems.append(f"service {name}: SIDECAR__ENCODER__MODELS is not set, so it serves no model")
+    for path in [model or ""] + str(env.get("SIDECAR__INGEST__PIPELINES", "")).split(","):
+        if not path:
+            continue
+        mount = next((m for m in mounts if path.startswith(m + "/")), None)
+        if mount is None:
+            problems.append(f"service {name}: {path} is not under a mounted folder")
+        elif not (root / mounts[mount].lstrip("./") / path[len(mount) + 1:]).parent.exists():
+            problems.append(f"service {name}: {path} maps to a folder the repository does not have")
+gpu_env = services.get("sidecar-gpu", {}).get("environment", {})
+if not str(gpu_env.get("SIDECAR__ENCODER__EXECUTION_PROVIDERS", "")).startswith("cuda"):
+    problems.append("sidecar-gpu must try the CUDA execution provider first")
+if str(gpu_env.get("SIDECAR__ENCODER__REQUIRE_GPU", "")).lower() != "true":
+    problems.append("sidecar-gpu must require the GPU (encoder.require_gpu)")
 
 lib = (root / "scripts/lib.sh").read_text()
 for key in ("ORT_VERSION", "ORT_WHEEL_SHA256", "ORT_LIB_SHA256"):
