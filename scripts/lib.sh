@@ -26,6 +26,35 @@ need() {
 
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
+# Elasticsearch test nodes: the integ-test-zip distribution from Maven Central (no JDK inside).
+# "elasticsearch" is the 8.x line (Java 17), "elasticsearch9" the 9.x line (Java 21+).
+ES8_VERSION="8.19.21"
+ES8_ZIP_SHA256="215d5f3dbf0609a149f6218a9e47b6ae2df34ebbff3c5754e35f15a5e5393c8a"
+ES9_VERSION="9.5.3"
+ES9_ZIP_SHA256="bec49f3b8d00e75c8d1cec85c35298635ec9fbd3ae80ef5aeb6bc05abdb3db2d"
+MAVEN_CENTRAL="${SIDECAR_MAVEN_CENTRAL:-https://repo1.maven.org/maven2}"
+
+# The engine flavour: opensearch (default), elasticsearch (8.x) or elasticsearch9.
+engine_flavor() {
+  local f=${1:-${ENGINE:-opensearch}}
+  case "$f" in
+    opensearch | elasticsearch | elasticsearch9) echo "$f" ;;
+    elasticsearch8 | es | es8) echo elasticsearch ;;
+    es9) echo elasticsearch9 ;;
+    *) die "unknown engine flavour '$f' (opensearch, elasticsearch, elasticsearch9)" ;;
+  esac
+}
+
+# Java 21+ for Elasticsearch 9 (the Temurin 25 JDK installed beside Java 17); SIDECAR_JAVA21 overrides.
+java21_home() {
+  if [ -n "${SIDECAR_JAVA21:-}" ]; then echo "$SIDECAR_JAVA21"; return; fi
+  local j
+  for j in /usr/lib/jvm/temurin-25-jdk-amd64 /usr/lib/jvm/temurin-25-jdk /usr/lib/jvm/java-21-openjdk-amd64; do
+    [ -x "$j/bin/java" ] && { echo "$j"; return; }
+  done
+  die "Elasticsearch 9 needs Java 21 or newer (set SIDECAR_JAVA21 to a JDK home)"
+}
+
 # Java 17 for OpenSearch 2.19 (newer JDKs drop APIs it touches); SIDECAR_JAVA overrides.
 java_bin() {
   if [ -n "${SIDECAR_JAVA:-}" ]; then echo "$SIDECAR_JAVA"; return; fi

@@ -375,14 +375,17 @@ pub fn reindex(
         let metrics = Metrics::new();
         let encoders = Arc::new(load_encoders(&settings, &metrics).await?);
         let e = &settings.encoder;
-        let reindexer = Arc::new(Reindexer::new(
-            engine,
-            encoders,
-            pipelines.into_iter().map(Arc::new).collect(),
-            e.max_input_chars,
-            e.max_inputs_per_request,
-            metrics,
-        ));
+        let reindexer = Arc::new(
+            Reindexer::new(
+                engine,
+                encoders,
+                pipelines.into_iter().map(Arc::new).collect(),
+                e.max_input_chars,
+                e.max_inputs_per_request,
+                metrics,
+            )
+            .with_lease(settings.reindex.lease),
+        );
         let state = reindexer.prepare(req).await?;
         eprintln!(
             "job {}: {} → {} ({} documents{}), resume with --resume {}",

@@ -14,7 +14,8 @@ use tokio::sync::OnceCell;
 
 use crate::encoder::{EncodeOptions, EncoderError, EncoderSet, Input, Lane, Pooled, TextKind};
 use crate::engine::dialect::Dialect;
-use crate::engine::{with_query, EngineClient, EngineError, EngineRequest, EngineResponse};
+use crate::engine::path::{EnginePath, IndexName, IndexPattern, QueryString};
+use crate::engine::{EngineClient, EngineError, EngineRequest, EngineResponse};
 use crate::error::ErrorCode;
 use crate::ingest::pipeline::Pipeline;
 use crate::query::answer::{engine_hits, leg_of, sidecar_page, Leg};
@@ -111,7 +112,9 @@ impl Searcher {
         self.caps
             .get_or_try_init(|| async {
                 let info = self.engine.info().await?;
-                let mut caps = Capabilities { info, rrf_licensed: false, license: None, neural_search: false };
+                let mut caps = Capabilities::of(info);
+                caps.modules = self.node_modules().await;
+                caps.missing_analyzers = self.missing_analyzers().await;
                 match caps.info.dialect {
                     Dialect::Elasticsearch => {
                         if let Ok(v) = self.engine.get_json::<Value>("/_license").await {
@@ -135,6 +138,41 @@ impl Searcher {
                 Ok(caps)
             })
             .await
+    }
+
+    /// The modules and plugins that every node has, or `None` when `_nodes/plugins` does not say.
+    async fn node_modules(&self) -> Option<BTreeSet<String>> {
+        let v: Value =
+            self.engine.get_json("/_nodes/plugins?filter_path=nodes.*.modules.name,nodes.*.plugins.name").await.ok()?;
+        let nodes = v.get("nodes")?.as_object()?;
+        let mut all: Option<BTreeSet<String>> = None;
+        for node in nodes.values() {
+            let names: BTreeSet<String> = ["modules", "plugins"]
+                .iter()
+                .filter_map(|k| node.get(*k).and_then(Value::as_array))
+                .flatten()
+                .filter_map(|m| m.get("name").and_then(Value::as_str).map(String::from))
+                .collect();
+            all = Some(match all {
+                None => names,
+                Some(a) => a.intersection(&names).cloned().collect(),
+            });
+        }
+        all
+    }
+
+    /// The analyzers pipelines may name (`english`, `cjk`) that `_analyze` refuses here.
+    async fn missing_analyzers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for name in ["english", "cjk"] {
+            let req = EngineRequest::new(Method::POST, "/_analyze")
+                .json(&json!({"analyzer": name, "text": "probe"}))
+                .idempotent(true);
+            if let Err(EngineError::Rejected { status: 400, .. }) = self.engine.send(req).await {
+                out.push(name.to_string());
+            }
+        }
+        out
     }
 
     async fn encode_query(&self, model: &str, text: &str) -> Result<Vec<f32>, SearchError> {
@@ -245,7 +283,7 @@ impl Searcher {
         vector: &[f32],
         caps: &Capabilities,
         extra: Option<&Map<String, Value>>,
-        query_string: Option<&str>,
+        query_string: Option<&QueryString>,
     ) -> Result<(Value, Value), SearchError> {
         let mut eq = build::engine_query(plan, vector, caps)?;
         if let (Some(m), Some(extra)) = (eq.body.as_object_mut(), extra) {
@@ -253,13 +291,13 @@ impl Searcher {
                 m.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
-        let mut params: Vec<String> = query_string.filter(|q| !q.is_empty()).map(String::from).into_iter().collect();
+        let mut params = query_string.cloned().unwrap_or_default();
         if let Some((name, def)) = &eq.pipeline {
             self.ensure_pipeline(name, def).await?;
-            params.push(format!("search_pipeline={name}"));
+            params.push("search_pipeline", name);
         }
-        let path =
-            format!("/{}/_search{}{}", plan.target.index, if params.is_empty() { "" } else { "?" }, params.join("&"));
+        let index = IndexName::try_from(plan.target.index.as_str()).map_err(|e| QueryError::Invalid(e.to_string()))?;
+        let path = EnginePath::root().index(&index).api("_search").query(&params).build();
         let resp = self.post_json(path, &eq.body).await?;
         let mut info = json!({"by": "engine", "method": eq.method});
         if let Resolved::Engine { weight, rank_constant, normalization, .. } = plan.fusion {
@@ -327,13 +365,24 @@ impl Searcher {
     /// `POST /{index}/_search`: passthrough, or the hybrid clause / automatic rewrite.
     pub async fn es_search(
         &self,
-        index: &str,
-        query_string: Option<&str>,
+        pattern: &IndexPattern,
+        query_string: &QueryString,
         body: Bytes,
     ) -> Result<EsAnswer, SearchError> {
         let started = Instant::now();
-        let path = with_query(format!("/{index}/_search"), query_string);
-        let parsed: Option<Value> = if body.is_empty() { None } else { serde_json::from_slice(&body).ok() };
+        let path = EnginePath::root().pattern(pattern).api("_search").query(query_string).build();
+        let joined = pattern.parts().collect::<Vec<_>>().join(",");
+        let index = joined.as_str();
+        // a body is parsed before anything is forwarded: never passed on unread
+        let parsed: Option<Value> = if body.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(v @ Value::Object(_)) => Some(v),
+                Ok(_) => return Err(QueryError::Invalid("the search body must be a JSON object".into()).into()),
+                Err(e) => return Err(QueryError::Invalid(format!("the search body is not JSON: {e}")).into()),
+            }
+        };
         let pipeline = self.pipelines.iter().find(|p| p.index == index);
         let target = pipeline.map(|p| Target::of(p));
         let rewrite = match &parsed {
@@ -392,7 +441,7 @@ impl Searcher {
                 let caps = self.capabilities().await?;
                 let vector = self.query_vector(caps, &plan).await?;
                 if let (Mode::Hybrid, Resolved::Engine { .. }, Some(v)) = (plan.mode, plan.fusion, vector.as_deref()) {
-                    let (mut resp, _) = self.engine_fused(&plan, v, caps, Some(&rest), query_string).await?;
+                    let (mut resp, _) = self.engine_fused(&plan, v, caps, Some(&rest), Some(query_string)).await?;
                     let hits = engine_hits(&plan, &resp, None);
                     if let Some(h) = resp.pointer_mut("/hits/hits") {
                         *h = Value::Array(hits);

@@ -152,7 +152,20 @@ pub struct Settings {
     pub encoder: EncoderSettings,
     pub ingest: IngestSettings,
     pub search: SearchSettings,
+    pub reindex: ReindexSettings,
     pub log: LogSettings,
+}
+
+/// Reindex jobs shared by several sidecars on one cluster (`[reindex]`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReindexSettings {
+    /// How long a job's lease lasts without renewal; the replica running it renews it every
+    /// third of that. A job whose lease ran out is taken over by another replica.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// `serve` adopts running jobs whose lease ran out (their replica died).
+    pub adopt_orphans: bool,
 }
 
 /// Bounds and defaults of the search APIs (`/search`, the hybrid clause of `_search`).
@@ -339,6 +352,9 @@ impl Settings {
 
     /// Checks what types alone cannot; every error names its key.
     pub fn validate(&self) -> Result<(), SettingsError> {
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.reindex.lease) {
+            return Err(SettingsError::invalid("reindex.lease", "must be between 1s and 1h"));
+        }
         let s = &self.server;
         s.listen.parse::<SocketAddr>().map_err(|_| {
             SettingsError::invalid("server.listen", format!("`{}` is not an address like 127.0.0.1:8080", s.listen))

@@ -1,9 +1,9 @@
-//! The engine client against the real OpenSearch node (scripts/engine): detection, a k-NN index
-//! lifecycle, typed errors for auth failures, blocks and unreachable engines.
+//! The engine client against the real node (scripts/engine: OpenSearch or Elasticsearch): detection,
+//! a vector index lifecycle, typed errors for auth failures, blocks and unreachable engines.
 
 mod common;
 
-use common::{dead_url, engine_settings, engine_url, unique_index, FaultProxy};
+use common::{dead_url, engine_flavor, engine_flavor_name, engine_settings, engine_url, unique_index, FaultProxy};
 use reqwest::Method;
 use semantic_sidecar::engine::{Dialect, EngineClient, EngineError, EngineRequest, Flavor};
 use semantic_sidecar::error::ErrorCode;
@@ -17,36 +17,60 @@ fn client(url: &str, extra: &[(&str, &str)]) -> EngineClient {
 async fn detects_flavour_and_version_of_the_real_node() {
     let c = client(&engine_url(), &[]);
     let info = c.info().await.unwrap();
-    assert_eq!(info.flavor, Flavor::Opensearch);
-    assert_eq!(info.dialect, Dialect::Opensearch);
-    assert_eq!(info.version.major, 2);
-    assert!(info.version.minor >= 19, "{}", info.version);
-    assert_eq!(info.vector_field_type(), "knn_vector");
+    assert_eq!(info.flavor, engine_flavor());
+    match engine_flavor_name().as_str() {
+        "opensearch" => {
+            assert_eq!(info.dialect, Dialect::Opensearch);
+            assert_eq!((info.version.major, info.version.minor), (2, 19), "{}", info.version);
+            assert_eq!(info.vector_field_type(), "knn_vector");
+        }
+        name => {
+            assert_eq!(info.dialect, Dialect::Elasticsearch);
+            let major = if name == "elasticsearch9" { 9 } else { 8 };
+            assert_eq!(info.version.major, major, "{}", info.version);
+            assert_eq!(info.vector_field_type(), "dense_vector");
+        }
+    }
     assert_eq!(info.cluster_name.as_deref(), Some("semantic-sidecar-dev"));
 }
 
 #[tokio::test]
 async fn a_flavour_mismatch_with_the_configuration_is_reported() {
-    let c = client(&engine_url(), &[("SIDECAR__ENGINE__FLAVOR", "elasticsearch")]);
+    let (wrong, right) = match engine_flavor() {
+        Flavor::Opensearch => ("elasticsearch", "opensearch"),
+        Flavor::Elasticsearch => ("opensearch", "elasticsearch"),
+    };
+    let c = client(&engine_url(), &[("SIDECAR__ENGINE__FLAVOR", wrong)]);
     let e = c.info().await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::EngineUnsupported);
-    assert!(e.to_string().contains("opensearch"), "{e}");
-    let ok = client(&engine_url(), &[("SIDECAR__ENGINE__FLAVOR", "opensearch")]);
+    assert!(e.to_string().contains(right), "{e}");
+    let ok = client(&engine_url(), &[("SIDECAR__ENGINE__FLAVOR", right)]);
     assert!(ok.info().await.is_ok());
 }
 
 #[tokio::test]
-async fn knn_vector_index_lifecycle_with_knn_and_match_queries() {
+async fn vector_index_lifecycle_with_knn_and_match_queries() {
     let c = client(&engine_url(), &[]);
     let index = unique_index("engine-knn");
-    let mapping = json!({
-        "settings": {"index": {"knn": true, "number_of_shards": 1, "number_of_replicas": 0}},
-        "mappings": {"properties": {
-            "title": {"type": "text"},
-            "vec": {"type": "knn_vector", "dimension": 4,
-                    "method": {"engine": "lucene", "name": "hnsw", "space_type": "cosinesimil"}}
-        }}
-    });
+    let es = engine_flavor() == Flavor::Elasticsearch;
+    let mapping = if es {
+        json!({
+            "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}},
+            "mappings": {"properties": {
+                "title": {"type": "text"},
+                "vec": {"type": "dense_vector", "dims": 4, "index": true, "similarity": "cosine"}
+            }}
+        })
+    } else {
+        json!({
+            "settings": {"index": {"knn": true, "number_of_shards": 1, "number_of_replicas": 0}},
+            "mappings": {"properties": {
+                "title": {"type": "text"},
+                "vec": {"type": "knn_vector", "dimension": 4,
+                        "method": {"engine": "lucene", "name": "hnsw", "space_type": "cosinesimil"}}
+            }}
+        })
+    };
     c.send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&mapping)).await.unwrap();
 
     let docs = [
@@ -67,7 +91,12 @@ async fn knn_vector_index_lifecycle_with_knn_and_match_queries() {
     assert_eq!(bulk["errors"], json!(false), "{bulk}");
     assert_eq!(bulk["items"].as_array().unwrap().len(), 4);
 
-    let knn = json!({"size": 2, "query": {"knn": {"vec": {"vector": [0.1, 0.05, 0.9, 0.0], "k": 2}}}});
+    let q = [0.1, 0.05, 0.9, 0.0];
+    let knn = if es {
+        json!({"size": 2, "knn": {"field": "vec", "query_vector": q, "k": 2, "num_candidates": 10}})
+    } else {
+        json!({"size": 2, "query": {"knn": {"vec": {"vector": q, "k": 2}}}})
+    };
     let hits: Value = c
         .send(EngineRequest::new(Method::POST, format!("/{index}/_search")).json(&knn).idempotent(true))
         .await
@@ -87,7 +116,8 @@ async fn knn_vector_index_lifecycle_with_knn_and_match_queries() {
     assert_eq!(hits["hits"]["hits"][0]["_id"], "b");
 
     let mapping: Value = c.get_json(&format!("/{index}/_mapping")).await.unwrap();
-    assert_eq!(mapping[&index]["mappings"]["properties"]["vec"]["type"], "knn_vector");
+    let want = if es { "dense_vector" } else { "knn_vector" };
+    assert_eq!(mapping[&index]["mappings"]["properties"]["vec"]["type"], want);
 
     c.send(EngineRequest::new(Method::DELETE, format!("/{index}"))).await.unwrap();
     let gone = c.send(EngineRequest::new(Method::GET, format!("/{index}"))).await.unwrap_err();
@@ -105,11 +135,14 @@ async fn knn_vector_index_lifecycle_with_knn_and_match_queries() {
 async fn bad_requests_carry_the_engine_reason() {
     let c = client(&engine_url(), &[]);
     let index = unique_index("engine-bad");
-    let bad = json!({"mappings": {"properties": {"v": {"type": "knn_vector", "dimension": 0}}}});
+    let bad = match engine_flavor() {
+        Flavor::Opensearch => json!({"mappings": {"properties": {"v": {"type": "knn_vector", "dimension": 0}}}}),
+        Flavor::Elasticsearch => json!({"mappings": {"properties": {"v": {"type": "dense_vector", "dims": 0}}}}),
+    };
     let e = c.send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&bad)).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::EngineRejected);
     assert_eq!(e.engine_status(), Some(400));
-    assert!(e.to_string().to_lowercase().contains("dimension"), "{e}");
+    assert!(e.to_string().to_lowercase().contains("dim"), "{e}");
 }
 
 #[tokio::test]
@@ -157,7 +190,7 @@ async fn rejected_credentials_are_a_typed_auth_error() {
         &proxy.url,
         &[("SIDECAR__ENGINE__USERNAME", "elastic"), ("SIDECAR__ENGINE__PASSWORD", "right-password")],
     );
-    assert_eq!(right.info().await.unwrap().flavor, Flavor::Opensearch);
+    assert_eq!(right.info().await.unwrap().flavor, engine_flavor());
 }
 
 #[tokio::test]
@@ -176,6 +209,6 @@ async fn a_second_url_takes_over_when_the_first_is_down() {
     let urls = format!("{dead},{}", engine_url());
     let c = client(&urls, &[("SIDECAR__ENGINE__RETRY__MAX_RETRIES", "3")]);
     for _ in 0..4 {
-        assert_eq!(c.info().await.unwrap().flavor, Flavor::Opensearch);
+        assert_eq!(c.info().await.unwrap().flavor, engine_flavor());
     }
 }

@@ -1,18 +1,20 @@
 //! Pipelines and index mappings: every pipeline file parses; Elasticsearch bodies match reviewed
-//! snapshots for 8.x and 9.x; OpenSearch bodies apply to the real node and hold vectors; and
-//! `index create|check` work against it.
+//! snapshots for 8.x and 9.x; the bodies of the engine under test (OpenSearch, or Elasticsearch
+//! with every index_type it offers: flat, hnsw, int8_hnsw, bbq_hnsw) apply to the real node and
+//! hold vectors found by kNN; and `index create|check` work against it.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{engine_settings, engine_url, ort_library, unique_index};
+use common::{engine_settings, engine_url, on_elasticsearch, ort_library, unique_index};
 use reqwest::Method;
 use semantic_sidecar::engine::dialect::detect;
+use semantic_sidecar::engine::Dialect;
 use semantic_sidecar::engine::{EngineClient, EngineRequest};
 use semantic_sidecar::ingest::mapping::{compare, index_body, ModelShape};
-use semantic_sidecar::ingest::pipeline::Pipeline;
+use semantic_sidecar::ingest::pipeline::{IndexType, Pipeline};
 use serde_json::{json, Value};
 
 fn pipelines_dir() -> PathBuf {
@@ -47,35 +49,60 @@ fn elasticsearch_bodies_match_the_reviewed_snapshots() {
 }
 
 #[tokio::test]
-async fn opensearch_bodies_apply_to_the_real_node_and_hold_vectors() {
+async fn the_engines_bodies_apply_to_the_real_node_and_hold_vectors() {
     let c = EngineClient::new(&engine_settings(&engine_url(), &[]).engine).unwrap();
     let info = c.info().await.unwrap();
-    for mut p in Pipeline::load_dir(&pipelines_dir()).unwrap() {
-        p.index = unique_index(&format!("map-{}", p.name));
-        let body = index_body(&info, &p, MINILM).unwrap();
-        c.send(EngineRequest::new(Method::PUT, format!("/{}", p.index)).json(&body))
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e}", p.name));
-        let got: Value = c.get_json(&format!("/{}/_mapping", p.index)).await.unwrap();
-        let diffs = compare(&got[&p.index]["mappings"], &body);
-        assert!(diffs.is_empty(), "{}: {diffs:?}", p.name);
+    // Elasticsearch: every index_type it offers; OpenSearch: the pipeline's own and the two it has
+    let types: &[IndexType] = match info.dialect {
+        Dialect::Elasticsearch => &[IndexType::Flat, IndexType::Hnsw, IndexType::Int8Hnsw, IndexType::BbqHnsw],
+        Dialect::Opensearch => &[IndexType::Hnsw, IndexType::Int8Hnsw],
+    };
+    let mut applied = 0;
+    for base in Pipeline::load_dir(&pipelines_dir()).unwrap() {
+        for &t in types {
+            let mut p = base.clone();
+            p.vector_index.index_type = t;
+            p.index = unique_index(&format!("map-{}", p.name));
+            let what = format!("{} with {t:?}", p.name);
+            let body = index_body(&info, &p, MINILM).unwrap_or_else(|e| panic!("{what}: {e}"));
+            c.send(EngineRequest::new(Method::PUT, format!("/{}", p.index)).json(&body))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let got: Value = c.get_json(&format!("/{}/_mapping", p.index)).await.unwrap();
+            let diffs = compare(&got[&p.index]["mappings"], &body);
+            assert!(diffs.is_empty(), "{what}: {diffs:?}");
 
-        // a document with a unit vector is stored and found by kNN
-        let mut v = vec![0.0f32; 384];
-        v[7] = 1.0;
-        let vector_field = &p.fields[0].vector;
-        let doc = json!({"title": "t", "text": "body", vector_field: v});
-        c.send(EngineRequest::new(Method::PUT, format!("/{}/_doc/1?refresh=true", p.index)).json(&doc)).await.unwrap();
-        let q = json!({"size": 1, "query": {"knn": {vector_field: {"vector": v, "k": 1}}}});
-        let hits: Value = c
-            .send(EngineRequest::new(Method::POST, format!("/{}/_search", p.index)).json(&q).idempotent(true))
-            .await
-            .unwrap()
-            .json()
-            .unwrap();
-        assert_eq!(hits["hits"]["hits"][0]["_id"], "1", "{}: {hits}", p.name);
-        c.send(EngineRequest::new(Method::DELETE, format!("/{}", p.index))).await.unwrap();
+            // a document with a unit vector is stored and found by kNN
+            let mut v = vec![0.0f32; 384];
+            v[7] = 1.0;
+            let mut w = vec![0.0f32; 384];
+            w[8] = 1.0;
+            let vector_field = &p.fields[0].vector;
+            for (id, vec) in [("1", &v), ("2", &w)] {
+                let doc = json!({"title": "t", "text": "body", vector_field: vec});
+                let path = format!("/{}/_doc/{id}?refresh=true", p.index);
+                c.send(EngineRequest::new(Method::PUT, path).json(&doc))
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+            let q = match info.dialect {
+                Dialect::Elasticsearch => {
+                    json!({"size": 1, "knn": {"field": vector_field, "query_vector": v, "k": 1, "num_candidates": 10}})
+                }
+                Dialect::Opensearch => json!({"size": 1, "query": {"knn": {vector_field: {"vector": v, "k": 1}}}}),
+            };
+            let hits: Value = c
+                .send(EngineRequest::new(Method::POST, format!("/{}/_search", p.index)).json(&q).idempotent(true))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"))
+                .json()
+                .unwrap();
+            assert_eq!(hits["hits"]["hits"][0]["_id"], "1", "{what}: {hits}");
+            c.send(EngineRequest::new(Method::DELETE, format!("/{}", p.index))).await.unwrap();
+            applied += 1;
+        }
     }
+    assert!(applied >= 6, "applied {applied} bodies");
 }
 
 fn sidecar(args: &[&str]) -> std::process::Output {
@@ -114,17 +141,30 @@ async fn index_create_then_check_and_a_mismatch_explained() {
     // an index made by hand with the wrong dimension and similarity
     let c = EngineClient::new(&engine_settings(&engine_url(), &[]).engine).unwrap();
     let wrong = unique_index("cli-wrong");
-    let body = json!({"settings": {"index.knn": true}, "mappings": {"properties": {
-        "title": {"type": "text"}, "text": {"type": "text"},
-        "text_vector": {"type": "knn_vector", "dimension": 768, "method": {"name": "hnsw", "engine": "lucene", "space_type": "l2"}}
-    }}});
+    let es = on_elasticsearch();
+    let body = if es {
+        json!({"mappings": {"properties": {
+            "title": {"type": "text"}, "text": {"type": "text"},
+            "text_vector": {"type": "dense_vector", "dims": 768, "index": true, "similarity": "l2_norm"}
+        }}})
+    } else {
+        json!({"settings": {"index.knn": true}, "mappings": {"properties": {
+            "title": {"type": "text"}, "text": {"type": "text"},
+            "text_vector": {"type": "knn_vector", "dimension": 768, "method": {"name": "hnsw", "engine": "lucene", "space_type": "l2"}}
+        }}})
+    };
     c.send(EngineRequest::new(Method::PUT, format!("/{wrong}")).json(&body)).await.unwrap();
     std::fs::write(&file, std::fs::read_to_string(&file).unwrap().replace(&index, &wrong)).unwrap();
     let o = sidecar(&["index", "check", "--pipeline", f]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("dimension 768") && err.contains("384"), "{err}");
-    assert!(err.contains("space_type \"l2\""), "{err}");
+    if es {
+        assert!(err.contains("dims 768") && err.contains("384"), "{err}");
+        assert!(err.contains("similarity \"l2_norm\""), "{err}");
+    } else {
+        assert!(err.contains("dimension 768") && err.contains("384"), "{err}");
+        assert!(err.contains("space_type \"l2\""), "{err}");
+    }
     assert!(err.contains("`content_hash` is missing") && err.contains("`passages` is missing"), "{err}");
 
     for i in [index, wrong] {

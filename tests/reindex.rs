@@ -1,7 +1,10 @@
-//! Reindex jobs against the real OpenSearch node and the real model: a few thousand SciFact-derived
+//! Reindex jobs against the real engine node and the real model: a few thousand SciFact-derived
 //! documents get vectors equal to `/embed`, the alias moves; the CLI is SIGKILLed at three points
 //! and resumed; the engine restarts mid-job; bulk items get 429s through the fault proxy; a
-//! document that can never be written lands in the error index; a job is cancelled and resumed.
+//! document that can never be written lands in the error index; a job is cancelled and resumed;
+//! two sidecar processes share a job through its lease and the survivor adopts it when its owner is
+//! SIGKILLed; and (Elasticsearch) a node of a three-node cluster is killed during a reindex and a
+//! query load.
 
 mod common;
 
@@ -39,8 +42,12 @@ fn scifact(n: usize) -> Vec<Value> {
 
 /// A plain source index (no vectors) with `n` SciFact documents, written straight to the engine.
 async fn source_index(engine: &EngineClient, n: usize, year: impl Fn(usize) -> Value) -> String {
+    source_index_with(engine, n, 0, year).await
+}
+
+async fn source_index_with(engine: &EngineClient, n: usize, replicas: u32, year: impl Fn(usize) -> Value) -> String {
     let index = unique_index("rxsrc");
-    let body = json!({"settings": {"number_of_shards": 2, "number_of_replicas": 0}, "mappings": {"properties": {"year": {"type": "keyword"}}}});
+    let body = json!({"settings": {"number_of_shards": 2, "number_of_replicas": replicas}, "mappings": {"properties": {"year": {"type": "keyword"}}}});
     engine.send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&body)).await.unwrap();
     for (c, chunk) in scifact(n).chunks(1000).enumerate() {
         let mut bulk = String::new();
@@ -199,6 +206,8 @@ fn cli(engine: &str, pipeline_file: &Path, args: &[&str]) -> std::process::Child
         .env("SIDECAR__ENGINE__URLS", engine)
         .env("ORT_DYLIB_PATH", ort_library())
         .env("SIDECAR__ENCODER__MODELS", common::default_model_dir())
+        // a killed CLI's lease runs out quickly, so that the resuming one need not wait long
+        .env("SIDECAR__REINDEX__LEASE", "3s")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -314,9 +323,15 @@ async fn a_document_that_can_never_be_written_goes_to_the_error_index_with_its_r
     .await;
     // the target exists already and maps year as an integer
     let target = format!("{source}-v2");
-    let body = json!({"settings": {"index": {"knn": true, "number_of_replicas": 0}}, "mappings": {"properties": {
-        "year": {"type": "integer"},
-        "title_vector": {"type": "knn_vector", "dimension": 384, "method": {"name": "hnsw", "engine": "lucene", "space_type": "cosinesimil"}}}}});
+    let body = if common::on_elasticsearch() {
+        json!({"settings": {"index": {"number_of_replicas": 0}}, "mappings": {"properties": {
+            "year": {"type": "integer"},
+            "title_vector": {"type": "dense_vector", "dims": 384, "index": true, "similarity": "cosine"}}}})
+    } else {
+        json!({"settings": {"index": {"knn": true, "number_of_replicas": 0}}, "mappings": {"properties": {
+            "year": {"type": "integer"},
+            "title_vector": {"type": "knn_vector", "dimension": 384, "method": {"name": "hnsw", "engine": "lucene", "space_type": "cosinesimil"}}}}})
+    };
     engine.send(EngineRequest::new(Method::PUT, format!("/{target}")).json(&body)).await.unwrap();
     let s = sidecar(&url, vec![pipeline(&source)]).await;
     let id = s.start(json!({"pipeline": format!("rx-{source}"), "target": target})).await;
@@ -414,4 +429,242 @@ async fn an_engine_restart_mid_job_is_waited_out_and_the_counts_are_exact() {
     assert_eq!((progress(&j, "read"), progress(&j, "written"), progress(&j, "failed")), (n, n, 0));
     assert!(j["slices"][0]["outages"].as_u64().unwrap() > 0, "the outage was not noticed: {j}");
     exact(&engine, &target, n).await;
+}
+
+/// Three master-eligible Elasticsearch nodes of this test's own on loopback, replicas 1, the
+/// sidecar given all three URLs. The elected master is SIGKILLed while a reindex runs and
+/// clients search through the sidecar: reads keep answering, `/readyz` shows the dead node, and
+/// the reindex ends with exactly N documents, every one with its vector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_a_node_of_three_keeps_reads_answering_and_the_reindex_exact() {
+    if !common::on_elasticsearch() {
+        common::not_on_this_engine(
+            "losing_a_node_of_three",
+            "the OpenSearch launcher runs one node in one JVM; the three-node test runs on Elasticsearch",
+        );
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let run_dir = tempfile::tempdir().unwrap();
+    let engine_cmd = |arg: &[&str]| {
+        let out = Command::new(root.join("scripts/engine"))
+            .args(arg)
+            .env("SIDECAR_RUN_DIR", run_dir.path())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "scripts/engine {arg:?} failed");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let flavor = common::engine_flavor_name();
+    tokio::task::block_in_place(|| engine_cmd(&["start", "--fresh", "--flavor", &flavor, "--nodes", "3"]));
+    struct Stop<'a>(&'a dyn Fn(&[&str]) -> String);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(&["stop"])));
+        }
+    }
+    let _stop = Stop(&engine_cmd);
+    let urls = tokio::task::block_in_place(|| engine_cmd(&["urls"]));
+    assert_eq!(urls.split(',').count(), 3, "{urls}");
+    let engine = EngineClient::new(&encoder_settings(&[("SIDECAR__ENGINE__URLS", &urls)]).engine).unwrap();
+    let n = 1500u64;
+    let source = source_index_with(&engine, n as usize, 1, |i| json!(i.to_string())).await;
+    let health: Value =
+        engine.get_json(&format!("/_cluster/health/{source}?wait_for_status=green&timeout=60s")).await.unwrap();
+    assert_eq!(health["status"], "green", "{health}");
+    let mut p = pipeline(&source);
+    p.replicas = 1;
+    let s = sidecar(&urls, vec![p]).await;
+    let target = format!("{source}-v2");
+    let id =
+        s.start(json!({"pipeline": format!("rx-{source}"), "target": target, "page_size": 50, "bulk_size": 50})).await;
+
+    // a query load through the sidecar for the whole test: ES _search passthrough and _count
+    let stop_load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (url, source, stop) = (s.url.clone(), source.clone(), stop_load.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = http
+                    .post(format!("{url}/{source}/_search"))
+                    .json(&json!({"query": {"match": {"title": "cell"}}, "size": 3}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => ok += 1,
+                    Ok(r) => failed.push(format!("{} {}", r.status(), r.text().await.unwrap_or_default())),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        })
+    };
+    loop {
+        let j = s.job(&id).await;
+        if progress(&j, "read") >= 300 {
+            break;
+        }
+        assert_eq!(j["status"], "running", "{j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGKILL the elected master
+    let master: Value = engine.get_json("/_cat/master?format=json").await.unwrap();
+    let name = master[0]["node"].as_str().unwrap().to_string();
+    let pid_file = run_dir.path().join(format!("engine-home/{name}/server.pid"));
+    let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    let killed = Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    assert!(killed.success());
+    println!("killed the elected master {name} (pid {pid}) at read >= 300");
+
+    // /readyz names the dead node and stays ready
+    let mut degraded = Value::Null;
+    for _ in 0..100 {
+        let r: Value = s.http.get(format!("{}/readyz", s.url)).send().await.unwrap().json().await.unwrap();
+        if r["engine"]["degraded"] == true {
+            degraded = r;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(degraded["status"], "ready", "{degraded}");
+    let down: Vec<&Value> =
+        degraded["engine"]["nodes"].as_array().unwrap().iter().filter(|n| n["up"] == false).collect();
+    assert_eq!(down.len(), 1, "{degraded}");
+
+    let j = s.wait(&id, Duration::from_secs(600)).await;
+    stop_load.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.await.unwrap();
+    println!(
+        "query load: {ok} answered, {} failed {:?}; job {}",
+        failed.len(),
+        failed.iter().take(3).collect::<Vec<_>>(),
+        j["progress"]
+    );
+    assert!(ok > 0);
+    assert!(failed.is_empty(), "reads failed while a node was down: {failed:?}");
+    assert_eq!(j["status"], "done", "{j}");
+    assert_eq!((progress(&j, "read"), progress(&j, "written"), progress(&j, "failed")), (n, n, 0));
+    exact(&engine, &target, n).await;
+}
+
+/// A `semantic-sidecar serve` process of the test's own (it can be SIGKILLed).
+struct ServeProcess {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ServeProcess {
+    fn start(engine: &str, pipeline_file: &Path) -> ServeProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let url_file = dir.path().join("url");
+        let child = Command::new(env!("CARGO_BIN_EXE_semantic-sidecar"))
+            .arg("serve")
+            .arg("--url-file")
+            .arg(&url_file)
+            .env("SIDECAR__ENGINE__URLS", engine)
+            .env("ORT_DYLIB_PATH", ort_library())
+            .env("SIDECAR__ENCODER__MODELS", common::default_model_dir())
+            .env("SIDECAR__INGEST__PIPELINES", pipeline_file)
+            .env("SIDECAR__SERVER__LISTEN", "127.0.0.1:0")
+            .env("SIDECAR__REINDEX__LEASE", "3s")
+            .env("SIDECAR__LOG__LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while !url_file.exists() {
+            assert!(t.elapsed() < Duration::from_secs(60), "serve did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let url = std::fs::read_to_string(&url_file).unwrap().trim().to_string();
+        ServeProcess { child, url, _dir: dir }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two sidecars on one cluster: the job runs on exactly one (its lease names it, the other does
+/// not run it), and when that one is SIGKILLed the other adopts the job within a lease period and
+/// ends it with exactly N documents, every one with its vector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sidecar_adopts_the_job_of_a_killed_one_and_nothing_is_lost_or_doubled() {
+    let url = engine_url();
+    let engine = EngineClient::new(&encoder_settings(&[("SIDECAR__ENGINE__URLS", &url)]).engine).unwrap();
+    let n = 1500u64;
+    let source = source_index(&engine, n as usize, |i| json!(i.to_string())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, pipeline_toml(&source)).unwrap();
+    let (a, b) = tokio::task::block_in_place(|| (ServeProcess::start(&url, &file), ServeProcess::start(&url, &file)));
+    let mut a = a;
+    let http = reqwest::Client::new();
+    let job = |base: &str, id: &str| {
+        let (http, u) = (http.clone(), format!("{base}/_jobs/{id}"));
+        async move { http.get(u).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let target = format!("{source}-v2");
+    let r = http
+        .post(format!("{}/_jobs/reindex", a.url))
+        .json(&json!({"pipeline": format!("rx-{source}"), "target": target, "page_size": 50, "bulk_size": 50}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let id = v["id"].as_str().unwrap_or_else(|| panic!("{v}")).to_string();
+    loop {
+        let j = job(&a.url, &id).await;
+        assert_eq!(j["status"], "running", "{j}");
+        if progress(&j, "read") >= 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // one runner: A holds the lease, B sees the job but does not run it, for longer than a lease
+    let owner_a = job(&a.url, &id).await["lease"]["owner"].as_str().unwrap().to_string();
+    for _ in 0..8 {
+        let on_b = job(&b.url, &id).await;
+        assert_eq!(on_b["running_here"], false, "{on_b}");
+        assert_eq!(on_b["lease"]["owner"], owner_a.as_str(), "{on_b}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let killed_at = Instant::now();
+    println!("SIGKILLed the owner {owner_a} at {}", job(&b.url, &id).await["progress"]);
+    let adopted = loop {
+        let j = job(&b.url, &id).await;
+        if j["running_here"] == true || j["status"] == "done" {
+            break killed_at.elapsed();
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(30), "no adoption within 30 s: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("adopted by the second sidecar {:.1} s after the kill (lease 3 s)", adopted.as_secs_f64());
+    let t = Instant::now();
+    let j = loop {
+        let j = job(&b.url, &id).await;
+        if j["status"] != "running" {
+            break j;
+        }
+        assert!(t.elapsed() < Duration::from_secs(300), "still running: {j}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(j["status"], "done", "{j}");
+    assert_eq!((progress(&j, "read"), progress(&j, "written"), progress(&j, "failed")), (n, n, 0));
+    exact(&engine, &target, n).await;
+    let s = stored(&engine, &id).await;
+    assert!(s["lease"].is_null(), "an ended job holds no lease: {s}");
+    drop(b);
 }

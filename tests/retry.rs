@@ -1,4 +1,4 @@
-//! Retries and backoff, through a fault-injecting proxy in front of the real OpenSearch node.
+//! Retries and backoff, through a fault-injecting proxy in front of the real engine node.
 
 mod common;
 
@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::{engine_settings, engine_url, Fault, FaultProxy};
 use reqwest::Method;
-use semantic_sidecar::engine::{EngineClient, EngineError, EngineRequest, Flavor};
+use semantic_sidecar::engine::{EngineClient, EngineError, EngineRequest};
 use serde_json::json;
 
 fn client(url: &str, max_retries: &str) -> EngineClient {
@@ -18,7 +18,7 @@ async fn succeeds_after_429s() {
     let proxy = FaultProxy::start(&engine_url(), None).await;
     proxy.inject(Fault::Status(429), 2);
     let info = client(&proxy.url, "4").info().await.unwrap();
-    assert_eq!(info.flavor, Flavor::Opensearch);
+    assert_eq!(info.flavor, common::engine_flavor());
     assert_eq!(proxy.count(), 3, "two rejected attempts, then the real answer");
 }
 
@@ -27,7 +27,7 @@ async fn succeeds_after_dropped_connections() {
     let proxy = FaultProxy::start(&engine_url(), None).await;
     proxy.inject(Fault::Drop, 2);
     let info = client(&proxy.url, "4").info().await.unwrap();
-    assert_eq!(info.flavor, Flavor::Opensearch);
+    assert_eq!(info.flavor, common::engine_flavor());
     assert_eq!(proxy.count(), 3);
 }
 

@@ -19,13 +19,21 @@
 //! tasks. Cancel-safety: dropping a request future drops the in-flight HTTP request; nothing is
 //! left half-done on the sidecar side (the engine may still have executed it).
 //!
+//! Headers both ways: a client's `X-Opaque-Id`, `traceparent` and `tracestate` reach the engine
+//! with every request made while serving it ([`forwarding`], a task-local scope set by the HTTP
+//! layer); the engine's `Warning` and `X-Elastic-Product` come back in [`EngineResponse::headers`],
+//! and the product header is remembered ([`EngineClient::product_header`]) so that answers the
+//! sidecar builds itself carry it too (the official Elasticsearch clients refuse a server
+//! without it).
+//!
 //! Not supported: node sniffing, AWS SigV4 signing, cookies, HTTP proxies from the environment.
 
 pub mod dialect;
+pub mod path;
 pub mod retry;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -90,14 +98,6 @@ impl EngineError {
     }
 }
 
-/// `path?query`, or `path` when there is no (or an empty) query string.
-pub fn with_query(path: String, query: Option<&str>) -> String {
-    match query.filter(|q| !q.is_empty()) {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    }
-}
-
 /// A request body.
 #[derive(Clone, Debug)]
 pub enum Body {
@@ -154,6 +154,23 @@ impl EngineRequest {
 pub struct EngineResponse {
     pub status: StatusCode,
     pub body: Bytes,
+    /// The engine's headers a client must see unchanged: [`RESPONSE_HEADERS`].
+    pub headers: HeaderMap,
+}
+
+/// Engine response headers passed back to clients.
+pub const RESPONSE_HEADERS: &[&str] = &["warning", "x-elastic-product"];
+/// Client request headers passed on to the engine.
+pub const FORWARDED_HEADERS: &[&str] = &["x-opaque-id", "traceparent", "tracestate"];
+
+tokio::task_local! {
+    static FORWARDED: HeaderMap;
+}
+
+/// Runs `fut` with `headers` (the client's [`FORWARDED_HEADERS`]) added to every engine request
+/// it makes on this task.
+pub async fn forwarding<F: std::future::Future>(headers: HeaderMap, fut: F) -> F::Output {
+    FORWARDED.scope(headers, fut).await
 }
 
 impl EngineResponse {
@@ -178,6 +195,8 @@ struct Inner {
     flavor: FlavorSetting,
     request_timeout: Duration,
     next: AtomicUsize,
+    /// The engine's `X-Elastic-Product`, once an answer carried it.
+    product: OnceLock<HeaderValue>,
 }
 
 /// The engine client. Clone freely.
@@ -226,6 +245,7 @@ impl EngineClient {
                 flavor: settings.flavor,
                 request_timeout: settings.request_timeout,
                 next: AtomicUsize::new(0),
+                product: OnceLock::new(),
             }),
         })
     }
@@ -233,6 +253,12 @@ impl EngineClient {
     /// The retry policy of `engine.retry` (also used for item-level retries of bulk requests).
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.inner.retry
+    }
+
+    /// The `X-Elastic-Product` header the engine sends, once any answer carried it (Elasticsearch
+    /// only; OpenSearch sends none).
+    pub fn product_header(&self) -> Option<&HeaderValue> {
+        self.inner.product.get()
     }
 
     /// The configured base URLs.
@@ -250,9 +276,34 @@ impl EngineClient {
         self.info_with(&RetryPolicy::none()).await
     }
 
+    /// `GET /` on every configured URL at once, one attempt each, checked like [`Self::info`]:
+    /// which nodes answer (for `/readyz`, which shows a degraded cluster). The URLs come back
+    /// without credentials or paths.
+    pub async fn probe_each(&self) -> Vec<(String, Result<EngineInfo, EngineError>)> {
+        let req = EngineRequest::new(Method::GET, "/");
+        let probes = self.inner.urls.iter().map(|base| {
+            let req = req.clone();
+            async move {
+                let shown = format!("{}://{}", base.scheme(), base.host_str().unwrap_or("?"))
+                    + &base.port().map(|p| format!(":{p}")).unwrap_or_default();
+                let r = match self.attempt(base, &req).await {
+                    Ok(resp) => self.identify(&resp.body),
+                    Err(a) => Err(a.error),
+                };
+                (shown, r)
+            }
+        });
+        futures_util::future::join_all(probes).await
+    }
+
     async fn info_with(&self, policy: &RetryPolicy) -> Result<EngineInfo, EngineError> {
         let resp = self.send_with(EngineRequest::new(Method::GET, "/"), policy).await?;
-        let info = dialect::detect(&resp.body).map_err(|e| match e {
+        self.identify(&resp.body)
+    }
+
+    /// The cluster `GET /` describes, checked against `engine.flavor`.
+    fn identify(&self, body: &[u8]) -> Result<EngineInfo, EngineError> {
+        let info = dialect::detect(body).map_err(|e| match e {
             dialect::DetectError::Malformed(m) => EngineError::InvalidResponse(m),
             unsupported => EngineError::Unsupported(unsupported.to_string()),
         })?;
@@ -326,6 +377,9 @@ impl EngineClient {
             Auth::Basic { username, password } => builder = builder.basic_auth(username, Some(password)),
             Auth::Header(value) => builder = builder.header(AUTHORIZATION, value.clone()),
         }
+        if let Ok(h) = FORWARDED.try_with(HeaderMap::clone) {
+            builder = builder.headers(h);
+        }
         match &req.body {
             Some(Body::Json(b)) => builder = builder.header(CONTENT_TYPE, "application/json").body(b.clone()),
             Some(Body::Ndjson(b)) => builder = builder.header(CONTENT_TYPE, "application/x-ndjson").body(b.clone()),
@@ -336,10 +390,19 @@ impl EngineClient {
             builder.send().await.map_err(|e| AttemptError::from_transport(e, &shown, self.inner.request_timeout))?;
         let status = resp.status();
         let retry_after = retry_after(resp.headers());
+        let mut headers = HeaderMap::new();
+        for name in RESPONSE_HEADERS {
+            for v in resp.headers().get_all(*name) {
+                headers.append(*name, v.clone());
+            }
+        }
+        if let Some(p) = headers.get("x-elastic-product") {
+            let _ = self.inner.product.set(p.clone());
+        }
         let body =
             resp.bytes().await.map_err(|e| AttemptError::from_transport(e, &shown, self.inner.request_timeout))?;
         if status.is_success() || (req.method == Method::HEAD && status == StatusCode::NOT_FOUND) {
-            return Ok(EngineResponse { status, body });
+            return Ok(EngineResponse { status, body, headers });
         }
         let (error_type, reason) = engine_reason(&body);
         let code = status.as_u16();
@@ -351,7 +414,7 @@ impl EngineClient {
             400..=499 => EngineError::Rejected { status: code, error_type, reason },
             _ => EngineError::Failed { status: code, error_type, reason },
         };
-        let answer = Some(EngineResponse { status, body });
+        let answer = Some(EngineResponse { status, body, headers });
         Err(AttemptError { failure: Some(Failure::Status(code)), retry_after, error, answer })
     }
 }

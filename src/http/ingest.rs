@@ -2,8 +2,9 @@
 //! `PUT|POST /{index}/_doc/{id}`, `POST /{index}/_doc`, `PUT|POST /{index}/_create/{id}`.
 //!
 //! Translation only: documents for indices with a pipeline go through the [`Ingestor`] (vectors
-//! added); everything else is forwarded unchanged. The query string (`refresh`, `routing`,
-//! `pipeline`, …) is passed through, and the engine's answer is returned as it came, with the
+//! added); everything else is forwarded unchanged. Index names and ids are parsed and encoded
+//! into the engine path ([`crate::engine::path`]); the query string (`refresh`, `routing`,
+//! `pipeline`, …) is passed through re-encoded from its parsed pairs, and the engine's answer is returned as it came, with the
 //! sidecar's own per-item failures merged in at their positions.
 //!
 //! [`Ingestor`]: crate::ingest::writer::Ingestor
@@ -18,7 +19,8 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::{engine_answer, AppState};
-use crate::engine::{with_query, EngineRequest};
+use crate::engine::path::{DocId, EnginePath, IndexName, QueryString};
+use crate::engine::EngineRequest;
 use crate::error::ErrorCode;
 use crate::ingest::bulk::{self, Action, BulkItem};
 use crate::ingest::writer::{send_bulk, BulkOutcome};
@@ -47,7 +49,13 @@ async fn run_bulk(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let path = with_query(index.as_ref().map_or("/_bulk".to_string(), |i| format!("/{i}/_bulk")), query.as_deref());
+    let q = QueryString::parse(query.as_deref())?;
+    let index_name = index.as_deref().map(IndexName::try_from).transpose()?;
+    let mut path = EnginePath::root();
+    if let Some(i) = &index_name {
+        path = path.index(i);
+    }
+    let path = path.api("_bulk").query(&q).build();
     let mut items = bulk::parse(&body).map_err(|e| invalid(e.reason))?;
     let default_index = index.as_deref();
     let touches_pipeline =
@@ -89,21 +97,20 @@ struct DocTarget {
 /// One document: the same embedding as a one-item bulk, then the original request shape.
 async fn one_doc(state: &AppState, t: DocTarget, query: Option<String>, body: Bytes) -> Result<Response, ApiError> {
     let DocTarget { method, index, id, endpoint, action } = t;
-    let path = with_query(
-        match &id {
-            Some(id) => format!("/{index}/{endpoint}/{id}"),
-            None => format!("/{index}/{endpoint}"),
-        },
-        query.as_deref(),
-    );
-    if state.ingestor.pipeline_for(&index).is_none() {
-        let req = EngineRequest::new(method, path).passthrough();
-        let req = if body.is_empty() { req } else { req.json_bytes(body) };
-        return Ok(engine_answer(state.engine.send(req).await?));
+    let mut q = QueryString::parse(query.as_deref())?;
+    let name = IndexName::try_from(index.as_str())?;
+    let mut base = EnginePath::root().index(&name).api(endpoint);
+    if let Some(id) = &id {
+        base = base.id(&DocId::try_from(id.as_str())?);
     }
+    // the document is parsed before anything is forwarded, pipeline index or not
     let source: Value = serde_json::from_slice(&body).map_err(|e| invalid(format!("the document is not JSON: {e}")))?;
     if !source.is_object() {
         return Err(invalid("the document must be a JSON object"));
+    }
+    if state.ingestor.pipeline_for(&index).is_none() {
+        let req = EngineRequest::new(method, base.query(&q).build()).passthrough().json_bytes(body);
+        return Ok(engine_answer(state.engine.send(req).await?));
     }
     let mut meta = serde_json::Map::new();
     if let Some(id) = &id {
@@ -116,15 +123,13 @@ async fn one_doc(state: &AppState, t: DocTarget, query: Option<String>, body: By
         let body = serde_json::json!({"error": {"type": f.error_type, "reason": f.reason}, "status": f.status});
         return Ok((status, axum::Json(body)).into_response());
     }
-    let path = match (
-        state.ingestor.pipeline_for(&index).and_then(|p| p.engine_pipeline.as_ref()),
-        path.contains("pipeline="),
-    ) {
-        (Some(name), false) => format!("{path}{}pipeline={name}", if path.contains('?') { '&' } else { '?' }),
-        _ => path,
-    };
+    if let (Some(name), None) =
+        (state.ingestor.pipeline_for(&index).and_then(|p| p.engine_pipeline.as_ref()), q.get("pipeline"))
+    {
+        q.push("pipeline", name);
+    }
     let doc = items.pop().and_then(|i| i.source).unwrap_or_default();
-    let req = EngineRequest::new(method, path).json(&doc).passthrough();
+    let req = EngineRequest::new(method, base.query(&q).build()).json(&doc).passthrough();
     Ok(engine_answer(state.engine.send(req).await?))
 }
 

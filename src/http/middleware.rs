@@ -1,5 +1,6 @@
-//! Cross-cutting request handling: API-key authentication, body-size limit, request timeout,
-//! metrics, and turning the framework's plain-text rejections into JSON errors.
+//! Cross-cutting request handling: API-key authentication, body-size limit, gzip request bodies,
+//! request timeout, metrics, the engine's headers on every answer, and turning the framework's
+//! plain-text rejections into JSON errors.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -82,6 +83,73 @@ pub async fn limit_body(State(state): State<AppState>, req: Request, next: Next)
 fn too_large(limit: crate::settings::ByteSize) -> Response {
     ApiError::new(ErrorCode::PayloadTooLarge, format!("request body is larger than server.max_body_size ({limit})"))
         .into_response()
+}
+
+/// Decodes `Content-Encoding: gzip` request bodies (the official clients' `http_compress`), the
+/// decoded size bounded by `server.max_body_size` like any body; other encodings are a 415.
+/// Runs after authentication: nothing is inflated for a client without a key.
+pub async fn decompress(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let encoding =
+        req.headers().get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("identity") | Some("") => return next.run(req).await,
+        Some("gzip" | "x-gzip") => {}
+        Some(other) => {
+            let e = ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("Content-Encoding `{other}` is not supported: send gzip or an uncompressed body"),
+            );
+            return ApiError { status: Some(StatusCode::UNSUPPORTED_MEDIA_TYPE), ..e }.into_response();
+        }
+    }
+    let limit = state.settings.server.max_body_size;
+    let max = usize::try_from(limit.bytes()).unwrap_or(usize::MAX);
+    let (mut parts, body) = req.into_parts();
+    let Ok(compressed) = axum::body::to_bytes(body, max).await else {
+        return too_large(limit);
+    };
+    let inflated = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&compressed[..]).take(max as u64 + 1).read_to_end(&mut out).map(|_| out)
+    })
+    .await;
+    let out = match inflated {
+        Ok(Ok(out)) if out.len() <= max => out,
+        Ok(Ok(_)) => return too_large(limit),
+        Ok(Err(e)) => {
+            return ApiError::new(ErrorCode::InvalidInput, format!("the gzip request body could not be decoded: {e}"))
+                .into_response()
+        }
+        Err(e) => return ApiError::new(ErrorCode::Internal, format!("gzip decoding failed: {e}")).into_response(),
+    };
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    next.run(Request::from_parts(parts, Body::from(out))).await
+}
+
+/// Passes the client's `X-Opaque-Id` / `traceparent` / `tracestate` to every engine request made
+/// for it, echoes `X-Opaque-Id` back as Elasticsearch does, and gives every answer the engine's
+/// `X-Elastic-Product` header when the engine sends one, answers the sidecar builds itself
+/// (fused hybrid results, its own errors) included: the official Elasticsearch clients refuse a
+/// server without it.
+pub async fn engine_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mut forwarded = axum::http::HeaderMap::new();
+    for name in crate::engine::FORWARDED_HEADERS {
+        if let Some(v) = req.headers().get(*name) {
+            forwarded.insert(*name, v.clone());
+        }
+    }
+    let opaque = req.headers().get("x-opaque-id").cloned();
+    let mut resp = crate::engine::forwarding(forwarded, next.run(req)).await;
+    let h = resp.headers_mut();
+    if let (Some(p), false) = (state.engine.product_header(), h.contains_key("x-elastic-product")) {
+        h.insert("x-elastic-product", p.clone());
+    }
+    if let (Some(o), false) = (opaque, h.contains_key("x-opaque-id")) {
+        h.insert("x-opaque-id", o);
+    }
+    resp
 }
 
 /// Gives up on a request after `server.request_timeout` with a JSON 504.

@@ -4,12 +4,15 @@
 //! here; error codes become statuses in [`error`] alone.
 //!
 //! Routes today: `GET /healthz` (the process is up), `GET /readyz` (the engine answers `GET /`
-//! with a supported flavour and version; the loaded models and their execution providers),
+//! with a supported flavour and version; what it lacks, e.g. rank-rrf, painless, reindex,
+//! neural-search or an analyzer; the loaded models and their execution providers),
 //! `GET /metrics` (Prometheus text), the embedding APIs of [`embed`], the ES-compatible write
-//! APIs of [`ingest`], the search APIs of [`search`] and the reindex jobs of [`jobs`].
+//! APIs of [`ingest`], the search APIs of [`search`], the reindex jobs of [`jobs`], and the engine
+//! APIs forwarded unchanged for official clients in [`passthrough`].
 //!
-//! Middleware, outermost first: request id → tracing → metrics → JSON rejections → timeout →
-//! authentication → body-size limit → route. Authentication runs before the body is read.
+//! Middleware, outermost first: request id → tracing → engine headers (X-Opaque-Id/traceparent
+//! forwarded, X-Elastic-Product added) → metrics → JSON rejections → timeout → authentication →
+//! body-size limit → gzip request bodies → route. Authentication runs before the body is read.
 //!
 //! Shutdown: [`serve`] stops accepting on the shutdown signal and lets in-flight requests finish
 //! for up to `server.shutdown_grace`.
@@ -19,6 +22,7 @@ pub mod error;
 pub mod ingest;
 pub mod jobs;
 pub mod middleware;
+pub mod passthrough;
 pub mod search;
 
 use std::future::Future;
@@ -28,7 +32,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -70,14 +74,17 @@ impl AppState {
         let encoders = Arc::new(encoders);
         let ingestor = Arc::new(Ingestor::new(Vec::new(), encoders.clone(), 0, 1).expect("no pipelines"));
         let searcher = Arc::new(Searcher::new(engine.clone(), encoders.clone(), Vec::new(), settings.search.clone()));
-        let jobs = Arc::new(Jobs::new(Arc::new(Reindexer::new(
-            engine.clone(),
-            encoders.clone(),
-            Vec::new(),
-            settings.encoder.max_input_chars,
-            settings.encoder.max_inputs_per_request,
-            metrics.clone(),
-        ))));
+        let jobs = Arc::new(Jobs::new(Arc::new(
+            Reindexer::new(
+                engine.clone(),
+                encoders.clone(),
+                Vec::new(),
+                settings.encoder.max_input_chars,
+                settings.encoder.max_inputs_per_request,
+                metrics.clone(),
+            )
+            .with_lease(settings.reindex.lease),
+        )));
         AppState { settings: Arc::new(settings), engine, metrics, api_keys, encoders, ingestor, searcher, jobs }
     }
 
@@ -93,14 +100,17 @@ impl AppState {
             shared.clone(),
             self.settings.search.clone(),
         ));
-        self.jobs = Arc::new(Jobs::new(Arc::new(Reindexer::new(
-            self.engine.clone(),
-            self.encoders.clone(),
-            shared,
-            e.max_input_chars,
-            e.max_inputs_per_request,
-            self.metrics.clone(),
-        ))));
+        self.jobs = Arc::new(Jobs::new(Arc::new(
+            Reindexer::new(
+                self.engine.clone(),
+                self.encoders.clone(),
+                shared,
+                e.max_input_chars,
+                e.max_inputs_per_request,
+                self.metrics.clone(),
+            )
+            .with_lease(self.settings.reindex.lease),
+        )));
         Ok(self)
     }
 }
@@ -119,20 +129,42 @@ pub fn router(state: AppState) -> Router {
         .route("/_bulk", post(ingest::bulk_all).put(ingest::bulk_all))
         .route("/{index}/_bulk", post(ingest::bulk_index).put(ingest::bulk_index))
         .route("/{index}/_doc", post(ingest::doc_auto_id))
-        .route("/{index}/_doc/{id}", post(ingest::doc_with_id).put(ingest::doc_with_id))
+        .route(
+            "/{index}/_doc/{id}",
+            post(ingest::doc_with_id)
+                .put(ingest::doc_with_id)
+                .get(passthrough::doc)
+                .head(passthrough::doc)
+                .delete(passthrough::doc),
+        )
         .route("/{index}/_create/{id}", post(ingest::create_with_id).put(ingest::create_with_id))
         .route("/search", post(search::search))
         .route("/_jobs/reindex", post(jobs::start))
         .route("/_jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/_search", get(search::search_all).post(search::search_all))
         .route("/{index}/_search", get(search::search_index).post(search::search_index))
+        .route("/", get(passthrough::root).head(passthrough::root))
+        .route(
+            "/{index}",
+            put(passthrough::index).get(passthrough::index).head(passthrough::index).delete(passthrough::index),
+        )
+        .route("/_count", get(passthrough::count_all).post(passthrough::count_all))
+        .route("/{index}/_count", get(passthrough::count).post(passthrough::count))
+        .route("/_refresh", get(passthrough::refresh_all).post(passthrough::refresh_all))
+        .route("/{index}/_refresh", get(passthrough::refresh).post(passthrough::refresh))
+        .route("/_mapping", get(passthrough::mapping_all))
+        .route("/{index}/_mapping", get(passthrough::mapping))
+        .route("/_cluster/health", get(passthrough::cluster_health))
+        .route("/_cluster/health/{index}", get(passthrough::cluster_health_of))
         .fallback(middleware::not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::decompress))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::timeout))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::json_rejections))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::record_metrics))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::engine_headers))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
@@ -159,6 +191,9 @@ fn engine_answer(resp: crate::engine::EngineResponse) -> Response {
     let status = StatusCode::from_u16(resp.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut r = (status, resp.body).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    for (name, value) in &resp.headers {
+        r.headers_mut().append(name, value.clone());
+    }
     r
 }
 
@@ -169,6 +204,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace = state.settings.server.shutdown_grace;
+    // reindex jobs whose sidecar died are adopted by a live one (see reindex's lease notes)
+    let adopter =
+        state.settings.reindex.adopt_orphans.then(|| state.jobs.adopt_orphans(state.settings.reindex.lease / 2));
+    let _stop_adopter = AbortOnDrop(adopter);
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -189,14 +228,40 @@ pub async fn serve(
     }
 }
 
+/// Aborts a background task when the server it belongs to stops.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
+
 async fn healthz() -> Response {
     (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
 }
 
-/// Ready when the engine answers `GET /` with a supported flavour and version (one attempt, no
-/// retries: a probe must not hang on a dead engine longer than `engine.connect_timeout`).
+/// Ready when one of the engine URLs answers `GET /` with a supported flavour and version (each
+/// probed once, at the same time, no retries: a probe must not hang on a dead engine longer than
+/// `engine.connect_timeout`); `engine.nodes` says which URL answered and `degraded` whether any
+/// did not.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.engine.probe().await {
+    let probes = state.engine.probe_each().await;
+    let nodes: Vec<serde_json::Value> = probes
+        .iter()
+        .map(|(url, r)| match r {
+            Ok(_) => json!({"url": url, "up": true}),
+            Err(e) => json!({"url": url, "up": false, "error": {"type": e.code(), "reason": e.to_string()}}),
+        })
+        .collect();
+    let up = probes.iter().find_map(|(_, r)| r.as_ref().ok().cloned());
+    let checked = match up {
+        Some(info) => Ok(info),
+        None => Err(probes.into_iter().find_map(|(_, r)| r.err())),
+    };
+    match checked {
         Ok(info) => {
             state.metrics.engine_up.set(1);
             state.metrics.engine_info.clear();
@@ -205,6 +270,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 .engine_info
                 .get_or_create(&EngineLabels { flavor: info.flavor.to_string(), version: info.version.to_string() })
                 .set(1);
+            // what the cluster lacks (detected once, cached with the search capabilities)
+            let (license, missing) = match state.searcher.capabilities().await {
+                Ok(c) => (json!(c.license), json!(c.missing())),
+                Err(e) => (json!(null), json!([format!("capabilities unknown: {e}")])),
+            };
+            let degraded = nodes.iter().any(|n| n["up"] == false);
             let body = json!({
                 "status": "ready",
                 "engine": {
@@ -212,6 +283,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
                     "version": info.version.to_string(),
                     "dialect": info.dialect,
                     "cluster_name": info.cluster_name,
+                    "license": license,
+                    "missing": missing,
+                    "degraded": degraded,
+                    "nodes": nodes,
                 },
                 "models": state.encoders.infos(),
             });
@@ -219,10 +294,18 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }
         Err(e) => {
             state.metrics.engine_up.set(0);
-            tracing::warn!(error = %e, "readiness probe failed");
+            let error = match e {
+                Some(e) => {
+                    tracing::warn!(error = %e, "readiness probe failed");
+                    json!({"type": e.code(), "reason": e.to_string()})
+                }
+                None => {
+                    json!({"type": crate::error::ErrorCode::EngineUnavailable, "reason": "no engine URL is configured"})
+                }
+            };
             let body = json!({
                 "status": "not_ready",
-                "engine": {"error": {"type": e.code(), "reason": e.to_string()}},
+                "engine": {"error": error, "nodes": nodes},
                 "models": state.encoders.infos(),
             });
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()

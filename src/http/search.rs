@@ -11,8 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::ApiError;
+use super::passthrough;
 use super::{engine_answer, AppState};
-use crate::engine::{with_query, EngineRequest};
+use crate::engine::path::{EnginePath, IndexPattern, QueryString};
+use crate::engine::EngineRequest;
 use crate::error::ErrorCode;
 use crate::query::request::SearchRequest;
 use crate::search::{EsAnswer, SearchError};
@@ -41,7 +43,9 @@ pub async fn search_index(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    match state.searcher.es_search(&index, query.as_deref(), body).await? {
+    let pattern = IndexPattern::try_from(index.as_str())?;
+    let query = QueryString::parse(query.as_deref())?;
+    match state.searcher.es_search(&pattern, &query, body).await? {
         EsAnswer::Raw(resp) => Ok(engine_answer(resp)),
         EsAnswer::Json(v) => Ok(Json(v).into_response()),
     }
@@ -53,9 +57,13 @@ pub async fn search_all(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req = EngineRequest::new(Method::POST, with_query("/_search".to_string(), query.as_deref()))
+    let query = QueryString::parse(query.as_deref())?;
+    let req = EngineRequest::new(Method::POST, EnginePath::root().api("_search").query(&query).build())
         .passthrough()
         .idempotent(true);
-    let req = if body.is_empty() { req } else { req.json_bytes(body) };
+    let req = match passthrough::json_body(&body)? {
+        Some(b) => req.json_bytes(b),
+        None => req,
+    };
     Ok(engine_answer(state.engine.send(req).await?))
 }

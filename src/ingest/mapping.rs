@@ -112,6 +112,12 @@ pub fn index_body(info: &EngineInfo, p: &Pipeline, model: ModelShape) -> Result<
                 info.version
             )))
         }
+        (Dialect::Elasticsearch, IndexType::Flat) if info.version < Version::new(8, 13, 0) => {
+            return Err(MappingError::Unsupported(format!(
+                "flat (exact kNN over indexed vectors) needs Elasticsearch 8.13+, the cluster is {}",
+                info.version
+            )))
+        }
         (Dialect::Elasticsearch, IndexType::BbqHnsw) if info.version < Version::new(8, 16, 0) => {
             return Err(MappingError::Unsupported(format!(
                 "bbq_hnsw needs Elasticsearch 8.16+, the cluster is {}",
@@ -178,8 +184,17 @@ pub fn index_body(info: &EngineInfo, p: &Pipeline, model: ModelShape) -> Result<
     if let Some(c) = &p.chunking {
         insert_path(&mut props, &c.passages_field, r("passages_field", &vars)?);
     }
+    let mut index_settings = r("index_settings", &vars)?;
+    if info.dialect == Dialect::Elasticsearch && info.version >= Version::new(9, 2, 0) {
+        // 9.2+ leaves vectors out of `_source` by default; the sidecar keeps them there, as on
+        // 8.x and OpenSearch: clients read the vectors they wrote, and the content-hash skip
+        // reuses stored vectors (without them it would embed every unchanged document again)
+        if let Some(m) = index_settings.as_object_mut() {
+            m.insert("mapping".into(), json!({"exclude_source_vectors": false}));
+        }
+    }
     Ok(json!({
-        "settings": {"index": r("index_settings", &vars)?},
+        "settings": {"index": index_settings},
         "mappings": {"properties": props},
     }))
 }
@@ -229,13 +244,15 @@ pub fn compare(actual_mappings: &Value, expected_body: &Value) -> Vec<String> {
                 ));
             }
         }
-        let (ws, gs) = (want.pointer("/method/space_type"), got.pointer("/method/space_type"));
-        if ws.is_some() && ws != gs {
-            diffs.push(format!(
-                "field `{path}` has space_type {}, the pipeline needs {}",
-                gs.map_or("(default)".to_string(), Value::to_string),
-                ws.unwrap_or(&Value::Null)
-            ));
+        for (pointer, what) in [("/method/space_type", "space_type"), ("/index_options/type", "index_options.type")] {
+            let (ws, gs) = (want.pointer(pointer), got.pointer(pointer));
+            if ws.is_some() && ws != gs {
+                diffs.push(format!(
+                    "field `{path}` has {what} {}, the pipeline needs {}",
+                    gs.map_or("(default)".to_string(), Value::to_string),
+                    ws.unwrap_or(&Value::Null)
+                ));
+            }
         }
     }
     diffs
@@ -293,6 +310,19 @@ mod tests {
         files.sort();
         let embedded: Vec<String> = TEMPLATES.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(files, embedded);
+    }
+
+    #[test]
+    fn elasticsearch_9_2_and_later_keep_vectors_in_source() {
+        let p: Pipeline =
+            toml::from_str("name='d'\nindex='d'\nmodel='m'\n[[fields]]\nsource=['text']\nvector='v'\n").unwrap();
+        let shape = ModelShape { dims: 384, normalized: true };
+        for (version, kept) in [("8.19.21", None), ("9.1.0", None), ("9.2.0", Some(false)), ("9.5.3", Some(false))] {
+            let info = detect(format!(r#"{{"version":{{"number":"{version}"}}}}"#).as_bytes()).unwrap();
+            let body = index_body(&info, &p, shape).unwrap();
+            let got = body.pointer("/settings/index/mapping/exclude_source_vectors").and_then(Value::as_bool);
+            assert_eq!(got, kept, "{version}");
+        }
     }
 
     #[test]

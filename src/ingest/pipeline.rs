@@ -33,7 +33,7 @@ pub enum Similarity {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IndexType {
-    /// Exact search only (no HNSW graph; `script_score` / brute force), like Faiss `IndexFlat`.
+    /// Exact search only (no HNSW graph: brute force over indexed vectors), like Faiss `IndexFlat`.
     Flat,
     /// HNSW over float32 vectors, like Faiss `IndexHNSWFlat`.
     Hnsw,

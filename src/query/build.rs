@@ -9,6 +9,8 @@
 //! | engine `rrf` | `retriever.rrf` (8.16+, licence-gated) | `hybrid` + `score-ranker-processor` pipeline (neural-search 2.19+) |
 //! | engine `linear` | refused (use sidecar `linear`) | `hybrid` + `normalization-processor` pipeline (neural-search) |
 
+use std::collections::BTreeSet;
+
 use serde_json::{json, Map, Value};
 
 use super::fusion::{Normalization, Weight};
@@ -25,13 +27,76 @@ pub struct Capabilities {
     pub license: Option<String>,
     /// OpenSearch: the neural-search plugin is installed (`hybrid` query, search pipelines).
     pub neural_search: bool,
+    /// The modules and plugins every node has (`GET /_nodes/plugins`); `None` when the cluster
+    /// would not say (then nothing is assumed missing).
+    pub modules: Option<BTreeSet<String>>,
+    /// Analyzers the pipelines may name that the cluster refused in `_analyze` (`english`, `cjk`).
+    pub missing_analyzers: Vec<String>,
 }
 
 impl Capabilities {
+    /// Capabilities from `GET /` alone: no licence, no plugins known, nothing known missing.
+    pub fn of(info: EngineInfo) -> Self {
+        Capabilities {
+            info,
+            rrf_licensed: false,
+            license: None,
+            neural_search: false,
+            modules: None,
+            missing_analyzers: Vec::new(),
+        }
+    }
+
     fn dialect(&self) -> Dialect {
         self.info.dialect
     }
+
+    /// Whether one of `names` is a module or plugin of every node (true when unknown).
+    pub fn has_module(&self, names: &[&str]) -> bool {
+        self.modules.as_ref().is_none_or(|m| names.iter().any(|n| m.contains(*n)))
+    }
+
+    /// Elasticsearch's `retriever.rrf` is there: 8.16+ and the rank-rrf module.
+    pub fn rrf_module(&self) -> bool {
+        self.has_module(RRF_MODULES)
+    }
+
+    /// What this cluster lacks that a user of the sidecar may miss, each with what it costs
+    /// and what the sidecar does instead (for `/readyz`). Empty when nothing is known missing.
+    pub fn missing(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match self.dialect() {
+            Dialect::Elasticsearch => {
+                if self.info.supports_rrf_retriever() && !self.rrf_module() {
+                    out.push("rank-rrf module: no retriever.rrf; engine fusion uses knn + query boosts, sidecar fusion (rrf, linear) works".into());
+                } else if self.info.supports_rrf_retriever() && !self.rrf_licensed {
+                    out.push(format!(
+                        "retriever.rrf licence (enterprise or trial; this cluster: {}): engine fusion uses knn + query boosts, sidecar fusion works",
+                        self.license.as_deref().unwrap_or("unknown")
+                    ));
+                }
+                if !self.has_module(&["lang-painless"]) {
+                    out.push("lang-painless module: no scripts (the sidecar needs none; scripted updates and script_score fail on the engine)".into());
+                }
+                if !self.has_module(&["reindex"]) {
+                    out.push("reindex module: no _reindex, _update_by_query, _delete_by_query (sidecar reindex jobs copy with PIT + _bulk and need none)".into());
+                }
+            }
+            Dialect::Opensearch => {
+                if !self.neural_search {
+                    out.push("neural-search plugin: no hybrid query or search pipelines; engine fusion uses bool.should boosts, sidecar fusion works".into());
+                }
+            }
+        }
+        for a in &self.missing_analyzers {
+            out.push(format!("analyzer `{a}`: pipelines that name it cannot create their index"));
+        }
+        out
+    }
 }
+
+/// The names Elasticsearch's RRF module goes by (8.16+ `rank-rrf`, earlier `x-pack-rank-rrf`).
+pub const RRF_MODULES: &[&str] = &["rank-rrf", "x-pack-rank-rrf"];
 
 /// An engine-fused search, ready to send.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,15 +159,42 @@ pub fn es_knn_section(plan: &Plan, vector: &[f32], boost: Option<f64>, with_inne
     Value::Object(k)
 }
 
+/// Which `knn` query a cluster takes where a query may stand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KnnShape {
+    /// OpenSearch's `{"knn": {field: {vector, k}}}`.
+    Opensearch,
+    /// Elasticsearch's `knn` query (8.12+); `k` is accepted from 8.15 only (earlier nodes refuse
+    /// the request), before that `num_candidates` alone bounds it.
+    Elasticsearch { k: bool },
+}
+
+impl KnnShape {
+    pub fn of(info: &EngineInfo) -> KnnShape {
+        match info.dialect {
+            Dialect::Opensearch => KnnShape::Opensearch,
+            Dialect::Elasticsearch => KnnShape::Elasticsearch { k: info.version >= Version::new(8, 15, 0) },
+        }
+    }
+
+    fn dialect(self) -> Dialect {
+        match self {
+            KnnShape::Opensearch => Dialect::Opensearch,
+            KnnShape::Elasticsearch { .. } => Dialect::Elasticsearch,
+        }
+    }
+}
+
 /// A kNN clause that stands where a query may (OpenSearch `knn` query; Elasticsearch `knn` query,
 /// 8.12+). Filters are pre-filters inside the clause, except around nested passages, where they
 /// name parent fields and wrap the clause in a `bool`.
-pub fn knn_clause(plan: &Plan, vector: &[f32], dialect: Dialect, boost: Option<f64>) -> Value {
+pub fn knn_clause(plan: &Plan, vector: &[f32], shape: KnnShape, boost: Option<f64>) -> Value {
+    let dialect = shape.dialect();
     let field = plan.target.knn_field();
     let filter = filter_bool(&plan.filters);
     let flat_filter = if plan.target.passages.is_none() { filter.clone() } else { None };
-    let mut clause = match dialect {
-        Dialect::Opensearch => {
+    let mut clause = match shape {
+        KnnShape::Opensearch => {
             let mut p = Map::new();
             p.insert("vector".into(), vector_json(vector));
             p.insert("k".into(), json!(plan.k));
@@ -111,11 +203,13 @@ pub fn knn_clause(plan: &Plan, vector: &[f32], dialect: Dialect, boost: Option<f
             }
             json!({"knn": {field: p}})
         }
-        Dialect::Elasticsearch => {
+        KnnShape::Elasticsearch { k } => {
             let mut p = Map::new();
             p.insert("field".into(), json!(field));
             p.insert("query_vector".into(), vector_json(vector));
-            p.insert("k".into(), json!(plan.k));
+            if k {
+                p.insert("k".into(), json!(plan.k));
+            }
             p.insert("num_candidates".into(), json!(plan.num_candidates));
             if flat_filter.is_some() {
                 p.insert("filter".into(), json!(plan.filters));
@@ -183,7 +277,7 @@ pub fn knn_leg(plan: &Plan, vector: &[f32], dialect: Dialect, depth: usize) -> V
             b.insert("knn".into(), es_knn_section(plan, vector, None, true));
         }
         Dialect::Opensearch => {
-            b.insert("query".into(), knn_clause(plan, vector, dialect, None));
+            b.insert("query".into(), knn_clause(plan, vector, KnnShape::Opensearch, None));
         }
     }
     b.insert("size".into(), json!(depth));
@@ -220,7 +314,13 @@ pub fn resolve_method(method: EngineMethod, caps: &Capabilities) -> (EngineMetho
         return (method, None);
     }
     match caps.dialect() {
-        Dialect::Elasticsearch if caps.info.supports_rrf_retriever() && caps.rrf_licensed => (EngineMethod::Rrf, None),
+        Dialect::Elasticsearch if caps.info.supports_rrf_retriever() && caps.rrf_licensed && caps.rrf_module() => {
+            (EngineMethod::Rrf, None)
+        }
+        Dialect::Elasticsearch if caps.info.supports_rrf_retriever() && !caps.rrf_module() => (
+            EngineMethod::Boost,
+            Some("retriever.rrf needs the rank-rrf module, which this cluster lacks; used knn + query boosts".into()),
+        ),
         Dialect::Elasticsearch if caps.info.supports_rrf_retriever() => (
             EngineMethod::Boost,
             Some(format!(
@@ -278,6 +378,11 @@ pub fn engine_query(plan: &Plan, vector: &[f32], caps: &Capabilities) -> Result<
                     "retriever.rrf needs Elasticsearch 8.16+ (this cluster: {version}); use fusion {{\"rrf\": {{...}}}}, computed by the sidecar on any version"
                 )));
             }
+            if !caps.rrf_module() {
+                return Err(QueryError::Invalid(
+                    "retriever.rrf needs Elasticsearch's rank-rrf module, which this cluster lacks; use fusion {\"rrf\": {...}}, computed by the sidecar".into(),
+                ));
+            }
             if !caps.rrf_licensed {
                 return Err(QueryError::Invalid(format!(
                     "retriever.rrf needs an enterprise or trial licence and this cluster's is `{}`; use fusion {{\"rrf\": {{...}}}}, computed by the sidecar on any licence",
@@ -305,7 +410,7 @@ pub fn engine_query(plan: &Plan, vector: &[f32], caps: &Capabilities) -> Result<
             body.insert(
                 "query".into(),
                 json!({"bool": {
-                    "should": [bm25_query(plan, Some(w)), knn_clause(plan, vector, Dialect::Opensearch, Some(1.0 - w))],
+                    "should": [bm25_query(plan, Some(w)), knn_clause(plan, vector, KnnShape::Opensearch, Some(1.0 - w))],
                     "minimum_should_match": 1,
                 }}),
             );
@@ -355,7 +460,7 @@ pub fn engine_query(plan: &Plan, vector: &[f32], caps: &Capabilities) -> Result<
 
 /// OpenSearch `hybrid`: the two legs as sub-queries, each filtered.
 fn hybrid_query(plan: &Plan, vector: &[f32]) -> Value {
-    json!({"hybrid": {"queries": [bm25_query(plan, None), knn_clause(plan, vector, Dialect::Opensearch, None)]}})
+    json!({"hybrid": {"queries": [bm25_query(plan, None), knn_clause(plan, vector, KnnShape::Opensearch, None)]}})
 }
 
 /// A hybrid clause nested inside another query: `bool.should[text, knn]`, scored by the engine
@@ -373,9 +478,9 @@ pub fn nested_hybrid(plan: &Plan, vector: &[f32], caps: &Capabilities) -> Result
     };
     let (b, k) = match plan.mode {
         super::request::Mode::Bm25 => return Ok(bm25_query(plan, None)),
-        super::request::Mode::Knn => return Ok(knn_clause(plan, vector, caps.dialect(), None)),
+        super::request::Mode::Knn => return Ok(knn_clause(plan, vector, KnnShape::of(&caps.info), None)),
         super::request::Mode::Hybrid => {
-            (bm25_query(plan, Some(w)), knn_clause(plan, vector, caps.dialect(), Some(1.0 - w)))
+            (bm25_query(plan, Some(w)), knn_clause(plan, vector, KnnShape::of(&caps.info), Some(1.0 - w)))
         }
     };
     Ok(json!({"bool": {"should": [b, k], "minimum_should_match": 1}}))

@@ -14,6 +14,14 @@
 //! (connection refused, timeouts, 5xx, a lost PIT) pause the slice and retry it from its
 //! checkpoint with backoff for up to `MAX_OUTAGE`.
 //!
+//! Several sidecars on one cluster: a job document carries a lease (owner, expiry) and is only
+//! ever written with optimistic concurrency (`if_seq_no` / `if_primary_term`), all writes of one
+//! replica serialised, so exactly one replica runs a job: a `409` means another replica took it,
+//! and the run stops without writing again. The owner renews the lease every `reindex.lease / 3`
+//! (checkpoints renew it too); `serve` looks for `running` jobs whose lease ran out (their replica
+//! died) and adopts them ([`Jobs::adopt_orphans`]), resuming from the last checkpoint; `resume` of a
+//! job leased elsewhere waits for the lease to run out. Writes by `_id` make replayed pages harmless.
+//!
 //! Finish: the target is refreshed, counts are verified (documents counted in the source at the
 //! start = read = written + failed), and the alias (if any) moves to the target in one atomic
 //! `_aliases` call; the old index stays until deleted.
@@ -65,6 +73,9 @@ pub enum ReindexError {
     Encoder(#[from] EncoderError),
     #[error("{0}")]
     Failed(String),
+    /// Another sidecar holds (or took) the job's lease.
+    #[error("job `{id}` is run by another sidecar ({owner})")]
+    LeaseLost { id: String, owner: String },
 }
 
 impl ReindexError {
@@ -75,6 +86,7 @@ impl ReindexError {
             ReindexError::Engine(e) => e.code(),
             ReindexError::Encoder(e) => e.code(),
             ReindexError::Failed(_) => ErrorCode::Internal,
+            ReindexError::LeaseLost { .. } => ErrorCode::Unavailable,
         }
     }
 }
@@ -172,6 +184,13 @@ pub struct BulkStats {
     pub item_429s: u64,
 }
 
+/// Who runs a job, until when (renewed while it runs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub owner: String,
+    pub until_ms: u64,
+}
+
 /// A job as stored and reported.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobState {
@@ -189,6 +208,9 @@ pub struct JobState {
     pub running_ms: u64,
     pub error: Option<String>,
     pub alias_swapped: bool,
+    /// Set while a replica runs the job (absent in jobs stored before leases).
+    #[serde(default)]
+    pub lease: Option<Lease>,
 }
 
 impl JobState {
@@ -276,6 +298,12 @@ pub struct Reindexer {
     max_chars: usize,
     max_inputs: usize,
     metrics: Metrics,
+    /// This replica's lease owner name.
+    owner: String,
+    lease: Duration,
+    /// `(_seq_no, _primary_term)` of each job document this replica owns, as it last wrote it;
+    /// the lock also serialises this replica's writes of job documents.
+    versions: tokio::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
 }
 
 fn retryable(e: &ReindexError) -> bool {
@@ -307,7 +335,34 @@ impl Reindexer {
         max_inputs: usize,
         metrics: Metrics,
     ) -> Self {
-        Reindexer { engine, encoders, pipelines, max_chars, max_inputs, metrics }
+        let owner = format!(
+            "{}-{}-{:08x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "sidecar".into()),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        Reindexer {
+            engine,
+            encoders,
+            pipelines,
+            max_chars,
+            max_inputs,
+            metrics,
+            owner,
+            lease: Duration::from_secs(15),
+            versions: Default::default(),
+        }
+    }
+
+    /// Sets `reindex.lease` (default 15 s).
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// This replica's name in job leases.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     fn pipeline(&self, name: &str) -> Result<Arc<Pipeline>, ReindexError> {
@@ -361,34 +416,99 @@ impl Reindexer {
         Ok(())
     }
 
+    /// Stores a job this replica runs (or creates, or ends): a lease while it is running, none
+    /// once it has ended; with optimistic concurrency against what this replica wrote last (a new
+    /// job: `op_type=create`). A conflict means another replica owns the job now.
     async fn save(&self, state: &JobState) -> Result<(), ReindexError> {
-        let req = EngineRequest::new(Method::PUT, format!("/{JOBS_INDEX}/_doc/{}", state.id))
-            .json(&serde_json::to_value(state).map_err(|e| ReindexError::Failed(e.to_string()))?)
-            .idempotent(true);
-        self.engine.send(req).await?;
+        let mut versions = self.versions.lock().await;
+        let mut s = state.clone();
+        s.lease = (s.status == Status::Running)
+            .then(|| Lease { owner: self.owner.clone(), until_ms: now_ms() + self.lease.as_millis() as u64 });
+        let query = match versions.get(&s.id) {
+            Some((seq, term)) => format!("if_seq_no={seq}&if_primary_term={term}"),
+            None => "op_type=create".to_string(),
+        };
+        let doc = serde_json::to_value(&s).map_err(|e| ReindexError::Failed(e.to_string()))?;
+        let req = EngineRequest::new(Method::PUT, format!("/{JOBS_INDEX}/_doc/{}?{query}", s.id))
+            .json(&doc)
+            .idempotent(true)
+            .passthrough();
+        let r = self.engine.send(req).await?;
+        let written = if r.status.as_u16() == 409 {
+            // a retried write of ours may have landed already: then the stored one is ours
+            let (stored, version) = self.load_versioned(&s.id).await?;
+            if stored.lease.as_ref().map(|l| &l.owner) == s.lease.as_ref().map(|l| &l.owner)
+                && stored.updated_ms == s.updated_ms
+                && stored.status == s.status
+            {
+                version
+            } else {
+                versions.remove(&s.id);
+                let owner = stored.lease.map_or_else(|| format!("status {:?}", stored.status), |l| l.owner);
+                return Err(ReindexError::LeaseLost { id: s.id.clone(), owner });
+            }
+        } else if r.status.is_success() {
+            let v: Value = r.json()?;
+            (v["_seq_no"].as_u64().unwrap_or(0), v["_primary_term"].as_u64().unwrap_or(1))
+        } else {
+            let (error_type, reason) = crate::engine::engine_reason(&r.body);
+            return Err(EngineError::Rejected { status: r.status.as_u16(), error_type, reason }.into());
+        };
+        // kept for ended jobs too: the run's last write of an ended job is conditional as well
+        versions.insert(s.id.clone(), written);
         Ok(())
     }
 
-    /// A stored job.
-    pub async fn load(&self, id: &str) -> Result<JobState, ReindexError> {
+    /// A stored job with its `(_seq_no, _primary_term)`.
+    async fn load_versioned(&self, id: &str) -> Result<(JobState, (u64, u64)), ReindexError> {
         let r =
             self.engine.send(EngineRequest::new(Method::GET, format!("/{JOBS_INDEX}/_doc/{id}")).passthrough()).await?;
         if r.status.as_u16() == 404 {
             return Err(ReindexError::NotFound(id.to_string()));
         }
         let v: Value = r.json()?;
-        serde_json::from_value(v["_source"].clone())
-            .map_err(|e| ReindexError::Failed(format!("job `{id}` is unreadable: {e}")))
+        let state = serde_json::from_value(v["_source"].clone())
+            .map_err(|e| ReindexError::Failed(format!("job `{id}` is unreadable: {e}")))?;
+        Ok((state, (v["_seq_no"].as_u64().unwrap_or(0), v["_primary_term"].as_u64().unwrap_or(1))))
+    }
+
+    /// Takes over a stored job at `version` (its lease ran out, or it is not running): this
+    /// replica's next write of it claims the lease, or fails if another replica was faster.
+    async fn adopt(&self, id: &str, version: (u64, u64)) {
+        self.versions.lock().await.insert(id.to_string(), version);
+    }
+
+    /// A stored job.
+    pub async fn load(&self, id: &str) -> Result<JobState, ReindexError> {
+        Ok(self.load_versioned(id).await?.0)
     }
 
     /// Validates a request and stores a new job (or loads the one to resume); creates the target.
     pub async fn prepare(&self, req: JobRequest) -> Result<JobState, ReindexError> {
         self.ensure_state_indices().await?;
         if let Some(id) = &req.resume {
-            let mut s = self.load(id).await?;
+            let (mut s, mut version) = self.load_versioned(id).await?;
             if s.status == Status::Done {
                 return Err(ReindexError::Invalid(format!("job `{id}` is already done")));
             }
+            // leased by a replica that may still be alive: wait for the lease to run out
+            let give_up = Instant::now() + self.lease + Duration::from_secs(5);
+            while let Some(l) = s.lease.as_ref().filter(|l| s.status == Status::Running && l.owner != self.owner) {
+                let left = l.until_ms.saturating_sub(now_ms());
+                if left == 0 {
+                    break;
+                }
+                if Instant::now() > give_up {
+                    return Err(ReindexError::LeaseLost { id: id.clone(), owner: l.owner.clone() });
+                }
+                tracing::info!(job = %id, owner = %l.owner, wait_ms = left, "the job is leased; waiting for the lease to run out");
+                tokio::time::sleep(Duration::from_millis(left.min(1000) + 50)).await;
+                (s, version) = self.load_versioned(id).await?;
+            }
+            if s.status == Status::Done {
+                return Err(ReindexError::Invalid(format!("job `{id}` is already done")));
+            }
+            self.adopt(id, version).await;
             s.status = Status::Running;
             s.error = None;
             self.pipeline(&s.spec.pipeline)?;
@@ -463,6 +583,7 @@ impl Reindexer {
             running_ms: 0,
             error: None,
             alias_swapped: false,
+            lease: None,
         };
         self.save(&state).await?;
         Ok(state)
@@ -510,9 +631,31 @@ impl Reindexer {
         if let Ok(mut live) = control.live.lock() {
             *live = state;
         }
-        let result = self.run_inner(&control).await;
+        let heartbeat = async {
+            loop {
+                tokio::time::sleep(self.lease / 3).await;
+                match self.checkpoint(&control, |_| {}).await {
+                    Err(e @ ReindexError::LeaseLost { .. }) => return Err::<(), _>(e),
+                    Err(e) => tracing::warn!(error = %e, "could not renew the job lease"),
+                    Ok(()) => {}
+                }
+            }
+        };
+        let result = tokio::select! {
+            r = self.run_inner(&control) => r,
+            Err(e) = heartbeat => Err(e),
+        };
         let mut s = control.live.lock().map(|s| s.clone()).expect("job state lock");
         s.running_ms += started.elapsed().as_millis() as u64;
+        if let Err(ReindexError::LeaseLost { owner, .. }) = &result {
+            // another replica runs it now: write nothing more
+            tracing::warn!(job = %s.id, %owner, "the job's lease went to another sidecar; stopping here");
+            s.error = Some(format!("taken over by {owner}"));
+            if let Ok(mut live) = control.live.lock() {
+                *live = s.clone();
+            }
+            return s;
+        }
         match result {
             Ok(()) if control.cancelled() => s.status = Status::Cancelled,
             Ok(()) => {}
@@ -526,7 +669,7 @@ impl Reindexer {
         // the final state matters (a stored `running` reads as a crashed run): wait out a short outage
         let until = Instant::now() + Duration::from_secs(120);
         while let Err(e) = self.save(&s).await {
-            if Instant::now() > until {
+            if matches!(e, ReindexError::LeaseLost { .. }) || Instant::now() > until {
                 tracing::error!(job = %s.id, error = %e, "could not store the final job state");
                 break;
             }
@@ -979,19 +1122,8 @@ impl Jobs {
             }
         }
         let state = self.reindexer.prepare(req).await?;
-        let control = self.reindexer.control(&state);
-        if let Ok(mut m) = self.running.lock() {
-            m.insert(state.id.clone(), control.clone());
-        }
-        let (jobs, first) = (self.clone(), state.clone());
-        tokio::spawn(async move {
-            let id = state.id.clone();
-            let done = jobs.reindexer.run(state, control).await;
-            tracing::info!(job = %id, status = ?done.status, "reindex job ended");
-            if let Ok(mut m) = jobs.running.lock() {
-                m.remove(&id);
-            }
-        });
+        let first = state.clone();
+        self.spawn_run(state);
         Ok(first)
     }
 
@@ -1011,6 +1143,9 @@ impl Jobs {
         let mut v = serde_json::to_value(&state).map_err(|e| ReindexError::Failed(e.to_string()))?;
         v["progress"] = progress;
         v["running_here"] = json!(here);
+        if here {
+            v["lease"] = json!({"owner": self.reindexer.owner()});
+        }
         Ok(v)
     }
 
@@ -1021,12 +1156,86 @@ impl Jobs {
             c.cancel();
             return Ok(json!({"id": id, "status": "cancelling"}));
         }
-        let mut s = self.reindexer.load(id).await?;
+        let (mut s, version) = self.reindexer.load_versioned(id).await?;
         if s.status == Status::Running {
+            // another replica may run it: this write takes its lease away, so it stops at its
+            // next checkpoint or lease renewal
+            self.reindexer.adopt(id, version).await;
             s.status = Status::Cancelled;
             s.updated_ms = now_ms();
             self.reindexer.save(&s).await?;
         }
         Ok(json!({"id": id, "status": s.status}))
+    }
+
+    /// Runs a stored job here (prepared or adopted) in the background.
+    fn spawn_run(self: &Arc<Self>, state: JobState) -> Arc<JobControl> {
+        let control = self.reindexer.control(&state);
+        if let Ok(mut m) = self.running.lock() {
+            m.insert(state.id.clone(), control.clone());
+        }
+        let (jobs, c) = (self.clone(), control.clone());
+        tokio::spawn(async move {
+            let id = state.id.clone();
+            let done = jobs.reindexer.run(state, c).await;
+            tracing::info!(job = %id, status = ?done.status, "reindex job ended here");
+            if let Ok(mut m) = jobs.running.lock() {
+                m.remove(&id);
+            }
+        });
+        control
+    }
+
+    /// Every `every` (with jitter), adopts `running` jobs whose lease ran out (their sidecar
+    /// died) and whose pipeline this sidecar has. Runs until the returned task is aborted.
+    pub fn adopt_orphans(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let jitter = Duration::from_millis(rand::random::<u64>() % (every.as_millis() as u64 / 2 + 1));
+                tokio::time::sleep(every + jitter).await;
+                match jobs.adopt_once().await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(adopted = n, "adopted reindex jobs whose sidecar stopped renewing them")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "looking for orphaned reindex jobs failed"),
+                }
+            }
+        })
+    }
+
+    async fn adopt_once(self: &Arc<Self>) -> Result<usize, ReindexError> {
+        let r = self
+            .reindexer
+            .engine
+            .send(EngineRequest::new(Method::HEAD, format!("/{JOBS_INDEX}")).passthrough())
+            .await?;
+        if !r.status.is_success() {
+            return Ok(0);
+        }
+        let body = json!({"size": 50, "seq_no_primary_term": true, "query": {"term": {"status": "running"}}});
+        let v: Value = self
+            .reindexer
+            .engine
+            .send(EngineRequest::new(Method::POST, format!("/{JOBS_INDEX}/_search")).json(&body).idempotent(true))
+            .await?
+            .json()?;
+        let mut adopted = 0;
+        for hit in v.pointer("/hits/hits").and_then(Value::as_array).into_iter().flatten() {
+            let Ok(state) = serde_json::from_value::<JobState>(hit["_source"].clone()) else { continue };
+            let expired = state.lease.as_ref().is_none_or(|l| l.until_ms < now_ms());
+            if !expired || self.running(&state.id).is_some() || self.reindexer.pipeline(&state.spec.pipeline).is_err() {
+                continue;
+            }
+            let version = (hit["_seq_no"].as_u64().unwrap_or(0), hit["_primary_term"].as_u64().unwrap_or(1));
+            tracing::info!(job = %state.id, previous = ?state.lease.as_ref().map(|l| &l.owner), "adopting a reindex job");
+            self.reindexer.adopt(&state.id, version).await;
+            let mut state = state;
+            state.error = None;
+            self.spawn_run(state);
+            adopted += 1;
+        }
+        Ok(adopted)
     }
 }

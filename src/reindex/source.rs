@@ -8,6 +8,8 @@
 //!   valid in their PIT, so when the PIT is gone the slice is read again from its start; the
 //!   content hash keeps that from re-embedding anything and `_id` writes from duplicating.
 //! - Scroll (when PITs are not available): a lost scroll also restarts the slice.
+//! - A page with failed shards (`_shards.failed > 0`: a node died) is an error, retried from the
+//!   checkpoint like an outage, never taken as a short page (that would end the slice early).
 
 use axum::http::Method;
 use serde_json::{json, Value};
@@ -157,6 +159,23 @@ impl Reader {
                 v
             }
         };
+        // A page with failed shards (a node died holding PIT contexts or shard copies) is a partial
+        // page: taken as it is, the end of the hits would look like the end of the index and
+        // documents would be skipped. Read it again from the checkpoint instead.
+        let failed = resp.pointer("/_shards/failed").and_then(Value::as_u64).unwrap_or(0);
+        if failed > 0 {
+            let reason = resp
+                .pointer("/_shards/failures/0/reason/reason")
+                .or_else(|| resp.pointer("/_shards/failures/0/reason/type"))
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given")
+                .to_string();
+            return Err(EngineError::Failed {
+                status: 503,
+                error_type: "partial_search_results".into(),
+                reason: format!("{failed} shard(s) did not answer a page of the source: {reason}"),
+            });
+        }
         let hits = resp.pointer("/hits/hits").and_then(Value::as_array).cloned().unwrap_or_default();
         if hits.is_empty() {
             self.finished = true;

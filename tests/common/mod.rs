@@ -36,6 +36,38 @@ pub fn engine_url() -> String {
     }
 }
 
+/// The engine flavour the tests run against: SIDECAR_TEST_ENGINE_FLAVOR (set by `scripts/test`),
+/// else the one `scripts/engine start` recorded in .run/engine.flavor, else OpenSearch.
+pub fn engine_flavor_name() -> String {
+    if let Ok(f) = std::env::var("SIDECAR_TEST_ENGINE_FLAVOR") {
+        if !f.trim().is_empty() {
+            return f.trim().to_string();
+        }
+    }
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".run/engine.flavor");
+    std::fs::read_to_string(file).map(|f| f.trim().to_string()).unwrap_or_else(|_| "opensearch".into())
+}
+
+/// The product the tests run against (`elasticsearch9` is Elasticsearch too).
+pub fn engine_flavor() -> semantic_sidecar::engine::Flavor {
+    use semantic_sidecar::engine::Flavor;
+    if engine_flavor_name().starts_with("elasticsearch") {
+        Flavor::Elasticsearch
+    } else {
+        Flavor::Opensearch
+    }
+}
+
+/// True when the tests run against Elasticsearch.
+pub fn on_elasticsearch() -> bool {
+    engine_flavor() == semantic_sidecar::engine::Flavor::Elasticsearch
+}
+
+/// Prints why a test does not run its engine-specific part here, so nothing is skipped silently.
+pub fn not_on_this_engine(test: &str, why: &str) {
+    println!("NOT RUN on {}: {test}: {why}", engine_flavor_name());
+}
+
 /// Settings from the embedded defaults plus `pairs` as if they were the process environment.
 pub fn settings(pairs: &[(&str, &str)]) -> Settings {
     let env: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

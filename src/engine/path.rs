@@ -1,0 +1,337 @@
+//! Engine URLs built from typed, encoded segments: the only way a value that came from a client
+//! (an index name, a document id, a query string) becomes part of an engine request path.
+//!
+//! Pure. Owns: the index-name rules Elasticsearch and OpenSearch share ([`IndexName`], and
+//! [`IndexPattern`] for the read APIs that take comma lists and wildcards), document ids
+//! ([`DocId`]), the percent-encoding of every segment ([`EnginePath`]), and re-encoding a
+//! client's query string from parsed, bounded pairs ([`QueryString`]). It must not know routes or
+//! scopes: callers decide which API a request may reach; this module makes sure the path names
+//! exactly that API and nothing smuggled in with `/`, `?`, `#` or `..`.
+//!
+//! Not supported: date math in index names (`<logs-{now/d}>`) is refused, not resolved.
+
+use std::fmt;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// Why a client value cannot be part of an engine path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("invalid index name `{name}`: {why}")]
+    Index { name: String, why: &'static str },
+    #[error("invalid document id: {0}")]
+    Id(&'static str),
+    #[error("invalid query string: {0}")]
+    Query(String),
+}
+
+/// Characters neither engine allows in an index name (besides upper case and the rules below).
+const FORBIDDEN: &[char] = &['\\', '/', '*', '?', '"', '<', '>', '|', ' ', ',', '#', ':'];
+
+/// One concrete index (or alias) name, by the engines' own rules: lower case, no
+/// `\ / * ? " < > | , # :` or space, not starting with `-`, `_` or `+`, not `.` or `..`, at
+/// most 255 bytes. Hidden/system names starting with `.` are allowed (the sidecar's own jobs
+/// and errors indices are).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IndexName(String);
+
+impl IndexName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IndexName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<&str> for IndexName {
+    type Error = PathError;
+    fn try_from(name: &str) -> Result<Self, PathError> {
+        check_name(name, false).map(|()| IndexName(name.to_string()))
+    }
+}
+
+fn check_name(name: &str, wildcard_ok: bool) -> Result<(), PathError> {
+    let bad = |why| Err(PathError::Index { name: name.chars().take(80).collect(), why });
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > 255 {
+        return bad("it is longer than 255 bytes");
+    }
+    if name == "." || name == ".." {
+        return bad("`.` and `..` are not index names");
+    }
+    if name.starts_with(['-', '_', '+']) {
+        return bad("it must not start with `-`, `_` or `+`");
+    }
+    if name.starts_with('<') {
+        return bad("date math is not resolved by the sidecar: name the index");
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return bad("it contains a control character");
+    }
+    if name.chars().any(|c| c.is_uppercase()) {
+        return bad("it must be lower case");
+    }
+    if name.chars().any(|c| FORBIDDEN.contains(&c) && !(wildcard_ok && c == '*')) {
+        return bad(if wildcard_ok {
+            r#"it must not contain \ / ? " < > | , # : or a space"#
+        } else {
+            r#"it must not contain \ / * ? " < > | , # : or a space"#
+        });
+    }
+    Ok(())
+}
+
+/// What a read API may name: one or more comma-separated index names or wildcard patterns
+/// (`logs-*,metrics`), each checked like an [`IndexName`] with `*` allowed. Exclusions (`-x`)
+/// and `_all` are refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexPattern(Vec<String>);
+
+impl IndexPattern {
+    pub fn parts(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    /// The one concrete name, when the pattern is exactly one name without wildcards.
+    pub fn single(&self) -> Option<IndexName> {
+        match self.0.as_slice() {
+            [one] if !one.contains('*') => Some(IndexName(one.clone())),
+            _ => None,
+        }
+    }
+}
+
+impl TryFrom<&str> for IndexPattern {
+    type Error = PathError;
+    fn try_from(text: &str) -> Result<Self, PathError> {
+        if text.len() > 4096 {
+            return Err(PathError::Index { name: text.chars().take(80).collect(), why: "the list is over 4096 bytes" });
+        }
+        let parts: Vec<String> = text.split(',').map(str::to_string).collect();
+        if parts.len() > 256 {
+            return Err(PathError::Index { name: text.chars().take(80).collect(), why: "more than 256 names" });
+        }
+        for p in &parts {
+            check_name(p, true)?;
+        }
+        Ok(IndexPattern(parts))
+    }
+}
+
+/// A document id: 1 to 512 bytes, no control characters, not `.` or `..` (URL parsers fold
+/// those segments, even percent-encoded, into the parent path: `DELETE /i/_doc/..` would name the
+/// index). Any other byte is fine: it is percent-encoded in the path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocId(String);
+
+impl DocId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<&str> for DocId {
+    type Error = PathError;
+    fn try_from(id: &str) -> Result<Self, PathError> {
+        if id.is_empty() {
+            return Err(PathError::Id("it is empty"));
+        }
+        if id.len() > 512 {
+            return Err(PathError::Id("it is longer than 512 bytes"));
+        }
+        if id.chars().any(char::is_control) {
+            return Err(PathError::Id("it contains a control character"));
+        }
+        if id == "." || id == ".." {
+            return Err(PathError::Id("`.` and `..` cannot be ids in a URL path"));
+        }
+        Ok(DocId(id.to_string()))
+    }
+}
+
+/// Everything but unreserved characters is encoded in a segment (`*` and `,` stay literal so
+/// that patterns keep their meaning).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const PATTERN_SEGMENT: &AsciiSet = &SEGMENT.remove(b'*').remove(b',');
+
+/// An engine path assembled segment by segment; [`EnginePath::build`] gives `/a/b?q`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnginePath {
+    segments: Vec<String>,
+    query: Option<String>,
+}
+
+impl EnginePath {
+    pub fn root() -> Self {
+        EnginePath::default()
+    }
+
+    /// A fixed API segment of the caller's own (`_doc`, `_search`): never client input.
+    pub fn api(mut self, segment: &'static str) -> Self {
+        debug_assert!(!segment.contains(['/', '?', '#']), "an API segment is one segment");
+        self.segments.push(segment.to_string());
+        self
+    }
+
+    pub fn index(mut self, name: &IndexName) -> Self {
+        self.segments.push(utf8_percent_encode(name.as_str(), SEGMENT).to_string());
+        self
+    }
+
+    pub fn pattern(mut self, p: &IndexPattern) -> Self {
+        let joined: Vec<String> = p.parts().map(|x| utf8_percent_encode(x, PATTERN_SEGMENT).to_string()).collect();
+        self.segments.push(joined.join(","));
+        self
+    }
+
+    pub fn id(mut self, id: &DocId) -> Self {
+        self.segments.push(utf8_percent_encode(id.as_str(), SEGMENT).to_string());
+        self
+    }
+
+    pub fn query(mut self, q: &QueryString) -> Self {
+        self.query = q.encoded();
+        self
+    }
+
+    pub fn build(&self) -> String {
+        let mut s = String::from("/");
+        s.push_str(&self.segments.join("/"));
+        if let Some(q) = &self.query {
+            s.push('?');
+            s.push_str(q);
+        }
+        s
+    }
+}
+
+/// A client's query string, parsed into pairs and bounded: at most 64 parameters, names of
+/// `[A-Za-z0-9_.]`, the whole string at most 4096 bytes. Re-encoded when a path is built, so
+/// nothing the client wrote reaches the engine unparsed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueryString(Vec<(String, String)>);
+
+impl QueryString {
+    pub fn parse(raw: Option<&str>) -> Result<Self, PathError> {
+        let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+            return Ok(QueryString::default());
+        };
+        if raw.len() > 4096 {
+            return Err(PathError::Query("longer than 4096 bytes".into()));
+        }
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes()).into_owned().collect();
+        if pairs.len() > 64 {
+            return Err(PathError::Query("more than 64 parameters".into()));
+        }
+        for (k, _) in &pairs {
+            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                return Err(PathError::Query(format!("parameter name `{}` is not [A-Za-z0-9_.]", k.escape_debug())));
+            }
+        }
+        Ok(QueryString(pairs))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds a parameter of the sidecar's own (replacing one of that name the client sent).
+    pub fn push(&mut self, key: &str, value: &str) {
+        self.0.retain(|(k, _)| k != key);
+        self.0.push((key.to_string(), value.to_string()));
+    }
+
+    fn encoded(&self) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let mut s = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &self.0 {
+            s.append_pair(k, v);
+        }
+        Some(s.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn index_names_follow_the_engine_rules() {
+        for ok in ["docs", "docs-v2", ".semantic-sidecar-jobs", "a.b_c+d", "日本"] {
+            assert!(IndexName::try_from(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "_all",
+            "-x",
+            "+x",
+            "Docs",
+            "a/b",
+            "a?b",
+            "a#b",
+            "a b",
+            "a,b",
+            "a*",
+            "<logs-{now/d}>",
+            "a\nb",
+        ] {
+            assert!(IndexName::try_from(bad).is_err(), "{bad:?}");
+        }
+        assert!(IndexName::try_from("x".repeat(256).as_str()).is_err());
+    }
+
+    #[test]
+    fn patterns_allow_lists_and_wildcards_only() {
+        let p = IndexPattern::try_from("logs-*,metrics").unwrap();
+        assert_eq!(p.parts().collect::<Vec<_>>(), ["logs-*", "metrics"]);
+        assert!(p.single().is_none());
+        assert_eq!(IndexPattern::try_from("one").unwrap().single().unwrap().as_str(), "one");
+        for bad in ["a/_delete_by_query", "a,,b", "_all", "-excluded", "a?x", "x#"] {
+            assert!(IndexPattern::try_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_values_stay_inside_their_segment() {
+        // what the hostile-input review sent, once percent-decoded by the router
+        assert!(IndexName::try_from("x/_delete_by_query?refresh=true#").is_err());
+        let id = DocId::try_from("../_cluster/settings?x#y").unwrap();
+        let path = EnginePath::root().index(&IndexName::try_from("docs").unwrap()).api("_doc").id(&id).build();
+        assert_eq!(path, "/docs/_doc/..%2F_cluster%2Fsettings%3Fx%23y");
+        let q = QueryString::parse(Some("refresh=true&routing=a%26b%23c")).unwrap();
+        let path = EnginePath::root().api("_count").query(&q).build();
+        assert_eq!(path, "/_count?refresh=true&routing=a%26b%23c");
+        assert!(QueryString::parse(Some("a%2Fb=1")).is_err(), "a parameter name with a slash");
+        assert!(DocId::try_from("").is_err());
+        assert!(DocId::try_from("a\u{0}b").is_err());
+        assert!(DocId::try_from("..").is_err() && DocId::try_from(".").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn an_encoded_id_is_one_segment_with_no_query_or_fragment(id in "\\PC{1,40}") {
+            prop_assume!(id != "." && id != "..");
+            let id = DocId::try_from(id.as_str()).unwrap();
+            let path = EnginePath::root().api("_doc").id(&id).build();
+            prop_assert_eq!(path.matches('/').count(), 2);
+            prop_assert!(!path.contains(['?', '#', ' ']));
+            let decoded = percent_encoding::percent_decode_str(path.trim_start_matches("/_doc/")).decode_utf8().unwrap();
+            prop_assert_eq!(decoded.as_ref(), id.as_str());
+        }
+    }
+}

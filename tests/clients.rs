@@ -1,0 +1,233 @@
+//! The official clients, unchanged, through the sidecar, against the engine under test:
+//! elasticsearch-py 8.x against Elasticsearch 8, 9.x against Elasticsearch 9 (the client's major
+//! must match the server's), opensearch-py against OpenSearch. Each runs a day of an app's calls
+//! (tests/clients/*.py); then every document on the engine must carry its vector. Also: the
+//! headers that must cross the sidecar both ways, and that client values cannot steer the engine
+//! path into another API.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{encoder_settings, engine_url, on_elasticsearch, unique_index};
+use reqwest::Method;
+use semantic_sidecar::encoder::EncoderSet;
+use semantic_sidecar::engine::{EngineClient, EngineRequest};
+use semantic_sidecar::http::{self, AppState};
+use semantic_sidecar::ingest::mapping::{index_body, ModelShape};
+use semantic_sidecar::ingest::pipeline::Pipeline;
+use semantic_sidecar::telemetry::Metrics;
+use serde_json::{json, Value};
+
+struct Fixture {
+    url: String,
+    index: String,
+    engine: EngineClient,
+    body: Value,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A sidecar with a pipeline for a fresh index that does not exist yet (the client creates it).
+async fn fixture() -> Fixture {
+    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
+    let engine = EngineClient::new(&settings.engine).unwrap();
+    let index = unique_index("clients");
+    let p: Pipeline = toml::from_str(&format!(
+        "name = 'clients'\nindex = '{index}'\nmodel = 'all-MiniLM-L6-v2'\n\
+         [[fields]]\nsource = ['title', 'text']\nvector = 'text_vector'\n\
+         [search]\nfields = ['title^2', 'text']\n"
+    ))
+    .unwrap();
+    let info = engine.info().await.unwrap();
+    let body = index_body(&info, &p, ModelShape { dims: 384, normalized: true }).unwrap();
+    let metrics = Metrics::new();
+    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
+    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
+    let state = AppState::with_encoders(settings, engine.clone(), metrics, encoders).with_pipelines(vec![p]).unwrap();
+    let (url, tx) = http::serve_local(state).await.unwrap();
+    Fixture { url, index, engine, body, _stop: tx }
+}
+
+fn python() -> String {
+    let python = std::env::var("SIDECAR_TEST_PYTHON").unwrap_or_else(|_| {
+        format!("{}/.cache/semantic-sidecar/venv/bin/python", std::env::var("HOME").unwrap_or_default())
+    });
+    assert!(std::path::Path::new(&python).is_file(), "no python at {python}: run scripts/setup");
+    python
+}
+
+fn cache() -> String {
+    std::env::var("SIDECAR_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/semantic-sidecar", std::env::var("HOME").unwrap_or_default()))
+}
+
+#[tokio::test]
+async fn the_official_client_works_unchanged_through_the_sidecar() {
+    let f = fixture().await;
+    let info = f.engine.info().await.unwrap();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    let (script, pythonpath) = if on_elasticsearch() {
+        let major = info.version.major;
+        let lib = format!("{}/pyclients/es{major}", cache());
+        assert!(
+            std::path::Path::new(&lib).join("elasticsearch").is_dir(),
+            "no elasticsearch-py {major}.x at {lib}: run scripts/setup"
+        );
+        (dir.join("elasticsearch_py.py"), Some(lib))
+    } else {
+        (dir.join("opensearch_py.py"), None)
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mapping = tmp.path().join("mapping.json");
+    std::fs::write(&mapping, f.body.to_string()).unwrap();
+    let (url, index, py) = (f.url.clone(), f.index.clone(), python());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut c = Command::new(py);
+        c.arg(&script).arg(url).arg(index).arg(&mapping);
+        if let Some(p) = pythonpath {
+            c.env("PYTHONPATH", p);
+        }
+        c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+
+    // on the engine: 50 documents, each with the vector the sidecar computed
+    let hits: Value = f
+        .engine
+        .send(
+            EngineRequest::new(Method::POST, format!("/{}/_search", f.index))
+                .json(&json!({"size": 100, "_source": ["text_vector"]}))
+                .idempotent(true),
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let hits = hits["hits"]["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 50);
+    for h in hits {
+        assert_eq!(h["_source"]["text_vector"].as_array().map(Vec::len), Some(384), "{}", h["_id"]);
+    }
+    f.engine.send(EngineRequest::new(Method::DELETE, format!("/{}", f.index))).await.unwrap();
+}
+
+#[tokio::test]
+async fn engine_headers_cross_the_sidecar_both_ways() {
+    let f = fixture().await;
+    let http = reqwest::Client::new();
+    let r = http.get(format!("{}/", f.url)).header("x-opaque-id", "trace-me-1").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("x-opaque-id").map(|v| v.to_str().unwrap()), Some("trace-me-1"));
+    let product = r.headers().get("x-elastic-product").map(|v| v.to_str().unwrap().to_string());
+    let root: Value = r.json().await.unwrap();
+    assert!(root["version"]["number"].is_string(), "{root}");
+    let head = http.head(format!("{}/", f.url)).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    if on_elasticsearch() {
+        assert_eq!(product.as_deref(), Some("Elasticsearch"));
+        // an answer the sidecar builds itself (a fused hybrid search) carries the header too
+        f.engine.send(EngineRequest::new(Method::PUT, format!("/{}", f.index)).json(&f.body)).await.unwrap();
+        let r = http
+            .post(format!("{}/search", f.url))
+            .json(&json!({"index": f.index, "query": "anything", "fusion": {"rrf": {}}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers().get("x-elastic-product").unwrap(), "Elasticsearch");
+        f.engine.send(EngineRequest::new(Method::DELETE, format!("/{}", f.index))).await.unwrap();
+    } else {
+        assert_eq!(product, None, "OpenSearch sends no product header and the sidecar invents none");
+    }
+}
+
+#[tokio::test]
+async fn client_values_cannot_steer_the_engine_path_into_another_api() {
+    let f = fixture().await;
+    let http = reqwest::Client::new();
+    f.engine.send(EngineRequest::new(Method::PUT, format!("/{}", f.index)).json(&f.body)).await.unwrap();
+    f.engine
+        .send(
+            EngineRequest::new(Method::PUT, format!("/{}/_doc/keep?refresh=true", f.index))
+                .json(&json!({"title": "t", "text": "x"})),
+        )
+        .await
+        .unwrap();
+    // an index name that decodes to another API, an id that would climb out of _doc
+    for (method, path) in [
+        (Method::DELETE, format!("/{}%2F_doc%2Fkeep%3Frefresh%3Dtrue%23", f.index)),
+        (Method::GET, "/_cluster%2Fsettings%23".to_string()),
+        (Method::DELETE, format!("/{}/_doc/..", f.index)),
+        (Method::DELETE, format!("/{}/_doc/%2E%2E", f.index)),
+        (Method::GET, format!("/{}/_count?a%2Fb=1", f.index)),
+        (Method::PUT, "/UPPER".to_string()),
+    ] {
+        let r = http.request(method.clone(), format!("{}{path}", f.url)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert!((400..500).contains(&status), "{method} {path}: {status} {body}");
+        assert!(body["error"]["reason"].is_string(), "{method} {path}: {body}");
+    }
+    // an id with every special character stays one id
+    let odd = "a/b?c#d e%";
+    let enc: String = odd.bytes().map(|b| format!("%{b:02X}")).collect();
+    let r = http
+        .put(format!("{}/{}/_doc/{enc}?refresh=true", f.url, f.index))
+        .json(&json!({"title": "odd", "text": "id"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let got: Value = http.get(format!("{}/{}/_doc/{enc}", f.url, f.index)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got["_id"], odd, "{got}");
+    let n: Value = f.engine.get_json(&format!("/{}/_count", f.index)).await.unwrap();
+    assert_eq!(n["count"], 2, "nothing was deleted: {n}");
+    // a JSON body that is not an object is refused before the engine sees it
+    let r = http.put(format!("{}/{}-new", f.url, f.index)).body("[1,2]").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    f.engine.send(EngineRequest::new(Method::DELETE, format!("/{}", f.index))).await.unwrap();
+}
+
+#[tokio::test]
+async fn gzip_bodies_are_decoded_and_bounded() {
+    use std::io::Write;
+    let f = fixture().await;
+    f.engine.send(EngineRequest::new(Method::PUT, format!("/{}", f.index)).json(&f.body)).await.unwrap();
+    let ndjson = format!(
+        "{}\n{}\n",
+        json!({"index": {"_index": f.index, "_id": "z"}}),
+        json!({"title": "zipped", "text": "a gzip body"})
+    );
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(ndjson.as_bytes()).unwrap();
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/_bulk?refresh=true", f.url))
+        .header("content-type", "application/x-ndjson")
+        .header("content-encoding", "gzip")
+        .body(enc.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errors"], false, "{v}");
+    let got: Value = f.engine.get_json(&format!("/{}/_doc/z", f.index)).await.unwrap();
+    assert_eq!(got["_source"]["text_vector"].as_array().map(Vec::len), Some(384));
+    // not gzip at all, and an encoding the sidecar does not speak
+    let r = http
+        .post(format!("{}/_bulk", f.url))
+        .header("content-encoding", "gzip")
+        .body("plain text")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http.post(format!("{}/_bulk", f.url)).header("content-encoding", "br").body("x").send().await.unwrap();
+    assert_eq!(r.status(), 415);
+    f.engine.send(EngineRequest::new(Method::DELETE, format!("/{}", f.index))).await.unwrap();
+}

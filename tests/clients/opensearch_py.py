@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""The official opensearch-py client, unchanged, pointed at the sidecar instead of the cluster.
+
+Usage: opensearch_py.py SIDECAR_URL INDEX MAPPING_JSON_FILE
+The same day of calls as elasticsearch_py.py: info(), indices.create/exists, helpers.bulk with
+and without http_compress (gzip bodies), index, refresh, count, get, a hybrid-clause search, a
+k-NN search, delete, cluster.health, get_mapping.
+"""
+import json
+import sys
+import urllib.request
+
+from opensearchpy import OpenSearch, helpers
+
+url, index, mapping_file = sys.argv[1], sys.argv[2], sys.argv[3]
+mapping = json.load(open(mapping_file))
+os_ = OpenSearch(hosts=[url], timeout=60)
+gz = OpenSearch(hosts=[url], timeout=60, http_compress=True)
+
+info = os_.info()
+assert info["version"]["distribution"] == "opensearch", info
+print(f"info: opensearch {info['version']['number']} via the sidecar")
+assert os_.ping()
+
+os_.indices.create(index=index, body=mapping)
+assert os_.indices.exists(index=index)
+assert not os_.indices.exists(index=index + "-missing")
+
+docs = [
+    {"_index": index, "_id": f"py{i}", "_source": {"title": f"Document {i}", "text": f"Body text number {i} about stem cells and search."}}
+    for i in range(30)
+]
+ok, errors = helpers.bulk(os_, docs)
+assert ok == 30 and not errors, (ok, errors)
+more = [
+    {"_index": index, "_id": f"gz{i}", "_source": {"title": f"Compressed {i}", "text": f"Gzipped body {i} about protein folding."}}
+    for i in range(20)
+]
+ok, errors = helpers.bulk(gz, more)
+assert ok == 20 and not errors, (ok, errors)
+r = gz.index(index=index, id="single", body={"title": "One", "text": "indexed with index() and gzip"})
+assert r["result"] == "created", r
+os_.indices.refresh(index=index)
+n = os_.count(index=index)["count"]
+assert n == 51, n
+print(f"bulk: 30 plain + 20 gzip + 1 index() -> count {n}")
+
+got = os_.get(index=index, id="py3")
+assert got["found"] and len(got["_source"]["text_vector"]) == 384, got
+print("get: py3 has its 384-d vector")
+
+hybrid = os_.search(index=index, body={"query": {"hybrid": {"query": "stem cells"}}, "size": 5})
+hits = hybrid["hits"]["hits"]
+assert len(hits) == 5 and all("_id" in h and "_score" in h for h in hits), hybrid
+print("hybrid ids: " + ",".join(h["_id"] for h in hits))
+
+req = urllib.request.Request(url + "/v1/embeddings", data=json.dumps({"input": ["protein folding"], "model": "all-MiniLM-L6-v2"}).encode(), headers={"content-type": "application/json"})
+vector = json.load(urllib.request.urlopen(req))["data"][0]["embedding"]
+knn = os_.search(index=index, body={"size": 3, "query": {"knn": {"text_vector": {"vector": vector, "k": 3}}}, "_source": ["title"]})
+ids = [h["_id"] for h in knn["hits"]["hits"]]
+assert len(ids) == 3 and all(i.startswith("gz") for i in ids), ids
+print("knn ids: " + ",".join(ids))
+
+r = os_.delete(index=index, id="single", refresh=True)
+assert r["result"] == "deleted", r
+assert os_.count(index=index)["count"] == 50
+health = os_.cluster.health()
+assert health["status"] in ("green", "yellow"), health
+m = os_.indices.get_mapping(index=index)
+assert m[index]["mappings"]["properties"]["text_vector"]["type"] == "knn_vector", m
+print(f"delete, count 50, cluster.health {health['status']}, get_mapping knn_vector: ok")
