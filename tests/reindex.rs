@@ -379,30 +379,42 @@ async fn a_cancelled_job_resumes_later_with_exact_counts() {
     exact(&engine, &target, n).await;
 }
 
-/// A second OpenSearch node of this test's own (it is restarted mid-job), behind the fault proxy
-/// so the sidecar keeps one URL while the node comes back on a new port.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_engine_restart_mid_job_is_waited_out_and_the_counts_are_exact() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let run_dir = tempfile::tempdir().unwrap();
-    let engine_cmd = |arg: &[&str]| {
+/// An engine (one node or a cluster) of a test's own, in its own run folder; stopped when dropped.
+struct OwnEngine {
+    dir: tempfile::TempDir,
+}
+
+impl OwnEngine {
+    fn new() -> Self {
+        OwnEngine { dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// `scripts/engine ARGS` on this engine; its stdout.
+    fn cmd(&self, args: &[&str]) -> String {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let out = Command::new(root.join("scripts/engine"))
-            .args(arg)
-            .env("SIDECAR_RUN_DIR", run_dir.path())
+            .args(args)
+            .env("SIDECAR_RUN_DIR", self.dir.path())
             .stderr(Stdio::inherit())
             .output()
             .unwrap();
-        assert!(out.status.success(), "scripts/engine {arg:?} failed");
+        assert!(out.status.success(), "scripts/engine {args:?} failed");
         String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
-    let first = tokio::task::block_in_place(|| engine_cmd(&["start", "--fresh"]));
-    struct Stop<'a>(&'a dyn Fn(&[&str]) -> String);
-    impl Drop for Stop<'_> {
-        fn drop(&mut self) {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(&["stop"])));
-        }
     }
-    let _stop = Stop(&engine_cmd);
+}
+
+impl Drop for OwnEngine {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.cmd(&["stop"])));
+    }
+}
+
+/// A second engine node of this test's own (it is restarted mid-job), behind the fault proxy
+/// so the sidecar keeps one URL while the node comes back on a new port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_restart_mid_job_is_waited_out_and_the_counts_are_exact() {
+    let own = OwnEngine::new();
+    let first = tokio::task::block_in_place(|| own.cmd(&["start", "--fresh"]));
     let proxy = FaultProxy::start(&first, None).await;
     let engine = EngineClient::new(&encoder_settings(&[("SIDECAR__ENGINE__URLS", &proxy.url)]).engine).unwrap();
     let n = 1200u64;
@@ -419,9 +431,9 @@ async fn an_engine_restart_mid_job_is_waited_out_and_the_counts_are_exact() {
         assert_eq!(j["status"], "running", "{j}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::task::block_in_place(|| engine_cmd(&["stop"]));
+    tokio::task::block_in_place(|| own.cmd(&["stop"]));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let second = tokio::task::block_in_place(|| engine_cmd(&["start"]));
+    let second = tokio::task::block_in_place(|| own.cmd(&["start"]));
     proxy.retarget(&second);
     let j = s.wait(&id, Duration::from_secs(300)).await;
     println!("after the restart: {} outages={}", j["progress"], j["slices"][0]["outages"]);
@@ -444,28 +456,10 @@ async fn losing_a_node_of_three_keeps_reads_answering_and_the_reindex_exact() {
         );
         return;
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let run_dir = tempfile::tempdir().unwrap();
-    let engine_cmd = |arg: &[&str]| {
-        let out = Command::new(root.join("scripts/engine"))
-            .args(arg)
-            .env("SIDECAR_RUN_DIR", run_dir.path())
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "scripts/engine {arg:?} failed");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let own = OwnEngine::new();
     let flavor = common::engine_flavor_name();
-    tokio::task::block_in_place(|| engine_cmd(&["start", "--fresh", "--flavor", &flavor, "--nodes", "3"]));
-    struct Stop<'a>(&'a dyn Fn(&[&str]) -> String);
-    impl Drop for Stop<'_> {
-        fn drop(&mut self) {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(&["stop"])));
-        }
-    }
-    let _stop = Stop(&engine_cmd);
-    let urls = tokio::task::block_in_place(|| engine_cmd(&["urls"]));
+    tokio::task::block_in_place(|| own.cmd(&["start", "--fresh", "--flavor", &flavor, "--nodes", "3"]));
+    let urls = tokio::task::block_in_place(|| own.cmd(&["urls"]));
     assert_eq!(urls.split(',').count(), 3, "{urls}");
     let engine = EngineClient::new(&encoder_settings(&[("SIDECAR__ENGINE__URLS", &urls)]).engine).unwrap();
     let n = 1500u64;
@@ -514,7 +508,7 @@ async fn losing_a_node_of_three_keeps_reads_answering_and_the_reindex_exact() {
     // SIGKILL the elected master
     let master: Value = engine.get_json("/_cat/master?format=json").await.unwrap();
     let name = master[0]["node"].as_str().unwrap().to_string();
-    let pid_file = run_dir.path().join(format!("engine-home/{name}/server.pid"));
+    let pid_file = own.dir.path().join(format!("engine-home/{name}/server.pid"));
     let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
     let killed = Command::new("kill").args(["-KILL", &pid]).status().unwrap();
     assert!(killed.success());

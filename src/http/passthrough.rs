@@ -41,13 +41,16 @@ pub(crate) fn json_body(body: &Bytes) -> Result<Option<Bytes>, ApiError> {
     }
 }
 
+/// Sends the request and returns the engine's answer; `read` marks a POST that is safe to repeat
+/// (`_count`, `_refresh`), GET and HEAD always are.
 async fn forward(
     state: &AppState,
     method: Method,
     path: EnginePath,
     body: Option<Bytes>,
+    read: bool,
 ) -> Result<Response, ApiError> {
-    let idempotent = matches!(method, Method::GET | Method::HEAD);
+    let idempotent = read || matches!(method, Method::GET | Method::HEAD);
     let mut req = EngineRequest::new(method, path.build()).passthrough();
     if idempotent {
         req = req.idempotent(true);
@@ -60,7 +63,7 @@ async fn forward(
 
 /// `GET /` and `HEAD /`: the engine's own answer (name, cluster, version, tagline).
 pub async fn root(State(state): State<AppState>, method: Method) -> Result<Response, ApiError> {
-    forward(&state, method, EnginePath::root(), None).await
+    forward(&state, method, EnginePath::root(), None, false).await
 }
 
 /// `PUT /{index}` (create, with settings and mappings), `DELETE /{index}` (one concrete name),
@@ -80,7 +83,7 @@ pub async fn index(
     } else {
         (EnginePath::root().pattern(&IndexPattern::try_from(index.as_str())?), None)
     };
-    forward(&state, method, path.query(&q), body).await
+    forward(&state, method, path.query(&q), body, false).await
 }
 
 /// `GET|HEAD|DELETE /{index}/_doc/{id}` (writes with a body go through the ingest endpoints).
@@ -93,7 +96,7 @@ pub async fn doc(
     let q = QueryString::parse(query.as_deref())?;
     let path =
         EnginePath::root().index(&IndexName::try_from(index.as_str())?).api("_doc").id(&DocId::try_from(id.as_str())?);
-    forward(&state, method, path.query(&q), None).await
+    forward(&state, method, path.query(&q), None, false).await
 }
 
 /// A read API over an optional index pattern: `[/{index}]/{api}` with an optional JSON body.
@@ -110,12 +113,7 @@ async fn read_api(
     if let Some(i) = index {
         path = path.pattern(&IndexPattern::try_from(i.as_str())?);
     }
-    let body = json_body(&body)?;
-    let mut req = EngineRequest::new(method, path.api(api).query(&q).build()).passthrough().idempotent(true);
-    if let Some(b) = body {
-        req = req.json_bytes(b);
-    }
-    Ok(engine_answer(state.engine.send(req).await?))
+    forward(state, method, path.api(api).query(&q), json_body(&body)?, true).await
 }
 
 pub async fn count_all(
@@ -168,7 +166,7 @@ pub async fn mapping(
 
 pub async fn cluster_health(State(state): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let q = QueryString::parse(q.as_deref())?;
-    forward(&state, Method::GET, EnginePath::root().api("_cluster").api("health").query(&q), None).await
+    forward(&state, Method::GET, EnginePath::root().api("_cluster").api("health").query(&q), None, false).await
 }
 
 pub async fn cluster_health_of(
@@ -178,5 +176,5 @@ pub async fn cluster_health_of(
 ) -> Result<Response, ApiError> {
     let q = QueryString::parse(q.as_deref())?;
     let path = EnginePath::root().api("_cluster").api("health").pattern(&IndexPattern::try_from(index.as_str())?);
-    forward(&state, Method::GET, path.query(&q), None).await
+    forward(&state, Method::GET, path.query(&q), None, false).await
 }
