@@ -20,6 +20,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::encoder::{EncodeOptions, Input, Lane, Pooled, TextKind};
+use crate::engine::path::EnginePath;
 use crate::engine::{EngineClient, EngineRequest};
 use crate::http::{self, AppState};
 use crate::ingest::pipeline::Pipeline;
@@ -106,7 +107,7 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
     crate::cli::add_pipeline_model(&mut settings, &p)?;
     let engine = EngineClient::new(&settings.engine)?;
     let info = engine.info().await?;
-    let count: Value = engine.get_json(&format!("/{}/_count", p.index)).await?;
+    let count: Value = engine.get_json(&EnginePath::at_index(&p.index)?.api("_count").build()).await?;
     let docs_in_index = count["count"].as_u64().unwrap_or(0);
     if docs_in_index == 0 {
         bail!("index `{}` is empty: fill it first (e.g. `semantic-sidecar eval --pipeline ...`)", p.index);

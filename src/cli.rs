@@ -308,7 +308,8 @@ pub fn index_create(settings: &Settings, pipeline: &Path, dry_run: bool) -> anyh
             println!("{}", serde_json::to_string_pretty(&body)?);
             return Ok(());
         }
-        let req = crate::engine::EngineRequest::new(reqwest::Method::PUT, format!("/{}", p.index)).json(&body);
+        let path = crate::engine::path::EnginePath::at_index(&p.index)?.build();
+        let req = crate::engine::EngineRequest::new(reqwest::Method::PUT, path).json(&body);
         engine.send(req).await.with_context(|| format!("creating index `{}`", p.index))?;
         eprintln!("created index `{}` for pipeline `{}`", p.index, p.name);
         Ok(())
@@ -320,7 +321,8 @@ pub fn index_create(settings: &Settings, pipeline: &Path, dry_run: bool) -> anyh
 pub fn index_check(settings: &Settings, pipeline: &Path) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let (p, engine, body) = pipeline_body(settings, pipeline).await?;
-        let got: Value = match engine.get_json(&format!("/{}/_mapping", p.index)).await {
+        let path = crate::engine::path::EnginePath::at_index(&p.index)?.api("_mapping").build();
+        let got: Value = match engine.get_json(&path).await {
             Ok(v) => v,
             Err(crate::engine::EngineError::Rejected { status: 404, .. }) => {
                 bail!(

@@ -21,6 +21,7 @@ use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::engine::path::{EnginePath, IndexName};
 use crate::engine::{EngineClient, EngineRequest};
 use crate::http::{self, AppState};
 use crate::ingest::pipeline::Pipeline;
@@ -372,7 +373,9 @@ async fn ingest(
         .await;
     b.finish_and_clear();
     results.into_iter().collect::<anyhow::Result<Vec<usize>>>()?;
-    engine.send(EngineRequest::new(reqwest::Method::POST, format!("/{index}/_refresh"))).await?;
+    engine
+        .send(EngineRequest::new(reqwest::Method::POST, EnginePath::at_index(index)?.api("_refresh").build()))
+        .await?;
     Ok(())
 }
 
@@ -431,17 +434,18 @@ pub async fn run(mut settings: Settings, opts: &EvalOptions) -> anyhow::Result<R
     }
     let mut pipeline = Pipeline::load(&opts.pipeline)?;
     if let Some(i) = &opts.index {
-        crate::ingest::pipeline::check_index_name(i).map_err(|e| anyhow::anyhow!("--index: {e}"))?;
+        IndexName::try_from(i.as_str()).map_err(|e| anyhow::anyhow!("--index: {e}"))?;
         pipeline.index = i.clone();
     }
     let model = crate::cli::add_pipeline_model(&mut settings, &pipeline)?;
     let index = pipeline.index.clone();
     let (server, engine) = start(settings.clone(), pipeline.clone()).await?;
 
-    let exists = engine.send(EngineRequest::new(reqwest::Method::HEAD, format!("/{index}")).passthrough()).await?;
+    let at = EnginePath::at_index(&index)?;
+    let exists = engine.send(EngineRequest::new(reqwest::Method::HEAD, at.build()).passthrough()).await?;
     let exists = exists.status.is_success();
     if exists && opts.recreate {
-        engine.send(EngineRequest::new(reqwest::Method::DELETE, format!("/{index}"))).await?;
+        engine.send(EngineRequest::new(reqwest::Method::DELETE, at.build())).await?;
     }
     if !exists || opts.recreate {
         let info = engine.info().await?;
@@ -450,10 +454,10 @@ pub async fn run(mut settings: Settings, opts: &EvalOptions) -> anyhow::Result<R
             normalized: model.manifest.normalize,
         };
         let body = crate::ingest::mapping::index_body(&info, &pipeline, shape)?;
-        engine.send(EngineRequest::new(reqwest::Method::PUT, format!("/{index}")).json(&body)).await?;
+        engine.send(EngineRequest::new(reqwest::Method::PUT, at.build()).json(&body)).await?;
         ingest(&server, &engine, &index, &data, opts.progress).await?;
     } else {
-        let v: Value = engine.get_json(&format!("/{index}/_count")).await?;
+        let v: Value = engine.get_json(&at.clone().api("_count").build()).await?;
         let n = v["count"].as_u64().unwrap_or(0) as usize;
         if n != data.docs.len() {
             bail!("index `{index}` exists with {n} documents, the dataset has {}: pass --recreate", data.docs.len());

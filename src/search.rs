@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 
 use crate::encoder::{EncodeOptions, EncoderError, EncoderSet, Input, Lane, Pooled, TextKind};
 use crate::engine::dialect::Dialect;
-use crate::engine::path::{EnginePath, IndexName, IndexPattern, QueryString};
+use crate::engine::path::{DocId, EnginePath, IndexName, IndexPattern, QueryString};
 use crate::engine::{EngineClient, EngineError, EngineRequest, EngineResponse};
 use crate::error::ErrorCode;
 use crate::ingest::pipeline::Pipeline;
@@ -268,7 +268,9 @@ impl Searcher {
         if self.made.lock().map(|m| m.contains(name)).unwrap_or(false) {
             return Ok(());
         }
-        let req = EngineRequest::new(Method::PUT, format!("/_search/pipeline/{name}")).json(def).idempotent(true);
+        let id = DocId::try_from(name).map_err(|e| QueryError::Invalid(format!("search pipeline name: {e}")))?;
+        let path = EnginePath::root().api("_search").api("pipeline").id(&id).build();
+        let req = EngineRequest::new(Method::PUT, path).json(def).idempotent(true);
         self.engine.send(req).await?;
         if let Ok(mut m) = self.made.lock() {
             m.insert(name.to_string());

@@ -166,6 +166,9 @@ async fn client_values_cannot_steer_the_engine_path_into_another_api() {
         (Method::DELETE, format!("/{}/_doc/%2E%2E", f.index)),
         (Method::GET, format!("/{}/_count?a%2Fb=1", f.index)),
         (Method::PUT, "/UPPER".to_string()),
+        // a job id that would climb out of the jobs index into the cluster settings
+        (Method::GET, "/_jobs/..%2F..%2F_cluster%2Fsettings%23".to_string()),
+        (Method::DELETE, "/_jobs/rx-1-0000%2F..%2F..%2F_cluster%2Fsettings".to_string()),
     ] {
         let r = http.request(method.clone(), format!("{}{path}", f.url)).send().await.unwrap();
         let status = r.status().as_u16();
@@ -173,6 +176,11 @@ async fn client_values_cannot_steer_the_engine_path_into_another_api() {
         assert!((400..500).contains(&status), "{method} {path}: {status} {body}");
         assert!(body["error"]["reason"].is_string(), "{method} {path}: {body}");
     }
+    let r =
+        http.post(format!("{}/_jobs/reindex", f.url)).json(&json!({"resume": "../../_cluster/settings"})).send().await;
+    let r = r.unwrap();
+    assert_eq!(r.status(), 400, "resuming a job id that is a path");
+    assert!(r.text().await.unwrap().contains("not a job id"));
     // an id with every special character stays one id
     let odd = "a/b?c#d e%";
     let enc: String = odd.bytes().map(|b| format!("%{b:02X}")).collect();

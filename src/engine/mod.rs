@@ -404,16 +404,8 @@ impl EngineClient {
         if status.is_success() || (req.method == Method::HEAD && status == StatusCode::NOT_FOUND) {
             return Ok(EngineResponse { status, body, headers });
         }
-        let (error_type, reason) = engine_reason(&body);
         let code = status.as_u16();
-        let error = match code {
-            // 403 is also a read-only index block (cluster_block_exception): only a security
-            // exception is about the sidecar's credentials.
-            401 => EngineError::Auth { status: code, reason },
-            403 if error_type == "security_exception" => EngineError::Auth { status: code, reason },
-            400..=499 => EngineError::Rejected { status: code, error_type, reason },
-            _ => EngineError::Failed { status: code, error_type, reason },
-        };
+        let error = EngineError::from_answer(code, &body);
         let answer = Some(EngineResponse { status, body, headers });
         Err(AttemptError { failure: Some(Failure::Status(code)), retry_after, error, answer })
     }
@@ -478,6 +470,23 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+impl EngineError {
+    /// The error an engine answer with a non-success `status` stands for: 4xx is the engine
+    /// refusing the request (not worth repeating), 5xx the engine (or a gateway before it)
+    /// failing, which callers may wait out.
+    pub fn from_answer(status: u16, body: &[u8]) -> EngineError {
+        let (error_type, reason) = engine_reason(body);
+        match status {
+            // 403 is also a read-only index block (cluster_block_exception): only a security
+            // exception is about the sidecar's credentials.
+            401 => EngineError::Auth { status, reason },
+            403 if error_type == "security_exception" => EngineError::Auth { status, reason },
+            400..=499 => EngineError::Rejected { status, error_type, reason },
+            _ => EngineError::Failed { status, error_type, reason },
+        }
+    }
+}
+
 /// Pulls `error.type` and `error.reason` out of an engine error body (both products use the
 /// same shape; the root cause is preferred when present). Falls back to the raw text.
 pub fn engine_reason(body: &[u8]) -> (String, String) {
@@ -528,6 +537,10 @@ mod tests {
         let root_only = br#"{"error":{"root_cause":[{"type":"t","reason":"r"}]}}"#;
         assert_eq!(engine_reason(root_only), ("t".into(), "r".into()));
         assert_eq!(engine_reason(b"Bad Gateway").1, "Bad Gateway");
+        assert!(matches!(EngineError::from_answer(502, b"Bad Gateway"), EngineError::Failed { status: 502, .. }));
+        assert!(matches!(EngineError::from_answer(409, b"{}"), EngineError::Rejected { status: 409, .. }));
+        let sec = br#"{"error":{"type":"security_exception","reason":"no"}}"#;
+        assert!(matches!(EngineError::from_answer(403, sec), EngineError::Auth { status: 403, .. }));
     }
 
     #[test]

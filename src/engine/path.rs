@@ -164,12 +164,17 @@ const PATTERN_SEGMENT: &AsciiSet = &SEGMENT.remove(b'*').remove(b',');
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EnginePath {
     segments: Vec<String>,
-    query: Option<String>,
+    query: QueryString,
 }
 
 impl EnginePath {
     pub fn root() -> Self {
         EnginePath::default()
+    }
+
+    /// `/{name}`, the name checked as one concrete index name first.
+    pub fn at_index(name: &str) -> Result<Self, PathError> {
+        Ok(EnginePath::root().index(&IndexName::try_from(name)?))
     }
 
     /// A fixed API segment of the caller's own (`_doc`, `_search`): never client input.
@@ -195,17 +200,25 @@ impl EnginePath {
         self
     }
 
+    /// A client's (parsed, bounded) query string; parameters added with [`EnginePath::param`]
+    /// afterwards replace the client's of the same name.
     pub fn query(mut self, q: &QueryString) -> Self {
-        self.query = q.encoded();
+        self.query = q.clone();
+        self
+    }
+
+    /// One query parameter of the sidecar's own; the value is encoded.
+    pub fn param(mut self, key: &'static str, value: &str) -> Self {
+        self.query.push(key, value);
         self
     }
 
     pub fn build(&self) -> String {
         let mut s = String::from("/");
         s.push_str(&self.segments.join("/"));
-        if let Some(q) = &self.query {
+        if let Some(q) = self.query.encoded() {
             s.push('?');
-            s.push_str(q);
+            s.push_str(&q);
         }
         s
     }
@@ -320,6 +333,13 @@ mod tests {
         assert!(DocId::try_from("").is_err());
         assert!(DocId::try_from("a\u{0}b").is_err());
         assert!(DocId::try_from("..").is_err() && DocId::try_from(".").is_err());
+        let own = EnginePath::at_index("docs").unwrap().api("_mget").param("_source_includes", "a,b#c").build();
+        assert_eq!(own, "/docs/_mget?_source_includes=a%2Cb%23c");
+        let mut q = QueryString::parse(Some("refresh=false&x=1")).unwrap();
+        q.push("refresh", "true");
+        let path = EnginePath::root().api("_bulk").query(&q).param("x", "2").build();
+        assert_eq!(path, "/_bulk?refresh=true&x=2");
+        assert!(EnginePath::at_index("_cluster/settings").is_err());
     }
 
     proptest! {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::path::IndexName;
 use crate::query::request::{check_field, SearchSpec};
 
 /// Why a pipeline file was refused.
@@ -169,21 +170,6 @@ fn one() -> u32 {
     1
 }
 
-/// Elasticsearch and OpenSearch index names: lowercase, no `\ / * ? " < > | , #`, space or `:`,
-/// not starting with `-`, `_` or `+`, not `.`/`..`, at most 255 bytes.
-pub fn check_index_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 255 {
-        return Err("must be 1 to 255 bytes".into());
-    }
-    if name.starts_with(['-', '_', '+']) || name == "." || name == ".." {
-        return Err(format!("`{name}` must not start with -, _ or + nor be . or .."));
-    }
-    if let Some(c) = name.chars().find(|c| c.is_uppercase() || "\\/*?\"<>|,# :".contains(*c)) {
-        return Err(format!("`{name}` contains `{c}` (lowercase, no \\ / * ? \" < > | , # : or space)"));
-    }
-    Ok(())
-}
-
 fn check_field_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.starts_with('_') || name.starts_with('.') || name.ends_with('.') || name.contains("..") {
         return Err(format!("`{name}` is not a usable field name (empty, leading _ or ., or empty path segment)"));
@@ -221,8 +207,8 @@ impl Pipeline {
         if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
             return bad("name", format!("`{}` must be ASCII letters, digits, - or _", self.name));
         }
-        if let Err(r) = check_index_name(&self.index) {
-            return bad("index", r);
+        if let Err(e) = IndexName::try_from(self.index.as_str()) {
+            return bad("index", e.to_string());
         }
         if self.model.is_empty() {
             return bad("model", "name the model (from encoder.models) whose vectors this index holds".into());
@@ -344,14 +330,6 @@ vector = "text_vector"
             let path = write(tmp.path(), "bad.toml", &text);
             let e = Pipeline::load(&path).unwrap_err().to_string();
             assert!(e.contains("bad.toml") && e.contains(needle), "`{e}` should name bad.toml and `{needle}`");
-        }
-    }
-
-    #[test]
-    fn index_names_follow_the_engine_rules() {
-        assert!(check_index_name("docs-v1").is_ok());
-        for bad in ["", "Docs", "_docs", "a b", "a:b", "a,b", ".", "x".repeat(256).as_str()] {
-            assert!(check_index_name(bad).is_err(), "{bad}");
         }
     }
 }

@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use super::bulk::{self, Action, BulkItem, ItemFailure};
 use super::pipeline::Pipeline;
 use crate::encoder::{EncodeOptions, EncoderError, EncoderSet, Input, Lane, Pooled, TextKind};
+use crate::engine::path::EnginePath;
 use crate::engine::{EngineClient, EngineError, EngineRequest, EngineResponse};
 
 /// Why the ingest configuration was refused at startup.
@@ -327,7 +328,8 @@ impl Ingestor {
             let mut fields = vec![hash_field.clone()];
             fields.extend(p.fields.iter().map(|f| f.vector.clone()));
             fields.extend(p.chunking.as_ref().map(|c| c.passages_field.clone()));
-            let path = format!("/{index}/_mget?_source_includes={}", fields.join(","));
+            let Ok(at) = EnginePath::at_index(index) else { continue };
+            let path = at.api("_mget").param("_source_includes", &fields.join(",")).build();
             let body = serde_json::json!({"ids": ids.keys().collect::<Vec<_>>()});
             let Ok(resp) =
                 engine.send(EngineRequest::new(reqwest::Method::POST, path).json(&body).idempotent(true)).await

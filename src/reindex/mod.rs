@@ -41,11 +41,12 @@ use tokio::sync::mpsc;
 
 use crate::encoder::{EncoderError, EncoderSet};
 use crate::engine::dialect::Dialect;
+use crate::engine::path::{DocId, EnginePath, IndexName, PathError};
 use crate::engine::{EngineClient, EngineError, EngineRequest};
 use crate::error::ErrorCode;
 use crate::ingest::bulk::{self, Action, BulkItem, ItemFailure};
 use crate::ingest::mapping::{index_body, ModelShape};
-use crate::ingest::pipeline::{check_index_name, Pipeline};
+use crate::ingest::pipeline::Pipeline;
 use crate::ingest::writer::Ingestor;
 use crate::telemetry::Metrics;
 use sizer::BulkSizer;
@@ -76,6 +77,35 @@ pub enum ReindexError {
     /// Another sidecar holds (or took) the job's lease.
     #[error("job `{id}` is run by another sidecar ({owner})")]
     LeaseLost { id: String, owner: String },
+}
+
+impl From<PathError> for ReindexError {
+    fn from(e: PathError) -> Self {
+        ReindexError::Invalid(e.to_string())
+    }
+}
+
+/// Whether `id` has the format of the sidecar's job ids, `rx-<ms>-<4 hex>`: only those name
+/// a job document (a client's id never becomes part of an engine path otherwise).
+pub fn is_job_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("rx-") else { return false };
+    let Some((ms, hex)) = rest.split_once('-') else { return false };
+    (1..=20).contains(&ms.len())
+        && ms.bytes().all(|b| b.is_ascii_digit())
+        && hex.len() == 4
+        && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// The engine path of job `id`'s document; an id not of the job format is refused.
+fn job_doc(id: &str) -> Result<EnginePath, ReindexError> {
+    if !is_job_id(id) {
+        let shown: String = id.chars().take(64).collect();
+        return Err(ReindexError::Invalid(format!(
+            "`{}` is not a job id (job ids look like rx-1700000000000-0a1b)",
+            shown.escape_debug()
+        )));
+    }
+    Ok(EnginePath::at_index(JOBS_INDEX)?.api("_doc").id(&DocId::try_from(id)?))
 }
 
 impl ReindexError {
@@ -381,7 +411,8 @@ impl Reindexer {
     }
 
     async fn exists(&self, index: &str) -> Result<bool, ReindexError> {
-        let r = self.engine.send(EngineRequest::new(Method::HEAD, format!("/{index}")).passthrough()).await?;
+        let path = EnginePath::at_index(index)?.build();
+        let r = self.engine.send(EngineRequest::new(Method::HEAD, path).passthrough()).await?;
         Ok(r.status.is_success())
     }
 
@@ -402,7 +433,9 @@ impl Reindexer {
             if !self.exists(index).await? {
                 let r = self
                     .engine
-                    .send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&body).passthrough())
+                    .send(
+                        EngineRequest::new(Method::PUT, EnginePath::at_index(index)?.build()).json(&body).passthrough(),
+                    )
                     .await?;
                 // another process may have created it meanwhile
                 if !r.status.is_success() && !String::from_utf8_lossy(&r.body).contains("already_exists") {
@@ -424,15 +457,14 @@ impl Reindexer {
         let mut s = state.clone();
         s.lease = (s.status == Status::Running)
             .then(|| Lease { owner: self.owner.clone(), until_ms: now_ms() + self.lease.as_millis() as u64 });
-        let query = match versions.get(&s.id) {
-            Some((seq, term)) => format!("if_seq_no={seq}&if_primary_term={term}"),
-            None => "op_type=create".to_string(),
+        let path = match versions.get(&s.id) {
+            Some((seq, term)) => {
+                job_doc(&s.id)?.param("if_seq_no", &seq.to_string()).param("if_primary_term", &term.to_string())
+            }
+            None => job_doc(&s.id)?.param("op_type", "create"),
         };
         let doc = serde_json::to_value(&s).map_err(|e| ReindexError::Failed(e.to_string()))?;
-        let req = EngineRequest::new(Method::PUT, format!("/{JOBS_INDEX}/_doc/{}?{query}", s.id))
-            .json(&doc)
-            .idempotent(true)
-            .passthrough();
+        let req = EngineRequest::new(Method::PUT, path.build()).json(&doc).idempotent(true).passthrough();
         let r = self.engine.send(req).await?;
         let written = if r.status.as_u16() == 409 {
             // a retried write of ours may have landed already: then the stored one is ours
@@ -451,8 +483,7 @@ impl Reindexer {
             let v: Value = r.json()?;
             (v["_seq_no"].as_u64().unwrap_or(0), v["_primary_term"].as_u64().unwrap_or(1))
         } else {
-            let (error_type, reason) = crate::engine::engine_reason(&r.body);
-            return Err(EngineError::Rejected { status: r.status.as_u16(), error_type, reason }.into());
+            return Err(EngineError::from_answer(r.status.as_u16(), &r.body).into());
         };
         // kept for ended jobs too: the run's last write of an ended job is conditional as well
         versions.insert(s.id.clone(), written);
@@ -461,8 +492,7 @@ impl Reindexer {
 
     /// A stored job with its `(_seq_no, _primary_term)`.
     async fn load_versioned(&self, id: &str) -> Result<(JobState, (u64, u64)), ReindexError> {
-        let r =
-            self.engine.send(EngineRequest::new(Method::GET, format!("/{JOBS_INDEX}/_doc/{id}")).passthrough()).await?;
+        let r = self.engine.send(EngineRequest::new(Method::GET, job_doc(id)?.build()).passthrough()).await?;
         if r.status.as_u16() == 404 {
             return Err(ReindexError::NotFound(id.to_string()));
         }
@@ -517,11 +547,9 @@ impl Reindexer {
         let p = self.pipeline(&req.pipeline)?;
         let source = req.source.clone().unwrap_or_else(|| p.index.clone());
         let target = req.target.clone().unwrap_or_else(|| format!("{source}-{}", now_ms() / 1000));
-        for (k, v) in [("source", &source), ("target", &target)] {
-            check_index_name(v).map_err(|e| ReindexError::Invalid(format!("`{k}`: {e}")))?;
-        }
-        if let Some(a) = &req.alias {
-            check_index_name(a).map_err(|e| ReindexError::Invalid(format!("`alias`: {e}")))?;
+        let names = [("source", Some(&source)), ("target", Some(&target)), ("alias", req.alias.as_ref())];
+        for (k, v) in names.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))) {
+            IndexName::try_from(v.as_str()).map_err(|e| ReindexError::Invalid(format!("`{k}`: {e}")))?;
         }
         if source == target {
             return Err(ReindexError::Invalid(format!(
@@ -553,7 +581,11 @@ impl Reindexer {
         };
         let c: Value = self
             .engine
-            .send(EngineRequest::new(Method::POST, format!("/{source}/_count")).json(&count_body).idempotent(true))
+            .send(
+                EngineRequest::new(Method::POST, EnginePath::at_index(&source)?.api("_count").build())
+                    .json(&count_body)
+                    .idempotent(true),
+            )
             .await?
             .json()?;
         let source_count = c["count"].as_u64().unwrap_or(0);
@@ -597,7 +629,7 @@ impl Reindexer {
         let mut tp = p.clone();
         tp.index = target.to_string();
         let mut body = index_body(&info, &tp, shape).map_err(|e| ReindexError::Invalid(e.to_string()))?;
-        let m: Value = self.engine.get_json(&format!("/{source}/_mapping")).await?;
+        let m: Value = self.engine.get_json(&EnginePath::at_index(source)?.api("_mapping").build()).await?;
         if let Some(src_props) = m
             .as_object()
             .and_then(|o| o.values().next())
@@ -610,7 +642,7 @@ impl Reindexer {
                 }
             }
         }
-        self.engine.send(EngineRequest::new(Method::PUT, format!("/{target}")).json(&body)).await?;
+        self.engine.send(EngineRequest::new(Method::PUT, EnginePath::at_index(target)?.build()).json(&body)).await?;
         tracing::info!(%target, "created the target index");
         Ok(())
     }
@@ -774,7 +806,7 @@ impl Reindexer {
         let SliceRun { job, spec, dialect, slice, ingestor, sizer, control } = *run;
         let after = control.live.lock().expect("job state lock").slices[slice as usize].search_after.clone();
         let read_spec = ReadSpec {
-            index: spec.source.clone(),
+            index: IndexName::try_from(spec.source.as_str())?,
             query: spec.query.clone(),
             source_includes: spec.source_includes.clone(),
             page_size: spec.page_size,
@@ -929,15 +961,7 @@ impl Reindexer {
                         again.extend_from_slice(chunk);
                         continue;
                     }
-                    s => {
-                        let (t, r) = crate::engine::engine_reason(&resp.body);
-                        return Err(if s >= 500 {
-                            EngineError::Failed { status: s, error_type: t, reason: r }
-                        } else {
-                            EngineError::Rejected { status: s, error_type: t, reason: r }
-                        }
-                        .into());
-                    }
+                    s => return Err(EngineError::from_answer(s, &resp.body).into()),
                 }
                 let v: Value = resp.json()?;
                 let results = v["items"].as_array().cloned().unwrap_or_default();
@@ -1051,7 +1075,10 @@ impl Reindexer {
     async fn finish(&self, control: &JobControl) -> Result<(), ReindexError> {
         let s = control.live.lock().expect("job state lock").clone();
         self.engine
-            .send(EngineRequest::new(Method::POST, format!("/{}/_refresh", s.spec.target)).idempotent(true))
+            .send(
+                EngineRequest::new(Method::POST, EnginePath::at_index(&s.spec.target)?.api("_refresh").build())
+                    .idempotent(true),
+            )
             .await?;
         let (read, written, failed) = (s.total(|x| x.read), s.total(|x| x.written), s.total(|x| x.failed));
         if read != written + failed || read != s.source_count {
@@ -1074,7 +1101,8 @@ impl Reindexer {
 
     /// Points `alias` at `target` alone, in one `_aliases` call.
     pub async fn swap_alias(&self, alias: &str, target: &str) -> Result<(), ReindexError> {
-        let r = self.engine.send(EngineRequest::new(Method::GET, format!("/_alias/{alias}")).passthrough()).await?;
+        let path = EnginePath::root().api("_alias").index(&IndexName::try_from(alias)?).build();
+        let r = self.engine.send(EngineRequest::new(Method::GET, path).passthrough()).await?;
         let mut actions = Vec::new();
         if r.status.is_success() {
             let v: Value = r.json()?;
@@ -1209,7 +1237,7 @@ impl Jobs {
         let r = self
             .reindexer
             .engine
-            .send(EngineRequest::new(Method::HEAD, format!("/{JOBS_INDEX}")).passthrough())
+            .send(EngineRequest::new(Method::HEAD, EnginePath::at_index(JOBS_INDEX)?.build()).passthrough())
             .await?;
         if !r.status.is_success() {
             return Ok(0);
@@ -1218,7 +1246,11 @@ impl Jobs {
         let v: Value = self
             .reindexer
             .engine
-            .send(EngineRequest::new(Method::POST, format!("/{JOBS_INDEX}/_search")).json(&body).idempotent(true))
+            .send(
+                EngineRequest::new(Method::POST, EnginePath::at_index(JOBS_INDEX)?.api("_search").build())
+                    .json(&body)
+                    .idempotent(true),
+            )
             .await?
             .json()?;
         let mut adopted = 0;
@@ -1237,5 +1269,42 @@ impl Jobs {
             adopted += 1;
         }
         Ok(adopted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_job_id_format_names_a_job_document() {
+        assert!(is_job_id("rx-1796313512711-f672"));
+        assert_eq!(
+            job_doc("rx-1796313512711-f672").unwrap().build(),
+            "/.semantic-sidecar-jobs/_doc/rx-1796313512711-f672"
+        );
+        for bad in [
+            "",
+            "rx-",
+            "rx-1-",
+            "rx-1-abc",
+            "rx-1-ABCD",
+            "rx-x-abcd",
+            "rx-1-abcd/../../_cluster/settings",
+            "../../_cluster/settings",
+            "rx-1-abcd#",
+            "rx-123456789012345678901-abcd",
+        ] {
+            assert!(!is_job_id(bad), "{bad:?}");
+            assert!(matches!(job_doc(bad), Err(ReindexError::Invalid(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_gateway_failure_writing_job_state_is_waited_out_not_fatal() {
+        let e = ReindexError::Engine(EngineError::from_answer(502, b"Bad Gateway"));
+        assert!(retryable(&e));
+        let e = ReindexError::Engine(EngineError::from_answer(400, br#"{"error":{"type":"x","reason":"y"}}"#));
+        assert!(!retryable(&e));
     }
 }

@@ -15,12 +15,13 @@ use axum::http::Method;
 use serde_json::{json, Value};
 
 use crate::engine::dialect::Dialect;
+use crate::engine::path::{EnginePath, IndexName};
 use crate::engine::{EngineClient, EngineError, EngineRequest};
 
 /// What to read.
 #[derive(Clone, Debug)]
 pub struct ReadSpec {
-    pub index: String,
+    pub index: IndexName,
     pub query: Option<Value>,
     pub source_includes: Option<Vec<String>>,
     pub page_size: usize,
@@ -77,10 +78,13 @@ impl Reader {
         after: Option<Value>,
         prefer_scroll: bool,
     ) -> Result<(Reader, bool), EngineError> {
+        let at = EnginePath::root().index(&spec.index);
         let pit_path = match dialect {
-            Dialect::Elasticsearch => format!("/{}/_pit?keep_alive={KEEP_ALIVE}", spec.index),
-            Dialect::Opensearch => format!("/{}/_search/point_in_time?keep_alive={KEEP_ALIVE}", spec.index),
-        };
+            Dialect::Elasticsearch => at.api("_pit"),
+            Dialect::Opensearch => at.api("_search").api("point_in_time"),
+        }
+        .param("keep_alive", KEEP_ALIVE)
+        .build();
         let pit = if prefer_scroll {
             None
         } else {
@@ -148,8 +152,12 @@ impl Reader {
                     None => {
                         let mut b = body_base(&self.spec);
                         b.insert("sort".into(), json!(["_doc"]));
-                        EngineRequest::new(Method::POST, format!("/{}/_search?scroll={KEEP_ALIVE}", self.spec.index))
-                            .json(&Value::Object(b))
+                        let path = EnginePath::root()
+                            .index(&self.spec.index)
+                            .api("_search")
+                            .param("scroll", KEEP_ALIVE)
+                            .build();
+                        EngineRequest::new(Method::POST, path).json(&Value::Object(b))
                     }
                     Some(s) => EngineRequest::new(Method::POST, "/_search/scroll")
                         .json(&json!({"scroll": KEEP_ALIVE, "scroll_id": s})),
