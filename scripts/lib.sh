@@ -4,6 +4,8 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${SIDECAR_CACHE:-$HOME/.cache/semantic-sidecar}"
 RUN_DIR="${SIDECAR_RUN_DIR:-$ROOT/.run}"
+# absolute: engine nodes run from their own working directory
+case "$RUN_DIR" in /*) ;; *) RUN_DIR="$PWD/$RUN_DIR" ;; esac
 
 # ONNX Runtime: the C-API library inside the PyPI wheel (no other registry is reachable).
 ORT_VERSION="1.32.0"

@@ -14,6 +14,8 @@ pub enum ErrorCode {
     InvalidInput,
     /// The client did not present a valid API key.
     Unauthenticated,
+    /// The client's key does not reach this API or index (its scope or index patterns).
+    Forbidden,
     /// No such route or resource.
     NotFound,
     /// The request body is larger than `server.max_body_size`.

@@ -410,6 +410,16 @@ fn run_server(settings: Settings, url_file: Option<&Path>) -> anyhow::Result<()>
         }
         let urls: Vec<&str> = engine.urls().iter().map(|u| u.as_str()).collect();
         tracing::info!(%url, engine = ?urls, version = env!("CARGO_PKG_VERSION"), "listening");
+        let keys = &settings.server.api_keys;
+        if keys.is_empty() && local.ip().is_loopback() {
+            tracing::warn!(%url, "no server.api_keys: serving on loopback only, every caller is admin; set keys to listen elsewhere");
+        } else if keys.is_empty() {
+            tracing::warn!(%url, "no server.api_keys and server.allow_anonymous = true: anyone who reaches this address is admin");
+        } else {
+            let names: Vec<String> =
+                keys.iter().enumerate().map(|(i, k)| format!("{} ({})", k.name(i), k.scope().as_str())).collect();
+            tracing::info!(keys = ?names, "API keys required");
+        }
         match engine.probe().await {
             Ok(info) => tracing::info!(flavor = %info.flavor, version = %info.version, "engine reachable"),
             Err(e) => tracing::warn!(error = %e, "engine not reachable yet; /readyz reports 503 until it is"),

@@ -364,6 +364,16 @@ impl Searcher {
         }))
     }
 
+    /// Whether [`Searcher::es_search`] would rewrite `body` for `index` (a hybrid clause, or the
+    /// pipeline's `auto_hybrid`); a body it would refuse counts as rewritten, so that the
+    /// refusal comes from there.
+    pub fn rewrites(&self, index: &str, body: &Value) -> bool {
+        let pipeline = self.pipelines.iter().find(|p| p.index == index);
+        let target = pipeline.map(|p| Target::of(p));
+        let auto = pipeline.zip(target.as_ref()).filter(|(p, _)| p.search.auto_hybrid);
+        !matches!(compat::analyse(body, auto.map(|(_, t)| t.text_fields.as_slice())), Ok(Rewrite::Passthrough))
+    }
+
     /// `POST /{index}/_search`: passthrough, or the hybrid clause / automatic rewrite.
     pub async fn es_search(
         &self,

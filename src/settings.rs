@@ -195,14 +195,101 @@ pub struct ServerSettings {
     pub request_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    pub api_keys: Vec<Secret>,
+    pub api_keys: Vec<ApiKeySetting>,
     pub auth_exempt_paths: Vec<String>,
+    /// Serve without API keys on a non-loopback address (no keys on loopback needs no flag).
+    pub allow_anonymous: bool,
+    /// Deepest nesting of `{`/`[` accepted in a JSON or NDJSON request body.
+    pub max_json_depth: usize,
+}
+
+/// What a client's API key may reach, least first: each scope includes the ones before it.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Search, get, count, mappings, `_cat`, embeddings.
+    Read,
+    /// + `_bulk`, document writes and updates, refresh.
+    Write,
+    /// + index create/delete, aliases, settings, reindex jobs, cluster APIs, anything else.
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// One entry of `server.api_keys`: a bare key (admin on every index, as before scopes), or a
+/// table `{ key, scope, indices, name }`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ApiKeySetting {
+    Plain(Secret),
+    Scoped(ScopedKey),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedKey {
+    pub key: Secret,
+    /// Shown in logs and metrics instead of the key.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub scope: Scope,
+    /// Index names or `*` patterns the key may name; a request that names no index (cluster
+    /// APIs, `/_search` over everything) needs `*`.
+    #[serde(default = "all_indices")]
+    pub indices: Vec<String>,
+}
+
+fn all_indices() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl ApiKeySetting {
+    pub fn key(&self) -> &Secret {
+        match self {
+            ApiKeySetting::Plain(k) => k,
+            ApiKeySetting::Scoped(s) => &s.key,
+        }
+    }
+    pub fn scope(&self) -> Scope {
+        match self {
+            ApiKeySetting::Plain(_) => Scope::Admin,
+            ApiKeySetting::Scoped(s) => s.scope,
+        }
+    }
+    pub fn indices(&self) -> Vec<String> {
+        match self {
+            ApiKeySetting::Plain(_) => all_indices(),
+            ApiKeySetting::Scoped(s) => s.indices.clone(),
+        }
+    }
+    /// The key's name for logs and metrics (`key-N` when it has none).
+    pub fn name(&self, position: usize) -> String {
+        match self {
+            ApiKeySetting::Scoped(ScopedKey { name: Some(n), .. }) => n.clone(),
+            _ => format!("key-{position}"),
+        }
+    }
 }
 
 impl ServerSettings {
     /// The listen address; always parses, since [`Settings::load`] checked it.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen.parse().expect("validated at load")
+    }
+
+    fn listen_addr_checked(&self) -> Result<SocketAddr, SettingsError> {
+        self.listen.parse::<SocketAddr>().map_err(|_| {
+            SettingsError::invalid("server.listen", format!("`{}` is not an address like 127.0.0.1:8080", self.listen))
+        })
     }
 }
 
@@ -356,21 +443,48 @@ impl Settings {
             return Err(SettingsError::invalid("reindex.lease", "must be between 1s and 1h"));
         }
         let s = &self.server;
-        s.listen.parse::<SocketAddr>().map_err(|_| {
-            SettingsError::invalid("server.listen", format!("`{}` is not an address like 127.0.0.1:8080", s.listen))
-        })?;
+        s.listen_addr_checked()?;
         if s.max_body_size.bytes() == 0 || s.max_body_size.bytes() > MAX_BODY_LIMIT {
             return Err(SettingsError::invalid("server.max_body_size", "must be between 1B and 1GiB"));
         }
         positive("server.request_timeout", s.request_timeout)?;
         for (i, key) in s.api_keys.iter().enumerate() {
-            let k = key.expose();
+            let k = key.key().expose();
             if k.is_empty() || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(SettingsError::invalid(
                     format!("server.api_keys[{i}]"),
                     "an API key must be non-empty and contain no whitespace",
                 ));
             }
+            let indices = key.indices();
+            if indices.is_empty() {
+                return Err(SettingsError::invalid(
+                    format!("server.api_keys[{i}].indices"),
+                    "name at least one index or pattern",
+                ));
+            }
+            for p in &indices {
+                let plain = p.replace('*', "x");
+                if p != "*" && crate::engine::path::IndexName::try_from(plain.as_str()).is_err() {
+                    return Err(SettingsError::invalid(
+                        format!("server.api_keys[{i}].indices"),
+                        format!("`{p}` is not an index name or a `*` pattern"),
+                    ));
+                }
+            }
+        }
+        if !(2..=1000).contains(&s.max_json_depth) {
+            return Err(SettingsError::invalid("server.max_json_depth", "must be between 2 and 1000"));
+        }
+        let addr = s.listen_addr_checked()?;
+        if s.api_keys.is_empty() && !addr.ip().is_loopback() && !s.allow_anonymous {
+            return Err(SettingsError::invalid(
+                "server.listen",
+                format!(
+                    "`{}` is not a loopback address and server.api_keys is empty: anyone who can reach it would use the engine with the sidecar's credentials. Set server.api_keys, or server.allow_anonymous = true if a gateway in front authenticates",
+                    s.listen
+                ),
+            ));
         }
         for (i, p) in s.auth_exempt_paths.iter().enumerate() {
             if !p.starts_with('/') {

@@ -57,6 +57,14 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Why a request was refused before it reached a handler: `missing_key`, `invalid_key`,
+/// `scope`, `index` (the key's name, never the key, for the last two).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    pub reason: String,
+    pub key: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
@@ -188,6 +196,8 @@ pub struct Metrics {
     pub reindex_docs: Family<OutcomeLabels, Counter>,
     /// The adaptive bulk size of the last reindex batch.
     pub reindex_bulk_size: Gauge,
+    /// Requests refused by authentication or authorisation.
+    pub auth_denials: Family<DenialLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -221,7 +231,14 @@ impl Metrics {
         registry.register("reindex_documents", "reindex documents by outcome", reindex_docs.clone());
         let reindex_bulk_size = Gauge::default();
         registry.register("reindex_bulk_size", "documents per bulk request (adaptive)", reindex_bulk_size.clone());
+        let auth_denials = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "auth_denials",
+            "requests refused for a missing or invalid API key, or beyond the key's scope or indices",
+            auth_denials.clone(),
+        );
         Metrics {
+            auth_denials,
             reindex_docs,
             reindex_bulk_size,
             encoder,

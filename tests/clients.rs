@@ -158,12 +158,12 @@ async fn client_values_cannot_steer_the_engine_path_into_another_api() {
         )
         .await
         .unwrap();
-    // an index name that decodes to another API, an id that would climb out of _doc
+    // an index name that decodes to another API, an id that would climb out of _doc (an HTTP
+    // client folds `..` and `%2E%2E` segments itself before sending, so those never arrive)
     for (method, path) in [
         (Method::DELETE, format!("/{}%2F_doc%2Fkeep%3Frefresh%3Dtrue%23", f.index)),
         (Method::GET, "/_cluster%2Fsettings%23".to_string()),
-        (Method::DELETE, format!("/{}/_doc/..", f.index)),
-        (Method::DELETE, format!("/{}/_doc/%2E%2E", f.index)),
+        (Method::DELETE, format!("/{}/_doc/..%2F..%2F_cluster%2Fsettings", f.index)),
         (Method::GET, format!("/{}/_count?a%2Fb=1", f.index)),
         (Method::PUT, "/UPPER".to_string()),
         // a job id that would climb out of the jobs index into the cluster settings
@@ -174,7 +174,9 @@ async fn client_values_cannot_steer_the_engine_path_into_another_api() {
         let status = r.status().as_u16();
         let body: Value = r.json().await.unwrap_or(Value::Null);
         assert!((400..500).contains(&status), "{method} {path}: {status} {body}");
-        assert!(body["error"]["reason"].is_string(), "{method} {path}: {body}");
+        // refused by the sidecar with a reason, or (the id case) one id the engine did not find
+        let one_id = body["_id"] == "../../_cluster/settings" && body["result"] == "not_found";
+        assert!(body["error"]["reason"].is_string() || one_id, "{method} {path}: {body}");
     }
     let r =
         http.post(format!("{}/_jobs/reindex", f.url)).json(&json!({"resume": "../../_cluster/settings"})).send().await;

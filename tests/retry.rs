@@ -101,3 +101,19 @@ async fn non_idempotent_requests_are_not_repeated_on_gateway_errors() {
     assert_eq!(proxy.count(), 2);
     c.send(EngineRequest::new(Method::DELETE, format!("/{index}"))).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_body_the_engine_dropped_the_connection_on_is_not_sent_again() {
+    let proxy = FaultProxy::start(&engine_url(), None).await;
+    let c = client(&proxy.url, "4");
+    proxy.inject(Fault::Drop, 1);
+    let forwarded = EngineRequest::new(Method::POST, "/_search").json_bytes(&br#"{"size": 0}"#[..]).idempotent(true);
+    let e = c.send(forwarded).await.unwrap_err();
+    assert!(matches!(e, EngineError::Unreachable { .. }), "{e:?}");
+    assert_eq!(proxy.count(), 1, "a client's body that may have brought a node down is not sent again");
+    // the same search built by the sidecar itself is retried
+    proxy.reset_count();
+    proxy.inject(Fault::Drop, 1);
+    c.send(EngineRequest::new(Method::POST, "/_search").json(&json!({"size": 0})).idempotent(true)).await.unwrap();
+    assert_eq!(proxy.count(), 2);
+}

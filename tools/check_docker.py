@@ -57,6 +57,13 @@ for name, svc in services.items():
             problems.append(f"service {name}: {path} is not under a mounted folder")
         elif not (root / mounts[mount].lstrip("./") / path[len(mount) + 1:]).parent.exists():
             problems.append(f"service {name}: {path} maps to a folder the repository does not have")
+    ports = [str(p) for p in svc.get("ports", [])]
+    anonymous = str(env.get("SIDECAR__SERVER__ALLOW_ANONYMOUS", "")).lower() == "true"
+    if "0.0.0.0" in str(env.get("SIDECAR__SERVER__LISTEN", "")) and not env.get("SIDECAR__SERVER__API_KEYS"):
+        if not anonymous:
+            problems.append(f"service {name}: listens on 0.0.0.0 without API keys, so the sidecar refuses to start")
+        elif any(not p.startswith("127.0.0.1:") for p in ports):
+            problems.append(f"service {name}: anonymous, but publishes {ports} beyond the host's loopback")
 gpu_env = services.get("sidecar-gpu", {}).get("environment", {})
 if not str(gpu_env.get("SIDECAR__ENCODER__EXECUTION_PROVIDERS", "")).startswith("cuda"):
     problems.append("sidecar-gpu must try the CUDA execution provider first")

@@ -117,20 +117,29 @@ pub struct EngineRequest {
     /// Return the engine's own error answers (after retries) as responses instead of errors, for
     /// requests forwarded on behalf of a client that must see them unchanged.
     pub passthrough: bool,
+    /// The body came from a client: when the engine drops the connection after it was sent
+    /// (a body that crashed or stalled a node), it is not sent again.
+    pub client_body: bool,
 }
 
 impl EngineRequest {
     pub fn new(method: Method, path: impl Into<String>) -> Self {
         let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
-        EngineRequest { method, path: path.into(), body: None, idempotent, passthrough: false }
+        EngineRequest { method, path: path.into(), body: None, idempotent, passthrough: false, client_body: false }
     }
     pub fn json(mut self, value: &serde_json::Value) -> Self {
         self.body = Some(Body::Json(Bytes::from(serde_json::to_vec(value).expect("a JSON value serialises"))));
         self
     }
-    /// A JSON body the caller already holds as bytes (forwarded unchanged).
+    /// A client's JSON body, forwarded unchanged (see [`EngineRequest::client_body`]).
     pub fn json_bytes(mut self, body: impl Into<Bytes>) -> Self {
         self.body = Some(Body::Json(body.into()));
+        self.client_body = true;
+        self
+    }
+    /// Marks the body as a client's (see [`EngineRequest::client_body`]).
+    pub fn from_client(mut self) -> Self {
+        self.client_body = true;
         self
     }
     pub fn ndjson(mut self, body: impl Into<Bytes>) -> Self {
@@ -342,7 +351,9 @@ impl EngineClient {
                 Ok(resp) => return Ok(resp),
                 Err(AttemptError { failure, retry_after, error, answer }) => (failure, retry_after, error, answer),
             };
-            let may_retry = failure.is_some_and(|f| RetryPolicy::is_retryable(f, req.idempotent));
+            let dropped_on_client_body = req.client_body && matches!(failure, Some(Failure::Transport));
+            let may_retry =
+                !dropped_on_client_body && failure.is_some_and(|f| RetryPolicy::is_retryable(f, req.idempotent));
             let delay = if may_retry {
                 policy.delay(retry, started.elapsed(), rand::random::<f64>(), retry_after)
             } else {

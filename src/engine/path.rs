@@ -184,6 +184,21 @@ impl EnginePath {
         self
     }
 
+    /// An API segment checked by the caller to be `_` and lower-case letters (a client's path
+    /// forwarded as it names an engine API).
+    pub fn api_owned(mut self, segment: String) -> Self {
+        debug_assert!(segment.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        self.segments.push(utf8_percent_encode(&segment, SEGMENT).to_string());
+        self
+    }
+
+    /// A later segment of a forwarded path that names things (an alias, a template, a
+    /// `_cat` index list): checked as an id, encoded, but `*` and `,` kept so lists stay lists.
+    pub fn name(mut self, name: &DocId) -> Self {
+        self.segments.push(utf8_percent_encode(name.as_str(), PATTERN_SEGMENT).to_string());
+        self
+    }
+
     pub fn index(mut self, name: &IndexName) -> Self {
         self.segments.push(utf8_percent_encode(name.as_str(), SEGMENT).to_string());
         self
@@ -256,6 +271,11 @@ impl QueryString {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Drops a parameter (one the sidecar consumes itself).
+    pub fn remove(&mut self, key: &str) {
+        self.0.retain(|(k, _)| k != key);
     }
 
     /// Adds a parameter of the sidecar's own (replacing one of that name the client sent).

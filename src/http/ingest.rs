@@ -12,11 +12,12 @@
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
+use serde_json::{json, Value};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::{engine_answer, AppState};
 use crate::engine::path::{DocId, EnginePath, IndexName, QueryString};
@@ -29,21 +30,40 @@ fn invalid(reason: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidInput, reason)
 }
 
-pub async fn bulk_all(state: State<AppState>, query: RawQuery, body: Bytes) -> Result<Response, ApiError> {
-    run_bulk(state, None, query, body).await
+pub async fn bulk_all(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    query: RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    run_bulk(state, caller, None, query, body).await
 }
 
 pub async fn bulk_index(
     state: State<AppState>,
+    caller: Extension<Caller>,
     Path(index): Path<String>,
     query: RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    run_bulk(state, Some(index), query, body).await
+    run_bulk(state, caller, Some(index), query, body).await
+}
+
+/// Every item's index must be one the key covers; an item without one needs the path's.
+fn check_item_indices(caller: &Caller, items: &[BulkItem], default_index: Option<&str>) -> Result<(), ApiError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for item in items {
+        let index = item.index(default_index);
+        if seen.insert(index) {
+            caller.check_index(index)?;
+        }
+    }
+    Ok(())
 }
 
 async fn run_bulk(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     index: Option<String>,
     RawQuery(query): RawQuery,
     body: Bytes,
@@ -58,11 +78,13 @@ async fn run_bulk(
     let path = path.api("_bulk").query(&q).build();
     let mut items = bulk::parse(&body).map_err(|e| invalid(e.reason))?;
     let default_index = index.as_deref();
+    check_item_indices(&caller, &items, default_index)?;
     let touches_pipeline =
         items.iter().any(|i| i.index(default_index).is_some_and(|x| state.ingestor.pipeline_for(x).is_some()));
     if !touches_pipeline {
         // Nothing to embed: the body goes to the engine byte for byte.
-        let resp = state.engine.send(EngineRequest::new(Method::POST, path).ndjson(body).passthrough()).await?;
+        let req = EngineRequest::new(Method::POST, path).ndjson(body).passthrough().from_client();
+        let resp = state.engine.send(req).await?;
         return Ok(engine_answer(resp));
     }
     let prepared = state.ingestor.prepare(&mut items, default_index, &state.engine).await?;
@@ -163,4 +185,168 @@ pub async fn create_with_id(
 ) -> Result<Response, ApiError> {
     let t = DocTarget { method, index, id: Some(id), endpoint: "_create", action: Action::Create };
     one_doc(&state, t, query, body).await
+}
+
+/// What `_update` accepts on a pipeline index.
+const UPDATE_KEYS: &[&str] = &["doc", "upsert", "doc_as_upsert", "detect_noop"];
+
+/// Merges a partial document into `target` the way the engines do: objects key by key, every
+/// other value replaced.
+fn merge_into(target: &mut serde_json::Map<String, Value>, partial: &serde_json::Map<String, Value>) {
+    for (k, v) in partial {
+        match (target.get_mut(k), v) {
+            (Some(Value::Object(t)), Value::Object(p)) => merge_into(t, p),
+            _ => {
+                target.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// `POST /{index}/_update/{id}`. Other indices: forwarded. A pipeline index: the stored document
+/// is fetched, the partial `doc` merged in (or `upsert` / `doc_as_upsert` used when there is
+/// none), the result embedded like any write, and written back only if nobody changed it
+/// meanwhile (`if_seq_no`/`if_primary_term`; `retry_on_conflict` more tries). Scripted updates
+/// are refused there: what a script changes cannot be embedded.
+pub async fn update(
+    State(state): State<AppState>,
+    Path((index, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let name = IndexName::try_from(index.as_str())?;
+    let doc_id = DocId::try_from(id.as_str())?;
+    let q = QueryString::parse(query.as_deref())?;
+    let req: Value = serde_json::from_slice(&body).map_err(|e| invalid(format!("the update body is not JSON: {e}")))?;
+    let Some(req) = req.as_object().cloned() else { return Err(invalid("the update body must be a JSON object")) };
+    let Some(pipeline) = state.ingestor.pipeline_for(&index).cloned() else {
+        let path = EnginePath::root().index(&name).api("_update").id(&doc_id).query(&q).build();
+        let req = EngineRequest::new(Method::POST, path).passthrough().json_bytes(body);
+        return Ok(engine_answer(state.engine.send(req).await?));
+    };
+    if req.contains_key("script") {
+        return Err(invalid(format!(
+            "scripted updates are refused on `{index}` (pipeline `{}`): the sidecar cannot embed what a script changes; send the changed fields as a partial `doc`",
+            pipeline.name
+        )));
+    }
+    if let Some(k) = req.keys().find(|k| !UPDATE_KEYS.contains(&k.as_str())) {
+        return Err(invalid(format!(
+            "`{k}` is not accepted in an update of `{index}` (accepted: {})",
+            UPDATE_KEYS.join(", ")
+        )));
+    }
+    let partial = match req.get("doc") {
+        None => None,
+        Some(Value::Object(m)) => Some(m.clone()),
+        Some(_) => return Err(invalid("`doc` must be a JSON object")),
+    };
+    let upsert = match req.get("upsert") {
+        None => None,
+        Some(Value::Object(m)) => Some(m.clone()),
+        Some(_) => return Err(invalid("`upsert` must be a JSON object")),
+    };
+    let doc_as_upsert = req.get("doc_as_upsert").and_then(Value::as_bool).unwrap_or(false);
+    let detect_noop = req.get("detect_noop").and_then(Value::as_bool).unwrap_or(true);
+    if partial.is_none() && upsert.is_none() {
+        return Err(invalid("an update needs a partial `doc` (or an `upsert`)"));
+    }
+    let retries: u32 = match q.get("retry_on_conflict") {
+        None => 0,
+        Some(n) => {
+            n.parse().ok().filter(|n| *n <= 100).ok_or_else(|| invalid("`retry_on_conflict` must be 0 to 100"))?
+        }
+    };
+    let client_version = (q.get("if_seq_no").map(String::from), q.get("if_primary_term").map(String::from));
+    // parameters of the write that follows (refresh, routing, timeout, …), minus the update's own
+    let mut write_q = q.clone();
+    for k in ["retry_on_conflict", "if_seq_no", "if_primary_term", "_source", "_source_includes", "_source_excludes"] {
+        write_q.remove(k);
+    }
+    if let (Some(p), None) = (pipeline.engine_pipeline.as_ref(), write_q.get("pipeline")) {
+        write_q.push("pipeline", p);
+    }
+    let doc_path = EnginePath::root().index(&name).api("_doc").id(&doc_id);
+    let mut attempt = 0;
+    loop {
+        let mut get_q = QueryString::default();
+        if let Some(r) = q.get("routing") {
+            get_q.push("routing", r);
+        }
+        let got = state
+            .engine
+            .send(EngineRequest::new(Method::GET, doc_path.clone().query(&get_q).build()).passthrough())
+            .await?;
+        let found = got.status.is_success();
+        if !found && got.status.as_u16() != 404 {
+            return Ok(engine_answer(got));
+        }
+        let stored: Value = if found { got.json()? } else { Value::Null };
+        let (source, created) = match (found, &partial, &upsert) {
+            (true, Some(p), _) => {
+                let mut s = stored["_source"].as_object().cloned().unwrap_or_default();
+                let before = s.clone();
+                merge_into(&mut s, p);
+                if detect_noop && s == before {
+                    let mut v = json!({"_index": stored["_index"], "_id": stored["_id"], "_version": stored["_version"],
+                        "result": "noop", "_shards": {"total": 0, "successful": 0, "failed": 0}});
+                    for k in ["_seq_no", "_primary_term"] {
+                        v[k] = stored[k].clone();
+                    }
+                    return Ok(axum::Json(v).into_response());
+                }
+                (s, false)
+            }
+            (true, None, _) => {
+                // only an upsert and the document exists: nothing to change
+                let v = json!({"_index": stored["_index"], "_id": stored["_id"], "_version": stored["_version"],
+                    "result": "noop", "_seq_no": stored["_seq_no"], "_primary_term": stored["_primary_term"],
+                    "_shards": {"total": 0, "successful": 0, "failed": 0}});
+                return Ok(axum::Json(v).into_response());
+            }
+            (false, Some(p), _) if doc_as_upsert => (p.clone(), true),
+            (false, _, Some(u)) => (u.clone(), true),
+            (false, _, None) => {
+                let body = json!({"error": {"type": "document_missing_exception", "reason": format!("[{id}]: document missing"),
+                    "index": index}, "status": 404});
+                return Ok((StatusCode::NOT_FOUND, axum::Json(body)).into_response());
+            }
+        };
+        let mut meta = serde_json::Map::new();
+        meta.insert("_id".into(), Value::from(id.clone()));
+        let mut items = vec![BulkItem { action: Action::Index, meta, source: Some(Value::Object(source)), line: 1 }];
+        let prepared = state.ingestor.prepare(&mut items, Some(&index), &state.engine).await?;
+        if let Some(f) = prepared.failures.first() {
+            let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST);
+            let body = json!({"error": {"type": f.error_type, "reason": f.reason}, "status": f.status});
+            return Ok((status, axum::Json(body)).into_response());
+        }
+        let doc = items.pop().and_then(|i| i.source).unwrap_or_default();
+        let mut put_q = write_q.clone();
+        match (&client_version, created) {
+            ((Some(s), Some(t)), _) => {
+                put_q.push("if_seq_no", s);
+                put_q.push("if_primary_term", t);
+            }
+            (_, true) => put_q.push("op_type", "create"),
+            (_, false) => {
+                put_q.push("if_seq_no", &stored["_seq_no"].to_string());
+                put_q.push("if_primary_term", &stored["_primary_term"].to_string());
+            }
+        }
+        let put = EngineRequest::new(Method::PUT, doc_path.clone().query(&put_q).build()).json(&doc).passthrough();
+        let resp = state.engine.send(put).await?;
+        let conflict = resp.status.as_u16() == 409;
+        if conflict && attempt < retries && client_version.0.is_none() {
+            attempt += 1;
+            continue;
+        }
+        if !resp.status.is_success() {
+            return Ok(engine_answer(resp));
+        }
+        let mut v: Value = resp.json()?;
+        v["result"] = json!(if created { "created" } else { "updated" });
+        let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+        return Ok((status, axum::Json(v)).into_response());
+    }
 }

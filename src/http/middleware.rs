@@ -1,4 +1,5 @@
-//! Cross-cutting request handling: API-key authentication, body-size limit, gzip request bodies,
+//! Cross-cutting request handling: API-key authentication and authorisation (decided in
+//! [`super::auth`]), body-size limit, gzip request bodies,
 //! request timeout, metrics, the engine's headers on every answer, and turning the framework's
 //! plain-text rejections into JSON errors.
 
@@ -10,39 +11,13 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tower_http::request_id::{MakeRequestId, RequestId};
 
+use super::auth::{self, Caller};
 use super::error::ApiError;
 use super::AppState;
 use crate::error::ErrorCode;
-use crate::telemetry::{RequestLabels, RouteLabels};
-
-/// SHA-256 digests of the configured API keys. Comparing digests in constant time hides both
-/// the key and its length from timing.
-#[derive(Clone, Default)]
-pub struct ApiKeys(Vec<[u8; 32]>);
-
-impl ApiKeys {
-    pub fn new<'a>(keys: impl IntoIterator<Item = &'a str>) -> Self {
-        ApiKeys(keys.into_iter().map(digest).collect())
-    }
-
-    pub fn is_enabled(&self) -> bool {
-        !self.0.is_empty()
-    }
-
-    /// True when `presented` matches one of the keys; every key is compared, always.
-    pub fn accepts(&self, presented: &str) -> bool {
-        let d = digest(presented);
-        self.0.iter().fold(subtle::Choice::from(0), |acc, k| acc | k.ct_eq(&d)).into()
-    }
-}
-
-fn digest(s: &str) -> [u8; 32] {
-    Sha256::digest(s.as_bytes()).into()
-}
+use crate::telemetry::{DenialLabels, RequestLabels, RouteLabels};
 
 fn presented_key(req: &Request) -> Option<&str> {
     if let Some(v) = req.headers().get("x-api-key") {
@@ -53,19 +28,44 @@ fn presented_key(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
 }
 
-/// Rejects requests without a valid API key, except on the exempt paths.
-pub async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !state.api_keys.is_enabled() || state.settings.server.auth_exempt_paths.iter().any(|p| p == req.uri().path()) {
+/// Identifies the caller by its API key and refuses what the key's scope and index patterns do
+/// not cover ([`auth::classify`]); the [`Caller`] goes on as a request extension for the
+/// handlers that read index names from the body. Exempt paths (probes) pass with a read-only
+/// caller; without configured keys every request is the anonymous admin.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let deny = |reason: &str, key: &str, e: ApiError| {
+        state.metrics.auth_denials.get_or_create(&DenialLabels { reason: reason.into(), key: key.into() }).inc();
+        e.into_response()
+    };
+    let caller = if !state.api_keys.is_enabled() {
+        Caller::anonymous()
+    } else if state.settings.server.auth_exempt_paths.iter().any(|p| p == req.uri().path()) {
+        req.extensions_mut().insert(Caller::probe());
         return next.run(req).await;
-    }
-    match presented_key(&req) {
-        Some(key) if state.api_keys.accepts(key) => next.run(req).await,
-        Some(_) => ApiError::new(ErrorCode::Unauthenticated, "invalid API key").into_response(),
-        None => {
-            ApiError::new(ErrorCode::Unauthenticated, "missing API key: send `x-api-key` or `Authorization: Bearer`")
-                .into_response()
+    } else {
+        match presented_key(&req).map(|k| state.api_keys.identify(k)) {
+            Some(Some(c)) => c,
+            Some(None) => {
+                return deny("invalid_key", "", ApiError::new(ErrorCode::Unauthenticated, "invalid API key"));
+            }
+            None => {
+                let e = ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "missing API key: send `x-api-key` or `Authorization: Bearer`",
+                );
+                return deny("missing_key", "", e);
+            }
         }
+    };
+    let Some(segments) = auth::segments(req.uri().path()) else {
+        return ApiError::new(ErrorCode::InvalidInput, "the path is not UTF-8 once percent-decoded").into_response();
+    };
+    let access = auth::classify(req.method(), &segments);
+    if let Err((e, why)) = auth::authorize(&caller, &access, req.method(), req.uri().path()) {
+        return deny(why, &caller.name, e);
     }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
 }
 
 /// Refuses a declared `Content-Length` over the limit before the body is read. Bodies without a
@@ -126,6 +126,62 @@ pub async fn decompress(State(state): State<AppState>, req: Request, next: Next)
     parts.headers.remove(header::CONTENT_ENCODING);
     parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
     next.run(Request::from_parts(parts, Body::from(out))).await
+}
+
+/// The deepest nesting of `{`/`[` in `body` (JSON or NDJSON), brackets inside strings not
+/// counted. One pass, no allocation, stops as soon as `limit` is passed.
+pub fn json_depth_over(body: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Refuses a request body nested deeper than `server.max_json_depth` before any handler parses
+/// it or the engine sees it (the engines' parsers recurse; a deep enough body is a
+/// `StackOverflowError`, which halts an Elasticsearch node). Bodies over 1 MiB are scanned off
+/// the async workers.
+pub async fn limit_depth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = state.settings.server.max_json_depth;
+    let max = usize::try_from(state.settings.server.max_body_size.bytes()).unwrap_or(usize::MAX);
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, max).await else {
+        return too_large(state.settings.server.max_body_size);
+    };
+    let deep = if bytes.len() > 1 << 20 {
+        let b = bytes.clone();
+        tokio::task::spawn_blocking(move || json_depth_over(&b, limit)).await.unwrap_or(true)
+    } else {
+        json_depth_over(&bytes, limit)
+    };
+    if deep {
+        return ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("the request body is nested deeper than server.max_json_depth ({limit})"),
+        )
+        .into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 
 /// Passes the client's `X-Opaque-Id` / `traceparent` / `tracestate` to every engine request made
@@ -222,23 +278,28 @@ impl MakeRequestId for SidecarRequestId {
     }
 }
 
-/// The JSON 404 for unknown routes.
-pub async fn not_found(req: Request<Body>) -> Response {
-    ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.uri().path())).into_response()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::json_depth_over;
+    use proptest::prelude::*;
 
     #[test]
-    fn api_keys_match_exactly() {
-        let keys = ApiKeys::new(["alpha-key-123", "beta-key-456"]);
-        assert!(keys.is_enabled());
-        assert!(keys.accepts("alpha-key-123"));
-        assert!(keys.accepts("beta-key-456"));
-        assert!(!keys.accepts("alpha-key-12"));
-        assert!(!keys.accepts(""));
-        assert!(!ApiKeys::default().is_enabled());
+    fn depth_counts_brackets_outside_strings_only() {
+        assert!(!json_depth_over(br#"{"a": [1, {"b": 2}]}"#, 3));
+        assert!(json_depth_over(br#"{"a": [1, {"b": [2]}]}"#, 3));
+        assert!(!json_depth_over(br#"{"a": "[[[[[[{{{{{"}"#, 1), "brackets in a string");
+        assert!(!json_depth_over(br#"{"a": "\"[[[["}"#, 1), "an escaped quote does not end the string");
+        let ndjson = b"{\"index\":{}}\n{\"t\":[1]}\n";
+        assert!(!json_depth_over(ndjson, 2) && json_depth_over(ndjson, 1));
+        let deep = "[".repeat(5000);
+        assert!(json_depth_over(deep.as_bytes(), 64));
+    }
+
+    proptest! {
+        #[test]
+        fn depth_agrees_with_nesting_built_on_purpose(n in 1usize..200, limit in 1usize..200) {
+            let body = format!("{}1{}", "{\"a\":[".repeat(n), "]}".repeat(n));
+            prop_assert_eq!(json_depth_over(body.as_bytes(), limit), 2 * n > limit);
+        }
     }
 }

@@ -12,11 +12,12 @@
 //!
 //! Middleware, outermost first: request id → tracing → engine headers (X-Opaque-Id/traceparent
 //! forwarded, X-Elastic-Product added) → metrics → JSON rejections → timeout → authentication →
-//! body-size limit → gzip request bodies → route. Authentication runs before the body is read.
+//! body-size limit → gzip request bodies → JSON depth limit → route. Authentication runs before the body is read.
 //!
 //! Shutdown: [`serve`] stops accepting on the shutdown signal and lets in-flight requests finish
 //! for up to `server.shutdown_grace`.
 
+pub mod auth;
 pub mod embed;
 pub mod error;
 pub mod ingest;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -47,7 +48,8 @@ use crate::reindex::{Jobs, Reindexer};
 use crate::search::Searcher;
 use crate::settings::Settings;
 use crate::telemetry::{EngineLabels, Metrics};
-use middleware::{ApiKeys, SidecarRequestId};
+use auth::ApiKeys;
+use middleware::SidecarRequestId;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -70,7 +72,7 @@ impl AppState {
 
     /// A state with loaded models; `metrics` must be the one the encoders were loaded with.
     pub fn with_encoders(settings: Settings, engine: EngineClient, metrics: Metrics, encoders: EncoderSet) -> Self {
-        let api_keys = ApiKeys::new(settings.server.api_keys.iter().map(|k| k.expose()));
+        let api_keys = ApiKeys::new(&settings.server.api_keys);
         let encoders = Arc::new(encoders);
         let ingestor = Arc::new(Ingestor::new(Vec::new(), encoders.clone(), 0, 1).expect("no pipelines"));
         let searcher = Arc::new(Searcher::new(engine.clone(), encoders.clone(), Vec::new(), settings.search.clone()));
@@ -144,20 +146,11 @@ pub fn router(state: AppState) -> Router {
         .route("/_search", get(search::search_all).post(search::search_all))
         .route("/{index}/_search", get(search::search_index).post(search::search_index))
         .route("/", get(passthrough::root).head(passthrough::root))
-        .route(
-            "/{index}",
-            put(passthrough::index).get(passthrough::index).head(passthrough::index).delete(passthrough::index),
-        )
-        .route("/_count", get(passthrough::count_all).post(passthrough::count_all))
-        .route("/{index}/_count", get(passthrough::count).post(passthrough::count))
-        .route("/_refresh", get(passthrough::refresh_all).post(passthrough::refresh_all))
-        .route("/{index}/_refresh", get(passthrough::refresh).post(passthrough::refresh))
-        .route("/_mapping", get(passthrough::mapping_all))
-        .route("/{index}/_mapping", get(passthrough::mapping))
-        .route("/_cluster/health", get(passthrough::cluster_health))
-        .route("/_cluster/health/{index}", get(passthrough::cluster_health_of))
-        .fallback(middleware::not_found)
+        .route("/{index}", any(passthrough::any))
+        .route("/{index}/_update/{id}", post(ingest::update))
+        .fallback(passthrough::any)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_depth))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::decompress))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authenticate))

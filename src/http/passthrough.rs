@@ -12,11 +12,12 @@
 //! API, per-key scopes.
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::Method;
+use axum::extract::{Extension, Path, RawQuery, State};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::Value;
 
+use super::auth::{self, Caller};
 use super::error::ApiError;
 use super::{engine_answer, AppState};
 use crate::engine::path::{DocId, EnginePath, IndexName, IndexPattern, PathError, QueryString};
@@ -66,26 +67,6 @@ pub async fn root(State(state): State<AppState>, method: Method) -> Result<Respo
     forward(&state, method, EnginePath::root(), None, false).await
 }
 
-/// `PUT /{index}` (create, with settings and mappings), `DELETE /{index}` (one concrete name),
-/// `GET|HEAD /{index}` (names or patterns).
-pub async fn index(
-    State(state): State<AppState>,
-    method: Method,
-    Path(index): Path<String>,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let q = QueryString::parse(query.as_deref())?;
-    let (path, body) = if method == Method::PUT || method == Method::DELETE {
-        let name = IndexName::try_from(index.as_str())?;
-        let body = if method == Method::PUT { json_body(&body)? } else { None };
-        (EnginePath::root().index(&name), body)
-    } else {
-        (EnginePath::root().pattern(&IndexPattern::try_from(index.as_str())?), None)
-    };
-    forward(&state, method, path.query(&q), body, false).await
-}
-
 /// `GET|HEAD|DELETE /{index}/_doc/{id}` (writes with a body go through the ingest endpoints).
 pub async fn doc(
     State(state): State<AppState>,
@@ -99,82 +80,131 @@ pub async fn doc(
     forward(&state, method, path.query(&q), None, false).await
 }
 
-/// A read API over an optional index pattern: `[/{index}]/{api}` with an optional JSON body.
-async fn read_api(
-    state: &AppState,
-    method: Method,
-    index: Option<String>,
-    api: &'static str,
-    query: Option<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let q = QueryString::parse(query.as_deref())?;
+/// The engine APIs that read and are safe to repeat even as a POST.
+const READ_POSTS: &[&str] = &[
+    "_search",
+    "_count",
+    "_mget",
+    "_msearch",
+    "_field_caps",
+    "_validate",
+    "_explain",
+    "_termvectors",
+    "_mtermvectors",
+    "_analyze",
+    "_refresh",
+    "_pit",
+    "point_in_time",
+    "scroll",
+];
+
+/// An engine API name from a client's path: `_` and lower-case letters only.
+fn api_segment(s: &str) -> Option<String> {
+    (s.len() <= 64 && s.starts_with('_') && s[1..].bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .then(|| s.to_string())
+}
+
+/// A client's decoded path, rebuilt from checked segments: the first is an index pattern (a
+/// concrete name for `PUT`/`DELETE /{index}`) unless it is an API, later ones are APIs or plain
+/// names (ids, alias or template names), each encoded on its own.
+fn engine_path(method: &Method, segments: &[String]) -> Result<EnginePath, ApiError> {
     let mut path = EnginePath::root();
-    if let Some(i) = index {
-        path = path.pattern(&IndexPattern::try_from(i.as_str())?);
+    for (i, seg) in segments.iter().enumerate() {
+        path = if let Some(api) = api_segment(seg) {
+            path.api_owned(api)
+        } else if seg.starts_with('_') {
+            return Err(ApiError::new(ErrorCode::InvalidInput, format!("`{}` is not an API name", seg.escape_debug())));
+        } else if i == 0 && segments.len() == 1 && matches!(*method, Method::PUT | Method::DELETE | Method::POST) {
+            path.index(&IndexName::try_from(seg.as_str())?)
+        } else if i == 0 {
+            path.pattern(&IndexPattern::try_from(seg.as_str())?)
+        } else {
+            path.name(&DocId::try_from(seg.as_str())?)
+        };
     }
-    forward(state, method, path.api(api).query(&q), json_body(&body)?, true).await
+    Ok(path)
 }
 
-pub async fn count_all(
+/// Refuses what would write to a pipeline index without its vectors: `_update_by_query`
+/// (scripts), and `_reindex` into one (use `POST /_jobs/reindex`).
+fn check_pipeline_writes(state: &AppState, segments: &[String], body: Option<&Bytes>) -> Result<(), ApiError> {
+    let pipeline_in = |list: &str| list.split(',').find(|i| state.ingestor.pipeline_for(i).is_some()).map(String::from);
+    let refuse = |r: String| Err(ApiError::new(ErrorCode::InvalidInput, r));
+    match segments {
+        [index, api, ..] if api == "_update_by_query" => {
+            if let Some(i) = pipeline_in(index) {
+                return refuse(format!(
+                    "_update_by_query is refused on `{i}`: its documents carry vectors the sidecar computes, and a script's changes cannot be embedded; write the changed documents through _bulk or _update, or reindex with POST /_jobs/reindex"
+                ));
+            }
+        }
+        [api] if api == "_reindex" => {
+            let dest = body
+                .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                .and_then(|v| v.pointer("/dest/index").and_then(Value::as_str).map(String::from));
+            if let Some(i) = dest.as_deref().and_then(pipeline_in) {
+                return refuse(format!(
+                    "_reindex into `{i}` is refused: it would copy documents without their vectors; use POST /_jobs/reindex, which embeds them"
+                ));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Every engine API the sidecar does not rewrite (`_cat/*`, `_aliases`, `_settings`,
+/// `_search/scroll`, PIT, `_field_caps`, `_stats`, cluster APIs, …): the path rebuilt from
+/// checked segments, the query string re-encoded, a JSON-object body; what the key may reach
+/// was decided in [`super::auth`] before this runs. `_mget` and `_msearch` check the indices
+/// their bodies name.
+pub async fn any(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     method: Method,
-    RawQuery(q): RawQuery,
+    uri: Uri,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    read_api(&state, method, None, "_count", q, body).await
+    if !matches!(method, Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE) {
+        let e = ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("method {method} is not forwarded: use GET, HEAD, POST, PUT or DELETE"),
+        );
+        return Err(ApiError { status: Some(StatusCode::METHOD_NOT_ALLOWED), ..e });
+    }
+    let segments = auth::segments(uri.path())
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidInput, "the path is not UTF-8 once percent-decoded"))?;
+    let q = QueryString::parse(uri.query())?;
+    match segments.as_slice() {
+        [api] if api == "_msearch" => return super::search::msearch(&state, &caller, None, &q, body).await,
+        [index, api] if api == "_msearch" => {
+            return super::search::msearch(&state, &caller, Some(index), &q, body).await
+        }
+        [api] | [_, api] if api == "_mget" => {
+            check_mget(&caller, segments.first().filter(|_| segments.len() == 2), &body)?
+        }
+        _ => {}
+    }
+    let path = engine_path(&method, &segments)?;
+    let body = json_body(&body)?;
+    check_pipeline_writes(&state, &segments, body.as_ref())?;
+    let read = segments.iter().any(|s| READ_POSTS.contains(&s.as_str()));
+    forward(&state, method, path.query(&q), body, read).await
 }
 
-pub async fn count(
-    State(state): State<AppState>,
-    method: Method,
-    Path(index): Path<String>,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    read_api(&state, method, Some(index), "_count", q, body).await
-}
-
-pub async fn refresh_all(
-    State(state): State<AppState>,
-    method: Method,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    read_api(&state, method, None, "_refresh", q, Bytes::new()).await
-}
-
-pub async fn refresh(
-    State(state): State<AppState>,
-    method: Method,
-    Path(index): Path<String>,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    read_api(&state, method, Some(index), "_refresh", q, Bytes::new()).await
-}
-
-pub async fn mapping_all(State(state): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    read_api(&state, Method::GET, None, "_mapping", q, Bytes::new()).await
-}
-
-pub async fn mapping(
-    State(state): State<AppState>,
-    Path(index): Path<String>,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    read_api(&state, Method::GET, Some(index), "_mapping", q, Bytes::new()).await
-}
-
-pub async fn cluster_health(State(state): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    let q = QueryString::parse(q.as_deref())?;
-    forward(&state, Method::GET, EnginePath::root().api("_cluster").api("health").query(&q), None, false).await
-}
-
-pub async fn cluster_health_of(
-    State(state): State<AppState>,
-    Path(index): Path<String>,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let q = QueryString::parse(q.as_deref())?;
-    let path = EnginePath::root().api("_cluster").api("health").pattern(&IndexPattern::try_from(index.as_str())?);
-    forward(&state, Method::GET, path.query(&q), None, false).await
+/// `_mget`: every `docs[]._index` (or the path's index) must be one the key covers.
+fn check_mget(caller: &Caller, path_index: Option<&String>, body: &Bytes) -> Result<(), ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("the _mget body is not JSON: {e}")))?;
+    let docs = v.get("docs").and_then(Value::as_array);
+    let mut checked = false;
+    for d in docs.into_iter().flatten() {
+        let index = d.get("_index").and_then(Value::as_str).or(path_index.map(String::as_str));
+        caller.check_index(index)?;
+        checked = true;
+    }
+    if !checked {
+        caller.check_index(path_index.map(String::as_str))?;
+    }
+    Ok(())
 }

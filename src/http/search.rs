@@ -5,11 +5,14 @@
 //! [`Searcher::es_search`]: crate::search::Searcher::es_search
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::passthrough;
 use super::{engine_answer, AppState};
@@ -29,10 +32,16 @@ impl From<SearchError> for ApiError {
     }
 }
 
-/// `POST /search`.
-pub async fn search(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+/// `POST /search`; the key must cover the index searched (a pipeline name stands for its index).
+pub async fn search(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: SearchRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("the search request: {e}")))?;
+    let index = state.searcher.pipeline(&req.index).map_or(req.index.as_str(), |p| p.index.as_str());
+    caller.check_index(Some(index))?;
     Ok(Json(state.searcher.search(req).await?).into_response())
 }
 
@@ -54,10 +63,19 @@ pub async fn search_index(
 /// `GET|POST /_search`: no index, so no pipeline; passed through.
 pub async fn search_all(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let query = QueryString::parse(query.as_deref())?;
+    // a point-in-time search names its indices through the PIT id, which came from a search
+    // the key was allowed; any other search of /_search reaches every index
+    let body_has_pit = passthrough::json_body(&body)?
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v.get("pit").is_some());
+    if !body_has_pit {
+        caller.check_index(None)?;
+    }
     let req = EngineRequest::new(Method::POST, EnginePath::root().api("_search").query(&query).build())
         .passthrough()
         .idempotent(true);
@@ -66,4 +84,111 @@ pub async fn search_all(
         None => req,
     };
     Ok(engine_answer(state.engine.send(req).await?))
+}
+
+/// Most searches in one `_msearch`.
+const MAX_MSEARCH_ITEMS: usize = 1000;
+
+/// `GET|POST [/{index}]/_msearch`: every header's index must be one the key covers. Without a
+/// hybrid clause or an `auto_hybrid` index in any item, the parsed lines go to the engine's
+/// `_msearch` in one request; otherwise each item runs as its own `_search` (rewritten where it
+/// needs to be, at most 8 at a time) and the answers come back in order, in `_msearch`'s shape.
+pub async fn msearch(
+    state: &AppState,
+    caller: &Caller,
+    index: Option<&String>,
+    query: &QueryString,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let invalid = |r: String| ApiError::new(ErrorCode::InvalidInput, r);
+    let text = std::str::from_utf8(&body).map_err(|_| invalid("the _msearch body is not UTF-8".into()))?;
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if lines.len() % 2 != 0 {
+        return Err(invalid(
+            "the _msearch body must be pairs of header and body lines; the last header has no body".into(),
+        ));
+    }
+    if lines.len() / 2 > MAX_MSEARCH_ITEMS {
+        return Err(invalid(format!(
+            "the _msearch body has {} searches, more than {MAX_MSEARCH_ITEMS}",
+            lines.len() / 2
+        )));
+    }
+    let mut items = Vec::with_capacity(lines.len() / 2);
+    for (n, pair) in lines.chunks(2).enumerate() {
+        let object = |l: &str, what: &str| match serde_json::from_str::<Value>(l) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(invalid(format!(
+                "_msearch line {}: the {what} must be a JSON object",
+                2 * n + if what == "header" { 1 } else { 2 }
+            ))),
+        };
+        let header = object(pair[0], "header")?;
+        let search = object(pair[1], "body")?;
+        let target = match header.get("index") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Array(a)) => Some(a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")),
+            Some(_) => return Err(invalid(format!("_msearch header {}: `index` must be a string or a list", n + 1))),
+            None => index.cloned(),
+        };
+        caller.check_index(target.as_deref())?;
+        items.push((target, header, Value::Object(search)));
+    }
+    let rewrite = items.iter().any(|(t, _, b)| t.as_deref().is_some_and(|t| state.searcher.rewrites(t, b)));
+    if !rewrite {
+        let mut nd = String::with_capacity(body.len());
+        for (_, h, b) in &items {
+            nd.push_str(&Value::Object(h.clone()).to_string());
+            nd.push('\n');
+            nd.push_str(&b.to_string());
+            nd.push('\n');
+        }
+        let mut path = EnginePath::root();
+        if let Some(i) = index {
+            path = path.pattern(&IndexPattern::try_from(i.as_str())?);
+        }
+        let req = EngineRequest::new(Method::POST, path.api("_msearch").query(query).build())
+            .ndjson(nd)
+            .passthrough()
+            .idempotent(true)
+            .from_client();
+        return Ok(engine_answer(state.engine.send(req).await?));
+    }
+    let one = |(target, header, search): (Option<String>, serde_json::Map<String, Value>, Value)| async move {
+        let answer = async {
+            let target = target.ok_or_else(|| invalid("this search names no index".into()))?;
+            let pattern = IndexPattern::try_from(target.as_str())?;
+            let q = {
+                let mut params = form_urlencoded::Serializer::new(String::new());
+                for (k, v) in header.iter().filter(|(k, _)| k.as_str() != "index") {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(_) | Value::Bool(_) => v.to_string(),
+                        _ => return Err(invalid(format!("_msearch header `{k}` must be a string, number or boolean"))),
+                    };
+                    params.append_pair(k, &v);
+                }
+                QueryString::parse(Some(&params.finish()))?
+            };
+            let body = Bytes::from(search.to_string());
+            Ok::<_, ApiError>(state.searcher.es_search(&pattern, &q, body).await?)
+        };
+        match answer.await {
+            Ok(EsAnswer::Json(mut v)) => {
+                v["status"] = json!(200);
+                v
+            }
+            Ok(EsAnswer::Raw(resp)) => {
+                let mut v: Value = serde_json::from_slice(&resp.body).unwrap_or_else(
+                    |_| json!({"error": {"type": "engine_failed", "reason": "the engine's answer is not JSON"}}),
+                );
+                v["status"] = json!(resp.status.as_u16());
+                v
+            }
+            Err(e) => json!({"error": {"type": e.code, "reason": e.reason}, "status": e.status().as_u16()}),
+        }
+    };
+    let responses: Vec<Value> = futures_util::stream::iter(items).map(one).buffered(8).collect().await;
+    Ok(Json(json!({"took": started.elapsed().as_millis() as u64, "responses": responses})).into_response())
 }

@@ -239,25 +239,106 @@ pub struct Plan {
     pub highlight: Option<Value>,
 }
 
-/// Query-DSL clauses that run code or parse a query language: never accepted in filters.
-const FORBIDDEN_CLAUSES: &[&str] =
-    &["script", "script_score", "query_string", "simple_query_string", "template", "search_template", "wrapper"];
+/// Leaf clauses accepted where the client supplies query DSL (filters, `highlight_query`):
+/// term-level, full-text, and geo matches. Their parameters may not name a script (e.g.
+/// `terms_set.minimum_should_match_script`). Everything not listed here or in
+/// [`check_clause`]'s compound clauses is refused: an allow-list, so a new engine clause that
+/// runs code is refused by default.
+const LEAF_CLAUSES: &[&str] = &[
+    "term",
+    "terms",
+    "terms_set",
+    "range",
+    "exists",
+    "prefix",
+    "wildcard",
+    "regexp",
+    "fuzzy",
+    "ids",
+    "match",
+    "match_phrase",
+    "match_phrase_prefix",
+    "match_bool_prefix",
+    "multi_match",
+    "combined_fields",
+    "match_all",
+    "match_none",
+    "geo_distance",
+    "geo_bounding_box",
+    "geo_polygon",
+    "geo_shape",
+];
 
-/// Refuses forbidden clauses anywhere inside `v`; `at` names where `v` came from.
-pub fn check_dsl(v: &Value, at: &str) -> Result<(), QueryError> {
+fn refused(k: &str, at: &str) -> QueryError {
+    QueryError::Invalid(format!(
+        "`{k}` is not accepted in {at}: only term-level, full-text and geo clauses, combined with bool, constant_score, dis_max, nested or boosting, are (no scripts, query-string parsers, templates or inner hits)"
+    ))
+}
+
+/// Refuses any key that names a script, at any depth of a leaf clause's parameters.
+fn check_no_script(v: &Value, at: &str) -> Result<(), QueryError> {
     match v {
-        Value::Object(m) => {
-            for (k, inner) in m {
-                if FORBIDDEN_CLAUSES.contains(&k.as_str()) {
-                    return Err(QueryError::Invalid(format!(
-                        "`{k}` is not accepted in {at}: clauses that run scripts or parse query strings are refused"
-                    )));
-                }
-                check_dsl(inner, at)?;
+        Value::Object(m) => m.iter().try_for_each(|(k, inner)| {
+            if k.contains("script") {
+                return Err(refused(k, at));
             }
-            Ok(())
+            check_no_script(inner, at)
+        }),
+        Value::Array(a) => a.iter().try_for_each(|x| check_no_script(x, at)),
+        _ => Ok(()),
+    }
+}
+
+/// One query clause (`{"name": {…}}`) against the allow-list; compound clauses are checked
+/// down to their leaves.
+pub fn check_clause(v: &Value, at: &str) -> Result<(), QueryError> {
+    let Some((name, body)) = v.as_object().filter(|m| m.len() == 1).and_then(|m| m.iter().next()) else {
+        let shown: String = v.to_string().chars().take(80).collect();
+        return Err(QueryError::Invalid(format!("{at}: `{shown}` is not one query clause")));
+    };
+    let clauses = |x: &Value| match x {
+        Value::Array(a) => a.iter().try_for_each(|c| check_clause(c, at)),
+        c => check_clause(c, at),
+    };
+    let params = |allowed: &[&str], inner: &[&str]| -> Result<(), QueryError> {
+        let Some(m) = body.as_object() else {
+            return Err(QueryError::Invalid(format!("{at}: `{name}` takes an object")));
+        };
+        for (k, x) in m {
+            if inner.contains(&k.as_str()) {
+                clauses(x)?;
+            } else if !allowed.contains(&k.as_str()) {
+                return Err(refused(&format!("{name}.{k}"), at));
+            }
         }
-        Value::Array(a) => a.iter().try_for_each(|x| check_dsl(x, at)),
+        Ok(())
+    };
+    match name.as_str() {
+        "bool" => params(&["minimum_should_match", "boost", "_name"], &["must", "should", "filter", "must_not"]),
+        "constant_score" => params(&["boost", "_name"], &["filter"]),
+        "dis_max" => params(&["tie_breaker", "boost", "_name"], &["queries"]),
+        "nested" => params(&["path", "score_mode", "ignore_unmapped", "boost", "_name"], &["query"]),
+        "boosting" => params(&["negative_boost", "boost", "_name"], &["positive", "negative"]),
+        leaf if LEAF_CLAUSES.contains(&leaf) => check_no_script(body, at),
+        other => Err(refused(other, at)),
+    }
+}
+
+/// A `highlight` object: its `highlight_query` entries are clauses (checked as such), and no
+/// other key may name a script.
+fn check_highlight(v: &Value) -> Result<(), QueryError> {
+    let at = "highlight";
+    match v {
+        Value::Object(m) => m.iter().try_for_each(|(k, inner)| {
+            if k == "highlight_query" {
+                check_clause(inner, at)
+            } else if k.contains("script") {
+                Err(refused(k, at))
+            } else {
+                check_highlight(inner)
+            }
+        }),
+        Value::Array(a) => a.iter().try_for_each(check_highlight),
         _ => Ok(()),
     }
 }
@@ -283,7 +364,7 @@ pub fn filters_of(filter: Option<Value>) -> Result<Vec<Value>, QueryError> {
                 )))
             }
         }
-        check_dsl(f, "filters")?;
+        check_clause(f, &format!("filter[{i}]"))?;
     }
     Ok(list)
 }
@@ -412,7 +493,7 @@ pub fn plan(
         if !h.is_object() {
             return Err(QueryError::Invalid("`highlight` must be an object (Elasticsearch highlight syntax)".into()));
         }
-        check_dsl(h, "highlight")?;
+        check_highlight(h)?;
     }
     Ok(Plan {
         target,
@@ -484,6 +565,23 @@ mod tests {
             (json!({"index": "d", "query": "x", "filter": "year:2020"}), "`filter`"),
             (json!({"index": "d", "query": "x", "filter": [{"term": {"a": 1}, "range": {}}]}), "filter[0]"),
             (json!({"index": "d", "query": "x", "filter": {"script": {"script": "1"}}}), "`script`"),
+            (
+                json!({"index": "d", "query": "x", "filter": {"terms_set": {"tags": {"terms": ["a"], "minimum_should_match_script": {"source": "1"}}}}}),
+                "minimum_should_match_script",
+            ),
+            (
+                json!({"index": "d", "query": "x", "filter": {"nested": {"path": "p", "query": {"match_all": {}}, "inner_hits": {"script_fields": {}}}}}),
+                "nested.inner_hits",
+            ),
+            (
+                json!({"index": "d", "query": "x", "filter": {"bool": {"filter": [{"term": {"a": 1}}, {"function_score": {}}]}}}),
+                "function_score",
+            ),
+            (json!({"index": "d", "query": "x", "filter": {"percolate": {"field": "q"}}}), "percolate"),
+            (
+                json!({"index": "d", "query": "x", "highlight": {"fields": {"t": {"highlight_query": {"script_score": {}}}}}}),
+                "script_score",
+            ),
             (
                 json!({"index": "d", "query": "x", "filter": {"bool": {"must": {"query_string": {"query": "a"}}}}}),
                 "query_string",

@@ -71,3 +71,53 @@ assert health["status"] in ("green", "yellow"), health
 m = es.indices.get_mapping(index=index)
 assert m[index]["mappings"]["properties"]["text_vector"]["type"] == "dense_vector", m
 print(f"delete, count 50, cluster.health {health['status']}, get_mapping dense_vector: ok")
+
+# --- the rest of an app's day: mget, msearch (one item hybrid), update that re-embeds, the
+# refusals that keep vectors honest, _cat, aliases, scroll, point in time
+docs = es.mget(index=index, ids=["py1", "gz1"])["docs"]
+assert [d["found"] for d in docs] == [True, True], docs
+ms = es.msearch(searches=[{"index": index}, {"query": {"match": {"text": "protein"}}, "size": 2},
+                          {"index": index}, {"query": {"hybrid": {"query": "stem cells"}}, "size": 3}])
+assert [r["status"] for r in ms["responses"]] == [200, 200], ms
+assert len(ms["responses"][1]["hits"]["hits"]) == 3, ms
+before = es.get(index=index, id="py5")["_source"]["text_vector"]
+r = es.update(index=index, id="py5", doc={"text": "Completely different words on marine biology."}, refresh=True)
+assert r["result"] == "updated", r
+after = es.get(index=index, id="py5")["_source"]
+assert after["title"] == "Document 5" and after["text"].startswith("Completely"), after
+assert after["text_vector"] != before and len(after["text_vector"]) == 384
+assert es.update(index=index, id="py5", doc={"text": after["text"]})["result"] == "noop"
+r = es.update(index=index, id="new1", doc={"title": "Upserted", "text": "made by doc_as_upsert"}, doc_as_upsert=True, refresh=True)
+assert r["result"] == "created" and len(es.get(index=index, id="new1")["_source"]["text_vector"]) == 384, r
+from elasticsearch import BadRequestError, NotFoundError
+for call in (lambda: es.update(index=index, id="py6", script={"source": "ctx._source.text = 'x'"}),
+             lambda: es.update_by_query(index=index, script={"source": "ctx._source.text = 'x'"})):
+    try:
+        call()
+        raise AssertionError("a scripted update of a pipeline index went through")
+    except BadRequestError as e:
+        assert "script" in json.dumps(e.body), e.body
+try:
+    es.update(index=index, id="nope", doc={"text": "x"})
+    raise AssertionError("update of a missing document")
+except NotFoundError:
+    pass
+es.delete(index=index, id="new1", refresh=True)
+cat = es.cat.indices(index=index, format="json")
+assert cat[0]["index"] == index and int(cat[0]["docs.count"]) == 50, cat
+es.indices.put_alias(index=index, name=index + "-alias")
+assert index in es.indices.get_alias(name=index + "-alias")
+page = es.search(index=index, scroll="1m", size=20, query={"match_all": {}})
+seen = len(page["hits"]["hits"])
+while True:
+    page = es.scroll(scroll_id=page["_scroll_id"], scroll="1m")
+    if not page["hits"]["hits"]:
+        break
+    seen += len(page["hits"]["hits"])
+es.clear_scroll(scroll_id=page["_scroll_id"])
+assert seen == 50, seen
+pit = es.open_point_in_time(index=index, keep_alive="1m")["id"]
+r = es.search(pit={"id": pit, "keep_alive": "1m"}, size=100, query={"match_all": {}})
+assert len(r["hits"]["hits"]) == 50, r["hits"]["total"]
+es.close_point_in_time(id=pit)
+print("mget, msearch with a hybrid item, update re-embeds / noop / upsert, scripted updates refused, _cat, alias, scroll 50, pit 50: ok")

@@ -69,3 +69,50 @@ assert health["status"] in ("green", "yellow"), health
 m = os_.indices.get_mapping(index=index)
 assert m[index]["mappings"]["properties"]["text_vector"]["type"] == "knn_vector", m
 print(f"delete, count 50, cluster.health {health['status']}, get_mapping knn_vector: ok")
+
+# --- the rest of an app's day: mget, msearch (one item hybrid), update that re-embeds, the
+# refusals that keep vectors honest, _cat, aliases, scroll, point in time
+from opensearchpy.exceptions import NotFoundError, RequestError
+
+docs = os_.mget(index=index, body={"ids": ["py1", "gz1"]})["docs"]
+assert [d["found"] for d in docs] == [True, True], docs
+ms = os_.msearch(body=[{"index": index}, {"query": {"match": {"text": "protein"}}, "size": 2},
+                       {"index": index}, {"query": {"hybrid": {"query": "stem cells"}}, "size": 3}])
+assert [r["status"] for r in ms["responses"]] == [200, 200], ms
+assert len(ms["responses"][1]["hits"]["hits"]) == 3, ms
+before = os_.get(index=index, id="py5")["_source"]["text_vector"]
+r = os_.update(index=index, id="py5", body={"doc": {"text": "Completely different words on marine biology."}}, refresh=True)
+assert r["result"] == "updated", r
+after = os_.get(index=index, id="py5")["_source"]
+assert after["title"] == "Document 5" and after["text"].startswith("Completely"), after
+assert after["text_vector"] != before and len(after["text_vector"]) == 384
+assert os_.update(index=index, id="py5", body={"doc": {"text": after["text"]}})["result"] == "noop"
+r = os_.update(index=index, id="new1", body={"doc": {"title": "Upserted", "text": "made by doc_as_upsert"}, "doc_as_upsert": True}, refresh=True)
+assert r["result"] == "created" and len(os_.get(index=index, id="new1")["_source"]["text_vector"]) == 384, r
+for call in (lambda: os_.update(index=index, id="py6", body={"script": {"source": "ctx._source.text = 'x'"}}),
+             lambda: os_.update_by_query(index=index, body={"script": {"source": "ctx._source.text = 'x'"}})):
+    try:
+        call()
+        raise AssertionError("a scripted update of a pipeline index went through")
+    except RequestError as e:
+        assert "script" in json.dumps(e.info), e.info
+try:
+    os_.update(index=index, id="nope", body={"doc": {"text": "x"}})
+    raise AssertionError("update of a missing document")
+except NotFoundError:
+    pass
+os_.delete(index=index, id="new1", refresh=True)
+cat = os_.cat.indices(index=index, format="json")
+assert cat[0]["index"] == index and int(cat[0]["docs.count"]) == 50, cat
+os_.indices.put_alias(index=index, name=index + "-alias")
+assert index in os_.indices.get_alias(name=index + "-alias")
+page = os_.search(index=index, scroll="1m", size=20, body={"query": {"match_all": {}}})
+seen = len(page["hits"]["hits"])
+while True:
+    page = os_.scroll(scroll_id=page["_scroll_id"], scroll="1m")
+    if not page["hits"]["hits"]:
+        break
+    seen += len(page["hits"]["hits"])
+os_.clear_scroll(scroll_id=page["_scroll_id"])
+assert seen == 50, seen
+print("mget, msearch with a hybrid item, update re-embeds / noop / upsert, scripted updates refused, _cat, alias, scroll 50: ok")
