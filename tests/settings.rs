@@ -169,3 +169,30 @@ fn ingest_pipelines_are_validated_at_load() {
     let e = load_err(None, &[("SIDECAR__INGEST__PIPELINES", &path)]);
     assert!(e.contains("encoder.models"), "pipelines need models: {e}");
 }
+
+#[test]
+fn without_keys_only_loopback_is_served_unless_anonymous_is_allowed() {
+    let e = load_err(None, &[("SIDECAR__SERVER__LISTEN", "0.0.0.0:8080")]);
+    assert!(e.contains("server.listen") && e.contains("allow_anonymous"), "{e}");
+    let ok = |pairs: &[(&str, &str)]| Settings::load(None, &env(pairs)).unwrap();
+    ok(&[("SIDECAR__SERVER__LISTEN", "0.0.0.0:8080"), ("SIDECAR__SERVER__ALLOW_ANONYMOUS", "true")]);
+    ok(&[("SIDECAR__SERVER__LISTEN", "0.0.0.0:8080"), ("SIDECAR__SERVER__API_KEYS", "k1")]);
+    ok(&[("SIDECAR__SERVER__LISTEN", "[::1]:8080")]);
+}
+
+#[test]
+fn scoped_keys_load_from_the_config_file_and_are_checked() {
+    let f = file("[server]\napi_keys = ['bare', { name = 'web', key = 'k2', scope = 'read', indices = ['docs-*'] }]\n");
+    let s = Settings::load(Some(f.path()), &HashMap::new()).unwrap();
+    use semantic_sidecar::settings::Scope;
+    let k = &s.server.api_keys;
+    assert_eq!((k[0].scope(), k[0].indices()), (Scope::Admin, vec!["*".to_string()]));
+    assert_eq!((k[1].scope(), k[1].name(1), k[1].indices()), (Scope::Read, "web".into(), vec!["docs-*".to_string()]));
+    assert!(!format!("{s:?}").contains("k2"), "keys never shown");
+    let e = load_err(Some("[server]\napi_keys = [{ key = 'k', scope = 'read', indices = ['a/b'] }]\n"), &[]);
+    assert!(e.contains("server.api_keys[0].indices"), "{e}");
+    let e = load_err(Some("[server]\napi_keys = [{ key = 'k', scope = 'root' }]\n"), &[]);
+    assert!(e.contains("api_keys"), "{e}");
+    let e = load_err(None, &[("SIDECAR__SERVER__MAX_JSON_DEPTH", "1")]);
+    assert!(e.contains("server.max_json_depth"), "{e}");
+}

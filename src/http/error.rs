@@ -39,6 +39,11 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
     }
 }
 
+/// Marks a response as the sidecar's own refusal of a key (not an engine's 403), for the
+/// denial counter.
+#[derive(Clone, Copy, Debug)]
+pub struct Denied;
+
 /// An error on its way to a client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -92,6 +97,9 @@ impl IntoResponse for ApiError {
             if let Ok(v) = HeaderValue::from_str(&ra.as_secs().max(1).to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }
+        }
+        if self.code == ErrorCode::Forbidden {
+            resp.extensions_mut().insert(Denied);
         }
         if self.code == ErrorCode::Unauthenticated {
             resp.headers_mut()

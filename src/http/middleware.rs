@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use tower_http::request_id::{MakeRequestId, RequestId};
 
 use super::auth::{self, Caller};
-use super::error::ApiError;
+use super::error::{ApiError, Denied};
 use super::AppState;
 use crate::error::ErrorCode;
 use crate::telemetry::{DenialLabels, RequestLabels, RouteLabels};
@@ -64,8 +64,14 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     if let Err((e, why)) = auth::authorize(&caller, &access, req.method(), req.uri().path()) {
         return deny(why, &caller.name, e);
     }
+    let name = caller.name.clone();
     req.extensions_mut().insert(caller);
-    next.run(req).await
+    let resp = next.run(req).await;
+    if resp.extensions().get::<Denied>().is_some() {
+        // a handler refused an index named in the body
+        state.metrics.auth_denials.get_or_create(&DenialLabels { reason: "index".into(), key: name }).inc();
+    }
+    resp
 }
 
 /// Refuses a declared `Content-Length` over the limit before the body is read. Bodies without a

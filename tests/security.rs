@@ -1,0 +1,404 @@
+//! The sidecar stands in front of a cluster with its own engine credentials. Two suites, against
+//! the real engine under test:
+//! - the scope matrix: every API class (read, write, admin) with every kind of key (read, write,
+//!   admin, and a read key for another index), allowed exactly when the key's scope and index
+//!   patterns cover it, 403 with a JSON reason otherwise, denials counted in `/metrics`;
+//! - hostile requests (traversal in index, id and job id, deep bodies, scripts in every filter
+//!   position, a gzip bomb, huge counts) through a sidecar without keys, i.e. as admin: each a 4xx
+//!   JSON error, the engine untouched (cluster settings, index list, documents) and the sidecar
+//!   healthy.
+
+mod common;
+
+use std::io::Write;
+
+use common::{encoder_settings, engine_url, unique_index};
+use reqwest::Method;
+use semantic_sidecar::encoder::EncoderSet;
+use semantic_sidecar::engine::{EngineClient, EngineRequest};
+use semantic_sidecar::http::{self, AppState};
+use semantic_sidecar::ingest::mapping::{index_body, ModelShape};
+use semantic_sidecar::ingest::pipeline::Pipeline;
+use semantic_sidecar::settings::{ApiKeySetting, Scope, ScopedKey, Secret, Settings};
+use semantic_sidecar::telemetry::Metrics;
+use serde_json::{json, Value};
+
+struct Sidecar {
+    url: String,
+    index: String,
+    engine: EngineClient,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A sidecar with one pipeline index (created, with one document `d1`), and `keys`.
+async fn sidecar(prefix: &str, keys: Vec<ApiKeySetting>) -> Sidecar {
+    let mut settings: Settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
+    settings.server.api_keys = keys;
+    let engine = EngineClient::new(&settings.engine).unwrap();
+    let index = unique_index(prefix);
+    let p: Pipeline = toml::from_str(&format!(
+        "name = 'sec'\nindex = '{index}'\nmodel = 'all-MiniLM-L6-v2'\n\
+         [[fields]]\nsource = ['title', 'text']\nvector = 'text_vector'\n"
+    ))
+    .unwrap();
+    let info = engine.info().await.unwrap();
+    let body = index_body(&info, &p, ModelShape { dims: 384, normalized: true }).unwrap();
+    engine.send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&body)).await.unwrap();
+    let metrics = Metrics::new();
+    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
+    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
+    let state = AppState::with_encoders(settings, engine.clone(), metrics, encoders).with_pipelines(vec![p]).unwrap();
+    let (url, tx) = http::serve_local(state).await.unwrap();
+    let s = Sidecar { url, index, engine, _stop: tx };
+    let r = s.call(Some("admin-key"), Method::PUT, &format!("/{}/_doc/d1?refresh=true", s.index), doc("first")).await;
+    assert!(r.0 < 300, "{r:?}");
+    s
+}
+
+fn doc(text: &str) -> Body {
+    Body::Json(json!({"title": "t", "text": text}))
+}
+
+#[derive(Clone, Debug)]
+enum Body {
+    None,
+    Json(Value),
+    Ndjson(String),
+    Raw(&'static str, Vec<u8>),
+}
+
+impl Sidecar {
+    async fn call(&self, key: Option<&str>, method: Method, path: &str, body: Body) -> (u16, Value) {
+        let mut r = reqwest::Client::new().request(method, format!("{}{path}", self.url));
+        if let Some(k) = key {
+            r = r.header("x-api-key", k);
+        }
+        r = match body {
+            Body::None => r,
+            Body::Json(v) => r.json(&v),
+            Body::Ndjson(s) => r.header("content-type", "application/x-ndjson").body(s),
+            Body::Raw(encoding, bytes) => {
+                r.header("content-type", "application/json").header("content-encoding", encoding).body(bytes)
+            }
+        };
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn index_list(&self) -> Vec<String> {
+        let v: Value = self.engine.get_json("/_cat/indices?format=json&h=index").await.unwrap();
+        let mut names: Vec<String> =
+            v.as_array().unwrap().iter().filter_map(|i| i["index"].as_str().map(String::from)).collect();
+        names.sort();
+        names
+    }
+}
+
+fn scoped(name: &str, key: &str, scope: Scope, indices: &[&str]) -> ApiKeySetting {
+    ApiKeySetting::Scoped(ScopedKey {
+        key: Secret::new(key),
+        name: Some(name.into()),
+        scope,
+        indices: indices.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+#[tokio::test]
+async fn every_scope_reaches_exactly_its_api_classes_and_indices() {
+    let keys = vec![
+        scoped("reader", "read-key", Scope::Read, &["sec-*"]),
+        scoped("stranger", "other-key", Scope::Read, &["other"]),
+        scoped("writer", "write-key", Scope::Write, &["sec-*"]),
+        ApiKeySetting::Plain(Secret::new("admin-key")),
+    ];
+    let s = sidecar("sec", keys).await;
+    let i = s.index.clone();
+    // (what, method, path, body, scope it needs, names only `i`: false = needs every index)
+    let calls: Vec<(&str, Method, String, Body, Scope, bool)> = vec![
+        ("get", Method::GET, format!("/{i}/_doc/d1"), Body::None, Scope::Read, true),
+        ("exists", Method::HEAD, format!("/{i}"), Body::None, Scope::Read, true),
+        ("search", Method::POST, format!("/{i}/_search"), Body::Json(json!({"size": 1})), Scope::Read, true),
+        ("count", Method::POST, format!("/{i}/_count"), Body::None, Scope::Read, true),
+        ("mapping", Method::GET, format!("/{i}/_mapping"), Body::None, Scope::Read, true),
+        ("cat", Method::GET, format!("/_cat/indices/{i}?format=json"), Body::None, Scope::Read, true),
+        (
+            "mget",
+            Method::POST,
+            "/_mget".into(),
+            Body::Json(json!({"docs": [{"_index": i, "_id": "d1"}]})),
+            Scope::Read,
+            true,
+        ),
+        (
+            "msearch",
+            Method::POST,
+            "/_msearch".into(),
+            Body::Ndjson(format!("{{\"index\":\"{i}\"}}\n{{}}\n")),
+            Scope::Read,
+            true,
+        ),
+        (
+            "hybrid",
+            Method::POST,
+            "/search".into(),
+            Body::Json(json!({"index": i, "query": "first"})),
+            Scope::Read,
+            true,
+        ),
+        ("search all", Method::POST, "/_search".into(), Body::Json(json!({"size": 0})), Scope::Read, false),
+        ("count all", Method::GET, "/_count".into(), Body::None, Scope::Read, false),
+        ("index doc", Method::PUT, format!("/{i}/_doc/d2"), doc("second"), Scope::Write, true),
+        (
+            "update",
+            Method::POST,
+            format!("/{i}/_update/d2"),
+            Body::Json(json!({"doc": {"title": "u"}})),
+            Scope::Write,
+            true,
+        ),
+        (
+            "bulk",
+            Method::POST,
+            "/_bulk".into(),
+            Body::Ndjson(format!(
+                "{{\"index\":{{\"_index\":\"{i}\",\"_id\":\"d3\"}}}}\n{{\"title\":\"b\",\"text\":\"c\"}}\n"
+            )),
+            Scope::Write,
+            true,
+        ),
+        ("delete doc", Method::DELETE, format!("/{i}/_doc/d3"), Body::None, Scope::Write, true),
+        ("refresh", Method::POST, format!("/{i}/_refresh"), Body::None, Scope::Write, true),
+        ("create index", Method::PUT, format!("/{i}-extra"), Body::None, Scope::Admin, true),
+        ("delete index", Method::DELETE, format!("/{i}-extra"), Body::None, Scope::Admin, true),
+        ("cluster settings", Method::GET, "/_cluster/settings".into(), Body::None, Scope::Admin, false),
+        (
+            "aliases",
+            Method::POST,
+            "/_aliases".into(),
+            Body::Json(json!({"actions": [{"add": {"index": i, "alias": format!("{i}-a")}}]})),
+            Scope::Admin,
+            false,
+        ),
+        ("reindex job", Method::GET, "/_jobs/rx-1-0000".into(), Body::None, Scope::Admin, false),
+    ];
+    let who: [(&str, &str, Scope, bool, bool); 4] = [
+        // name, key, scope, covers `i`, covers every index
+        ("reader", "read-key", Scope::Read, true, false),
+        ("stranger", "other-key", Scope::Read, false, false),
+        ("writer", "write-key", Scope::Write, true, false),
+        ("admin", "admin-key", Scope::Admin, true, true),
+    ];
+    let mut denied = 0;
+    for (what, method, path, body, needs, only_i) in &calls {
+        for (name, key, scope, covers_i, covers_all) in who {
+            let allowed = scope >= *needs && if *only_i { covers_i } else { covers_all };
+            let (status, v) = s.call(Some(key), method.clone(), path, body.clone()).await;
+            if allowed {
+                assert!(status != 401 && status != 403, "{name} {what} {method} {path}: {status} {v}");
+                // 404: what an earlier key of the loop deleted, or the job that does not exist
+                assert!(status < 300 || status == 404, "{name} {what}: {status} {v}");
+            } else {
+                denied += 1;
+                assert_eq!(status, 403, "{name} {what} {method} {path} must be denied: {v}");
+                if *method == Method::HEAD {
+                    continue; // no body to read the reason from
+                }
+                assert_eq!(v["error"]["type"], "forbidden", "{v}");
+                assert!(v["error"]["reason"].as_str().unwrap().contains(name), "the reason names the key: {v}");
+            }
+        }
+    }
+    for (key, want) in [(None, "missing API key"), (Some("nope"), "invalid API key")] {
+        let (status, v) = s.call(key, Method::GET, &format!("/{i}/_doc/d1"), Body::None).await;
+        assert_eq!(status, 401, "{v}");
+        assert!(v["error"]["reason"].as_str().unwrap().contains(want), "{v}");
+    }
+    // a bulk whose items name an index the key does not cover is refused whole
+    let body = format!(
+        "{{\"index\":{{\"_index\":\"{i}\",\"_id\":\"d4\"}}}}\n{{\"text\":\"a\"}}\n{{\"delete\":{{\"_index\":\"other\",\"_id\":\"x\"}}}}\n"
+    );
+    let (status, _) = s.call(Some("write-key"), Method::POST, "/_bulk", Body::Ndjson(body)).await;
+    assert_eq!(status, 403);
+    let r = reqwest::Client::new().get(format!("{}/metrics", s.url)).header("x-api-key", "read-key").send().await;
+    let metrics = r.unwrap().text().await.unwrap();
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sidecar_auth_denials_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, (denied + 3) as f64, "every denial is counted:\n{metrics}");
+    assert!(metrics.contains("key=\"stranger\"") && !metrics.contains("other-key"), "names, never keys");
+    s.engine.send(EngineRequest::new(Method::DELETE, format!("/{i}"))).await.unwrap();
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+#[tokio::test]
+async fn hostile_requests_get_a_4xx_and_leave_the_engine_as_it_was() {
+    let s = sidecar("hostile", Vec::new()).await;
+    let i = s.index.clone();
+    let settings_before: Value = s.engine.get_json("/_cluster/settings?flat_settings=true").await.unwrap();
+    let indices_before = s.index_list().await;
+    let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    let deep_query = json!({"query": {"bool": {"filter": serde_json::from_str::<Value>(&deep(60)).unwrap()}}});
+    let bomb = gzip(&vec![b' '; 64 << 20]);
+    let mut msearch_many = String::new();
+    for _ in 0..1001 {
+        msearch_many.push_str(&format!("{{\"index\":\"{i}\"}}\n{{}}\n"));
+    }
+    let cases: Vec<(&str, Method, String, Body)> = vec![
+        (
+            "index decodes to another API",
+            Method::POST,
+            format!("/{i}%2F_delete_by_query%3Frefresh%3Dtrue%23/_search"),
+            Body::None,
+        ),
+        ("index decodes to cluster settings", Method::PUT, "/_cluster%2Fsettings%23/_doc/x".into(), doc("x")),
+        ("id climbs out of _doc", Method::PUT, format!("/{i}/_doc/..%2F..%2F_cluster%2Fsettings"), Body::None),
+        ("job id climbs out", Method::GET, "/_jobs/..%2F..%2F_cluster%2Fsettings".into(), Body::None),
+        (
+            "job id to resume climbs out",
+            Method::POST,
+            "/_jobs/reindex".into(),
+            Body::Json(json!({"resume": "../../_cluster/settings"})),
+        ),
+        (
+            "deep search body",
+            Method::POST,
+            format!("/{i}/_search"),
+            Body::Raw("identity", format!("{{\"query\":{}}}", deep(5000)).into_bytes()),
+        ),
+        (
+            "deep bulk line",
+            Method::POST,
+            "/_bulk".into(),
+            Body::Ndjson(format!("{{\"index\":{{\"_index\":\"{i}\"}}}}\n{{\"t\":{}}}\n", deep(5000))),
+        ),
+        (
+            "deep document",
+            Method::PUT,
+            format!("/{i}/_doc/deep"),
+            Body::Raw("identity", format!("{{\"t\":{}}}", deep(100)).into_bytes()),
+        ),
+        (
+            "deep msearch",
+            Method::POST,
+            "/_msearch".into(),
+            Body::Ndjson(format!("{{}}\n{{\"query\":{}}}\n", deep(5000))),
+        ),
+        (
+            "deep under the limit still refused by the engine, not a crash",
+            Method::POST,
+            format!("/{i}/_search"),
+            Body::Json(deep_query),
+        ),
+        (
+            "script filter",
+            Method::POST,
+            "/search".into(),
+            Body::Json(json!({"index": i, "query": "x", "filter": {"script": {"script": {"source": "1"}}}})),
+        ),
+        (
+            "script in bool",
+            Method::POST,
+            "/search".into(),
+            Body::Json(
+                json!({"index": i, "query": "x", "filter": {"bool": {"must": [{"script_score": {"query": {"match_all": {}}, "script": {"source": "1"}}}]}}}),
+            ),
+        ),
+        (
+            "script in nested",
+            Method::POST,
+            "/search".into(),
+            Body::Json(
+                json!({"index": i, "query": "x", "filter": {"nested": {"path": "p", "query": {"function_score": {"script_score": {"script": "1"}}}}}}),
+            ),
+        ),
+        (
+            "terms_set script",
+            Method::POST,
+            "/search".into(),
+            Body::Json(
+                json!({"index": i, "query": "x", "filter": {"terms_set": {"tags": {"terms": ["a"], "minimum_should_match_script": {"source": "1"}}}}}),
+            ),
+        ),
+        (
+            "query string parser",
+            Method::POST,
+            "/search".into(),
+            Body::Json(
+                json!({"index": i, "query": "x", "filter": {"constant_score": {"filter": {"query_string": {"query": "*"}}}}}),
+            ),
+        ),
+        (
+            "highlight query script",
+            Method::POST,
+            "/search".into(),
+            Body::Json(
+                json!({"index": i, "query": "x", "highlight": {"fields": {"text": {"highlight_query": {"script": {"script": "1"}}}}}}),
+            ),
+        ),
+        (
+            "scripted update of a pipeline index",
+            Method::POST,
+            format!("/{i}/_update/d1"),
+            Body::Json(json!({"script": {"source": "ctx._source.text = 'x'"}})),
+        ),
+        (
+            "update_by_query of a pipeline index",
+            Method::POST,
+            format!("/{i}/_update_by_query"),
+            Body::Json(json!({"script": {"source": "ctx._source.text = 'x'"}})),
+        ),
+        (
+            "_reindex into a pipeline index",
+            Method::POST,
+            "/_reindex".into(),
+            Body::Json(json!({"source": {"index": "x"}, "dest": {"index": i}})),
+        ),
+        ("gzip bomb", Method::POST, "/_bulk".into(), Body::Raw("gzip", bomb)),
+        ("unknown encoding", Method::POST, "/_bulk".into(), Body::Raw("br", b"xx".to_vec())),
+        (
+            "huge size",
+            Method::POST,
+            "/search".into(),
+            Body::Json(json!({"index": i, "query": "x", "size": 1_000_000_000u64})),
+        ),
+        (
+            "huge k",
+            Method::POST,
+            "/search".into(),
+            Body::Json(json!({"index": i, "query": "x", "k": 1_000_000_000u64})),
+        ),
+        ("too many searches", Method::POST, "/_msearch".into(), Body::Ndjson(msearch_many)),
+        (
+            "too many parameters",
+            Method::GET,
+            format!("/{i}/_count?{}", (0..65).map(|n| format!("p{n}=1")).collect::<Vec<_>>().join("&")),
+            Body::None,
+        ),
+        ("a body that is not an object", Method::PUT, format!("/{i}-new"), Body::Raw("identity", b"[1,2]".to_vec())),
+        ("a method that is not forwarded", Method::PATCH, format!("/{i}"), Body::None),
+    ];
+    for (what, method, path, body) in cases {
+        let (status, v) = s.call(None, method.clone(), &path, body).await;
+        assert!((400..500).contains(&status), "{what}: {method} {}: {status} {v}", &path[..path.len().min(120)]);
+        assert!(!v["error"].is_null(), "{what}: a JSON error: {v}");
+        let (h, _) = s.call(None, Method::GET, "/healthz", Body::None).await;
+        assert_eq!(h, 200, "{what}: the sidecar is healthy after it");
+    }
+    let settings_after: Value = s.engine.get_json("/_cluster/settings?flat_settings=true").await.unwrap();
+    assert_eq!(settings_before, settings_after, "cluster settings unchanged");
+    assert_eq!(indices_before, s.index_list().await, "no index created or deleted");
+    s.engine.send(EngineRequest::new(Method::POST, format!("/{i}/_refresh"))).await.unwrap();
+    let n: Value = s.engine.get_json(&format!("/{i}/_count")).await.unwrap();
+    assert_eq!(n["count"], 1, "the one document, and only it: {n}");
+    let d: Value = s.engine.get_json(&format!("/{i}/_doc/d1")).await.unwrap();
+    assert_eq!(d["_source"]["text"], "first", "unchanged: {d}");
+    s.engine.send(EngineRequest::new(Method::DELETE, format!("/{i}"))).await.unwrap();
+}
