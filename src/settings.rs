@@ -201,6 +201,14 @@ pub struct ServerSettings {
     pub allow_anonymous: bool,
     /// Deepest nesting of `{`/`[` accepted in a JSON or NDJSON request body.
     pub max_json_depth: usize,
+    /// A connection whose request headers have not all arrived by then is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A request body that has not all arrived by then is a 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 /// What a client's API key may reach, least first: each scope includes the ones before it.
@@ -472,6 +480,11 @@ impl Settings {
                     ));
                 }
             }
+        }
+        positive("server.header_read_timeout", s.header_read_timeout)?;
+        positive("server.body_read_timeout", s.body_read_timeout)?;
+        if !(1..=1_000_000).contains(&s.max_connections) {
+            return Err(SettingsError::invalid("server.max_connections", "must be between 1 and 1000000"));
         }
         if !(2..=1000).contains(&s.max_json_depth) {
             return Err(SettingsError::invalid("server.max_json_depth", "must be between 2 and 1000"));

@@ -181,8 +181,8 @@ async fn client_values_cannot_steer_the_engine_path_into_another_api() {
     let r =
         http.post(format!("{}/_jobs/reindex", f.url)).json(&json!({"resume": "../../_cluster/settings"})).send().await;
     let r = r.unwrap();
-    assert_eq!(r.status(), 400, "resuming a job id that is a path");
-    assert!(r.text().await.unwrap().contains("not a job id"));
+    assert_eq!(r.status(), 404, "resuming a job id that is a path");
+    assert!(r.text().await.unwrap().contains("job ids look like"));
     // an id with every special character stays one id
     let odd = "a/b?c#d e%";
     let enc: String = odd.bytes().map(|b| format!("%{b:02X}")).collect();

@@ -302,3 +302,82 @@ fn serve_refuses_to_start_with_a_model_that_does_not_fit_its_graph() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("encoder.models[0]"));
 }
+
+/// A raw HTTP/1.1 exchange: writes `request`, reads until the server closes or `wait` passes.
+async fn raw(addr: &str, request: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_clients_are_bounded_headers_bodies_and_connections() {
+    let settings = engine_settings(
+        &engine_url(),
+        &[
+            ("SIDECAR__SERVER__HEADER_READ_TIMEOUT", "1s"),
+            ("SIDECAR__SERVER__BODY_READ_TIMEOUT", "1s"),
+            ("SIDECAR__SERVER__MAX_CONNECTIONS", "1"),
+        ],
+    );
+    let server = Server::start(settings).await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // slowloris: headers that never end; the connection is closed, nothing is answered
+    let (got, closed) = raw(&addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", Duration::from_secs(10)).await;
+    assert!(closed, "the connection stays open past header_read_timeout");
+    assert!(!String::from_utf8_lossy(&got).contains("200 OK"), "{}", String::from_utf8_lossy(&got));
+    // a body that stops arriving: a JSON 408
+    let (got, _) = raw(
+        &addr,
+        b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"inputs\":",
+        Duration::from_secs(10),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_read_timeout"), "{text}");
+    // one connection slot: a second client waits while the first holds it, and is served after
+    let holder = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let waiting = tokio::spawn({
+        let url = format!("{}/healthz", server.url);
+        async move { reqwest::get(url).await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "served beyond server.max_connections");
+    drop(holder);
+    let status = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap().unwrap();
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn answers_are_gzipped_when_the_client_asks() {
+    use std::io::Read;
+    let server = Server::start(engine_settings(&engine_url(), &[])).await;
+    let r = reqwest::Client::new()
+        .get(format!("{}/readyz", server.url))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers().get("content-encoding").map(|v| v.to_str().unwrap()), Some("gzip"));
+    let zipped = r.bytes().await.unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&zipped[..]).read_to_string(&mut text).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "ready", "{v}");
+    let plain = reqwest::get(format!("{}/readyz", server.url)).await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none(), "no gzip unless asked");
+    server.stop().await;
+}

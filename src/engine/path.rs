@@ -240,7 +240,7 @@ impl EnginePath {
 }
 
 /// A client's query string, parsed into pairs and bounded: at most 64 parameters, names of
-/// `[A-Za-z0-9_.]`, the whole string at most 4096 bytes. Re-encoded when a path is built, so
+/// `[A-Za-z0-9_.]`, the whole string at most 4096 bytes; `error_trace` dropped. Re-encoded when a path is built, so
 /// nothing the client wrote reaches the engine unparsed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueryString(Vec<(String, String)>);
@@ -253,7 +253,9 @@ impl QueryString {
         if raw.len() > 4096 {
             return Err(PathError::Query("longer than 4096 bytes".into()));
         }
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes()).into_owned().collect();
+        // `error_trace` would have the engine answer with its Java stack traces: never asked for
+        let pairs: Vec<(String, String)> =
+            form_urlencoded::parse(raw.as_bytes()).into_owned().filter(|(k, _)| k != "error_trace").collect();
         if pairs.len() > 64 {
             return Err(PathError::Query("more than 64 parameters".into()));
         }
@@ -350,6 +352,8 @@ mod tests {
         let path = EnginePath::root().api("_count").query(&q).build();
         assert_eq!(path, "/_count?refresh=true&routing=a%26b%23c");
         assert!(QueryString::parse(Some("a%2Fb=1")).is_err(), "a parameter name with a slash");
+        let q = QueryString::parse(Some("error_trace=true&refresh=true")).unwrap();
+        assert_eq!(EnginePath::root().api("_bulk").query(&q).build(), "/_bulk?refresh=true", "no stack traces");
         assert!(DocId::try_from("").is_err());
         assert!(DocId::try_from("a\u{0}b").is_err());
         assert!(DocId::try_from("..").is_err() && DocId::try_from(".").is_err());

@@ -76,7 +76,16 @@ async fn run_bulk(
         path = path.index(i);
     }
     let path = path.api("_bulk").query(&q).build();
-    let mut items = bulk::parse(&body).map_err(|e| invalid(e.reason))?;
+    // a large body is parsed off the async workers (it would stall every other request)
+    let mut items = if body.len() > 1 << 20 {
+        let b = body.clone();
+        tokio::task::spawn_blocking(move || bulk::parse(&b))
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("parsing the bulk body: {e}")))?
+    } else {
+        bulk::parse(&body)
+    }
+    .map_err(|e| invalid(e.reason))?;
     let default_index = index.as_deref();
     check_item_indices(&caller, &items, default_index)?;
     let touches_pipeline =
@@ -92,8 +101,9 @@ async fn run_bulk(
     if prepared.skipped > 0 {
         tracing::debug!(skipped = prepared.skipped, "content hash unchanged: stored vectors kept");
     }
+    let failed: std::collections::HashSet<usize> = failures.iter().map(|f| f.position).collect();
     let forward: Vec<&BulkItem> =
-        items.iter().enumerate().filter(|(p, _)| !failures.iter().any(|f| f.position == *p)).map(|(_, i)| i).collect();
+        items.iter().enumerate().filter(|(p, _)| !failed.contains(p)).map(|(_, i)| i).collect();
     let took_ms = started.elapsed().as_millis() as u64;
     if forward.is_empty() {
         let merged = bulk::merge(&items, default_index, &failures, None, took_ms);

@@ -163,7 +163,8 @@ pub fn json_depth_over(body: &[u8], limit: usize) -> bool {
     false
 }
 
-/// Refuses a request body nested deeper than `server.max_json_depth` before any handler parses
+/// Reads the whole body (408 when it does not arrive within `server.body_read_timeout`) and
+/// refuses one nested deeper than `server.max_json_depth` before any handler parses
 /// it or the engine sees it (the engines' parsers recurse; a deep enough body is a
 /// `StackOverflowError`, which halts an Elasticsearch node). Bodies over 1 MiB are scanned off
 /// the async workers.
@@ -171,8 +172,17 @@ pub async fn limit_depth(State(state): State<AppState>, req: Request, next: Next
     let limit = state.settings.server.max_json_depth;
     let max = usize::try_from(state.settings.server.max_body_size.bytes()).unwrap_or(usize::MAX);
     let (parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, max).await else {
-        return too_large(state.settings.server.max_body_size);
+    let wait = state.settings.server.body_read_timeout;
+    let bytes = match tokio::time::timeout(wait, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return too_large(state.settings.server.max_body_size),
+        Err(_) => {
+            let e = ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("the request body did not arrive within server.body_read_timeout ({wait:?})"),
+            );
+            return ApiError { status: Some(StatusCode::REQUEST_TIMEOUT), ..e }.into_response();
+        }
     };
     let deep = if bytes.len() > 1 << 20 {
         let b = bytes.clone();

@@ -7,10 +7,11 @@
 //! with a supported flavour and version; what it lacks, e.g. rank-rrf, painless, reindex,
 //! neural-search or an analyzer; the loaded models and their execution providers),
 //! `GET /metrics` (Prometheus text), the embedding APIs of [`embed`], the ES-compatible write
-//! APIs of [`ingest`], the search APIs of [`search`], the reindex jobs of [`jobs`], and the engine
-//! APIs forwarded unchanged for official clients in [`passthrough`].
+//! APIs of [`ingest`], the search APIs of [`search`], the reindex jobs of [`jobs`], and every other
+//! engine API forwarded unchanged for official clients in [`passthrough`]. Who may call what:
+//! [`auth`].
 //!
-//! Middleware, outermost first: request id → tracing → engine headers (X-Opaque-Id/traceparent
+//! Middleware, outermost first: response compression → request id → tracing → engine headers (X-Opaque-Id/traceparent
 //! forwarded, X-Elastic-Product added) → metrics → JSON rejections → timeout → authentication →
 //! body-size limit → gzip request bodies → JSON depth limit → route. Authentication runs before the body is read.
 //!
@@ -27,7 +28,6 @@ pub mod passthrough;
 pub mod search;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -164,6 +164,9 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, SidecarRequestId::default()))
+        // answers are gzipped when the client asks (`Accept-Encoding: gzip`, the official
+        // clients' `http_compress`)
+        .layer(tower_http::compression::CompressionLayer::new().gzip(true))
         .with_state(state)
 }
 
@@ -191,34 +194,66 @@ fn engine_answer(resp: crate::engine::EngineResponse) -> Response {
 }
 
 /// Serves `state` on `listener` until `shutdown` completes, then drains for `shutdown_grace`.
+///
+/// HTTP/1.1 from hyper directly, so that slow clients are bounded: a connection that has not
+/// sent its request headers within `server.header_read_timeout` is closed (slowloris), at most
+/// `server.max_connections` are open at once (further ones wait in the listen backlog), and a
+/// body that does not arrive within `server.body_read_timeout` is a 408 ([`middleware::limit_depth`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let grace = state.settings.server.shutdown_grace;
+    let server = &state.settings.server;
+    let (grace, header_timeout) = (server.shutdown_grace, server.header_read_timeout);
+    let slots = Arc::new(tokio::sync::Semaphore::new(server.max_connections));
     // reindex jobs whose sidecar died are adopted by a live one (see reindex's lease notes)
     let adopter =
         state.settings.reindex.adopt_orphans.then(|| state.jobs.adopt_orphans(state.settings.reindex.lease / 2));
     let _stop_adopter = AbortOnDrop(adopter);
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!(grace_ms = grace.as_millis() as u64, "shutdown requested, draining in-flight requests");
-        let _ = stop_tx.send(true);
-    });
-    let mut stop_rx_grace = stop_rx.clone();
-    tokio::select! {
-        res = server => res,
-        _ = async move {
-            let _ = stop_rx_grace.wait_for(|stopped| *stopped).await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!("shutdown grace period over, closing remaining connections");
-            Ok(())
-        }
+    let app = router(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // out of file descriptors and the like: back off instead of spinning
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(app.clone()),
+            );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
     }
+    drop(listener);
+    tracing::info!(grace_ms = grace.as_millis() as u64, "shutdown requested, draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over, closing remaining connections"),
+    }
+    Ok(())
 }
 
 /// Aborts a background task when the server it belongs to stops.

@@ -1,15 +1,16 @@
 //! Engine APIs the sidecar forwards without rewriting, so that an unchanged official client
-//! (elasticsearch-py, opensearch-py) pointed at the sidecar works for its everyday calls:
-//! `GET|HEAD /` (`info()`, the clients' product check), `PUT|GET|HEAD|DELETE /{index}`,
-//! `GET|HEAD|DELETE /{index}/_doc/{id}`, `GET|POST [/{index}]/_count`,
-//! `POST|GET [/{index}]/_refresh`, `GET [/{index}]/_mapping`, `GET /_cluster/health[/{index}]`.
+//! (elasticsearch-py, opensearch-py) pointed at the sidecar works: `GET|HEAD /`,
+//! `GET|HEAD|DELETE /{index}/_doc/{id}`, and [`any`], every other route (`/{index}`, `_count`,
+//! `_refresh`, `_mapping`, `_mget`, `_cat/*`, `_aliases`, scroll, PIT, cluster APIs, …).
 //!
 //! Translation only, and contained: every index name and id is parsed ([`IndexName`] for
 //! writes and deletes, [`IndexPattern`] for reads) and the engine path is built from encoded
 //! segments ([`EnginePath`]); the query string is re-encoded from parsed pairs; a JSON body must
 //! parse as a JSON object before it is forwarded. The engine's answer (status, body, `Warning`,
-//! `X-Elastic-Product`) comes back as it came. Not here (see the README): the rest of the engine
-//! API, per-key scopes.
+//! `X-Elastic-Product`) comes back as it came. Which key may call what was decided before a
+//! handler here runs ([`super::auth`]); `_mget` checks the indices its body names. Refused on
+//! pipeline indices: `_update_by_query` and `_reindex` into one (their documents would lose
+//! their vectors).
 
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, RawQuery, State};

@@ -174,8 +174,11 @@ pub fn merge(
 ) -> Value {
     let mut engine_items = engine.and_then(|e| e["items"].as_array()).cloned().unwrap_or_default().into_iter();
     let mut items = Vec::with_capacity(all.len());
+    // one lookup per item: linear in items + failures (a 160k-item body of failures was quadratic)
+    let by_position: std::collections::HashMap<usize, &ItemFailure> =
+        failures.iter().map(|f| (f.position, f)).collect();
     for (pos, it) in all.iter().enumerate() {
-        match failures.iter().find(|f| f.position == pos) {
+        match by_position.get(&pos).copied() {
             Some(f) => items.push(failure_item(it, default_index, f)),
             None => items.push(engine_items.next().unwrap_or_else(|| {
                 failure_item(

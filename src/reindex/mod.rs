@@ -68,6 +68,9 @@ pub enum ReindexError {
     Invalid(String),
     #[error("no job `{0}`")]
     NotFound(String),
+    /// A client's id that is not of the job id format (so never looked up).
+    #[error("no job `{0}`: job ids look like rx-1700000000000-0a1b")]
+    BadJobId(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -100,10 +103,7 @@ pub fn is_job_id(id: &str) -> bool {
 fn job_doc(id: &str) -> Result<EnginePath, ReindexError> {
     if !is_job_id(id) {
         let shown: String = id.chars().take(64).collect();
-        return Err(ReindexError::Invalid(format!(
-            "`{}` is not a job id (job ids look like rx-1700000000000-0a1b)",
-            shown.escape_debug()
-        )));
+        return Err(ReindexError::BadJobId(shown.escape_debug().to_string()));
     }
     Ok(EnginePath::at_index(JOBS_INDEX)?.api("_doc").id(&DocId::try_from(id)?))
 }
@@ -112,7 +112,7 @@ impl ReindexError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ReindexError::Invalid(_) => ErrorCode::InvalidInput,
-            ReindexError::NotFound(_) => ErrorCode::NotFound,
+            ReindexError::NotFound(_) | ReindexError::BadJobId(_) => ErrorCode::NotFound,
             ReindexError::Engine(e) => e.code(),
             ReindexError::Encoder(e) => e.code(),
             ReindexError::Failed(_) => ErrorCode::Internal,
@@ -934,8 +934,8 @@ impl Reindexer {
     ) -> Result<(u64, u64, u64), ReindexError> {
         let mut errors: Vec<(usize, u16, String, String)> =
             batch.failures.iter().map(|f| (f.position, f.status, f.error_type.to_string(), f.reason.clone())).collect();
-        let mut pending: Vec<usize> =
-            (0..batch.items.len()).filter(|p| !batch.failures.iter().any(|f| f.position == *p)).collect();
+        let failed: std::collections::HashSet<usize> = batch.failures.iter().map(|f| f.position).collect();
+        let mut pending: Vec<usize> = (0..batch.items.len()).filter(|p| !failed.contains(p)).collect();
         let (mut written, mut item_429s, mut round) = (0u64, 0u64, 0u32);
         let policy = self.engine.retry_policy().clone();
         let started = Instant::now();
@@ -1296,7 +1296,7 @@ mod tests {
             "rx-123456789012345678901-abcd",
         ] {
             assert!(!is_job_id(bad), "{bad:?}");
-            assert!(matches!(job_doc(bad), Err(ReindexError::Invalid(_))), "{bad:?}");
+            assert!(matches!(job_doc(bad), Err(ReindexError::BadJobId(_))), "{bad:?}");
         }
     }
 
