@@ -205,6 +205,46 @@ async fn other_indices_pass_through_untouched() {
 }
 
 #[tokio::test]
+async fn writes_through_an_alias_of_a_pipeline_index_get_its_vectors() {
+    let f = fixture(&[]).await;
+    let (i, alias) = (f.index.clone(), format!("{}-alias", f.index));
+    let actions = json!({"actions": [{"add": {"index": i, "alias": alias, "is_write_index": true}}]});
+    f.engine.send(EngineRequest::new(Method::POST, "/_aliases").json(&actions)).await.unwrap();
+    let c = reqwest::Client::new();
+    let doc = |t: &str| json!({"title": t, "text": format!("{t} through the alias")});
+    let body = format!("{}\n{}\n", json!({"index": {"_index": alias, "_id": "bulk-item"}}), doc("Bulk item"));
+    let (st, resp) = bulk(&f.url, body).await;
+    assert_eq!(st, 200, "{resp}");
+    let r = c
+        .post(format!("{}/{alias}/_bulk?refresh=true", f.url))
+        .header("content-type", "application/x-ndjson")
+        .body(format!("{}\n{}\n", json!({"index": {"_id": "path-bulk"}}), doc("Path bulk")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.put(format!("{}/{alias}/_doc/single?refresh=true", f.url)).json(&doc("Single")).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let r = c
+        .post(format!("{}/{alias}/_update/single?refresh=true", f.url))
+        .json(&json!({"doc": {"text": "changed through the alias"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    for (id, text) in [
+        ("bulk-item", "Bulk item\nBulk item through the alias"),
+        ("path-bulk", "Path bulk\nPath bulk through the alias"),
+        ("single", "Single\nchanged through the alias"),
+    ] {
+        let stored: Value = f.engine.get_json(&format!("/{i}/_doc/{id}")).await.unwrap();
+        let want = embed_passages(&f.url, &[text.to_string()]).await;
+        let got = floats(&stored["_source"]["text_vector"]);
+        assert!(!got.is_empty() && cosine(&got, &want[0]) >= 0.9999, "{id}: {stored}");
+    }
+}
+
+#[tokio::test]
 async fn single_document_endpoints_embed_and_keep_the_engine_answers() {
     let f = fixture(&[]).await;
     let c = reqwest::Client::new();

@@ -199,6 +199,20 @@ impl EnginePath {
         self
     }
 
+    /// A date-math index expression (`<logs-{now/d}>`), encoded as one segment: only for asking
+    /// the engine what it resolves to.
+    pub fn date_math(mut self, expr: &str) -> Result<Self, PathError> {
+        let bad = |why| Err(PathError::Index { name: expr.chars().take(80).collect(), why });
+        if !(expr.starts_with('<') && expr.ends_with('>')) || expr.len() < 3 || expr.len() > 255 {
+            return bad("date math is `<name-{now/d}>`, at most 255 bytes");
+        }
+        if expr.chars().any(char::is_control) {
+            return bad("it contains a control character");
+        }
+        self.segments.push(utf8_percent_encode(expr, SEGMENT).to_string());
+        Ok(self)
+    }
+
     pub fn index(mut self, name: &IndexName) -> Self {
         self.segments.push(utf8_percent_encode(name.as_str(), SEGMENT).to_string());
         self
@@ -364,6 +378,9 @@ mod tests {
         let path = EnginePath::root().api("_bulk").query(&q).param("x", "2").build();
         assert_eq!(path, "/_bulk?refresh=true&x=2");
         assert!(EnginePath::at_index("_cluster/settings").is_err());
+        let dm = EnginePath::root().date_math("<logs-{now/d}>").unwrap().api("_alias").build();
+        assert_eq!(dm, "/%3Clogs-%7Bnow%2Fd%7D%3E/_alias");
+        assert!(EnginePath::root().date_math("logs").is_err());
     }
 
     proptest! {

@@ -61,6 +61,36 @@ fn check_item_indices(caller: &Caller, items: &[BulkItem], default_index: Option
     Ok(())
 }
 
+/// Items written through an alias or date math of a pipeline index are sent to that index, so
+/// they get its vectors.
+async fn resolve_item_indices(
+    state: &AppState,
+    items: &mut [BulkItem],
+    default_index: Option<&str>,
+) -> Result<(), ApiError> {
+    let names: std::collections::BTreeSet<String> = items
+        .iter()
+        .filter_map(|i| i.index(default_index))
+        .filter(|n| state.ingestor.pipeline_for(n).is_none())
+        .map(String::from)
+        .collect();
+    let mut to = std::collections::HashMap::new();
+    for n in names {
+        if let Some(t) = state.ingestor.resolve(&state.engine, &n).await? {
+            to.insert(n, t);
+        }
+    }
+    if to.is_empty() {
+        return Ok(());
+    }
+    for item in items.iter_mut() {
+        if let Some(t) = item.index(default_index).and_then(|n| to.get(n)).cloned() {
+            item.meta.insert("_index".into(), Value::from(t));
+        }
+    }
+    Ok(())
+}
+
 async fn run_bulk(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -88,6 +118,7 @@ async fn run_bulk(
     .map_err(|e| invalid(e.reason))?;
     let default_index = index.as_deref();
     check_item_indices(&caller, &items, default_index)?;
+    resolve_item_indices(&state, &mut items, default_index).await?;
     let touches_pipeline =
         items.iter().any(|i| i.index(default_index).is_some_and(|x| state.ingestor.pipeline_for(x).is_some()));
     if !touches_pipeline {
@@ -129,6 +160,8 @@ struct DocTarget {
 /// One document: the same embedding as a one-item bulk, then the original request shape.
 async fn one_doc(state: &AppState, t: DocTarget, query: Option<String>, body: Bytes) -> Result<Response, ApiError> {
     let DocTarget { method, index, id, endpoint, action } = t;
+    // through an alias or date math of a pipeline index: written to that index, embedded
+    let index = state.ingestor.resolve(&state.engine, &index).await?.unwrap_or(index);
     let mut q = QueryString::parse(query.as_deref())?;
     let name = IndexName::try_from(index.as_str())?;
     let mut base = EnginePath::root().index(&name).api(endpoint);
@@ -224,6 +257,7 @@ pub async fn update(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let index = state.ingestor.resolve(&state.engine, &index).await?.unwrap_or(index);
     let name = IndexName::try_from(index.as_str())?;
     let doc_id = DocId::try_from(id.as_str())?;
     let q = QueryString::parse(query.as_deref())?;

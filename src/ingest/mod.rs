@@ -3,11 +3,11 @@
 //!
 //! Owns the pipeline files and the mapping templates; must not do raw HTTP (the engine client
 //! does) nor run models (the encoder does).
-//!
-//! Not yet here (the vector-ingest issue goes on): passage chunking at write time, the
-//! content-hash skip, item-level 429 retries and the demo corpus.
+//! Also: the bulk parser and writer (passages, the content-hash skip, item-level 429 retries),
+//! and the resolution of aliases and date math to pipeline indices ([`resolve`]).
 
 pub mod bulk;
 pub mod mapping;
 pub mod pipeline;
+pub mod resolve;
 pub mod writer;

@@ -42,6 +42,7 @@ pub struct Ingestor {
     encoders: Arc<EncoderSet>,
     max_chars: usize,
     max_inputs: usize,
+    resolver: super::resolve::Resolver,
 }
 
 /// What the engine made of a bulk request.
@@ -159,11 +160,18 @@ impl Ingestor {
             }
             by_index.insert(p.index.clone(), Arc::new(p));
         }
-        Ok(Ingestor { by_index, encoders, max_chars, max_inputs })
+        let resolver = super::resolve::Resolver::new(by_index.keys().cloned().collect());
+        Ok(Ingestor { by_index, encoders, max_chars, max_inputs, resolver })
     }
 
     pub fn pipeline_for(&self, index: &str) -> Option<&Arc<Pipeline>> {
         self.by_index.get(index)
+    }
+
+    /// The pipeline index a write to `name` lands in: `name` itself, or what an alias or date
+    /// math resolves to on the engine ([`super::resolve`]).
+    pub async fn resolve(&self, engine: &EngineClient, name: &str) -> Result<Option<String>, EngineError> {
+        self.resolver.resolve(engine, name).await
     }
 
     /// The pipeline of the index an item targets, if any.
