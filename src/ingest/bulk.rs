@@ -256,4 +256,39 @@ mod tests {
         assert_eq!(got[2]["update"]["status"], 200);
         assert_eq!(got[3]["create"]["_id"], "x");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Fuzzing by generation: arbitrary bytes, and NDJSON-shaped lines of actions, metadata
+        /// and documents in any order, parse to items or to an error naming a line; never a panic,
+        /// and merging any subset of failures keeps one answer item per parsed item.
+        #[test]
+        fn the_parser_never_panics_and_merge_keeps_positions(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            lines in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just("{\"index\":{\"_index\":\"a\",\"_id\":\"1\"}}".to_string()),
+                proptest::strategy::Just("{\"create\":{}}".to_string()),
+                proptest::strategy::Just("{\"update\":{\"_id\":\"2\"}}".to_string()),
+                proptest::strategy::Just("{\"delete\":{\"_id\":\"3\"}}".to_string()),
+                proptest::strategy::Just("{\"doc\":{\"text\":\"x\"}}".to_string()),
+                proptest::strategy::Just("{\"text\":\"t\"}".to_string()),
+                proptest::strategy::Just("[1,2]".to_string()),
+                proptest::strategy::Just("".to_string()),
+                "\\PC{0,20}",
+            ], 0..40),
+            fail_every in 1usize..5,
+        ) {
+            let _ = parse(&raw);
+            let body = lines.join("\n");
+            if let Ok(items) = parse(body.as_bytes()) {
+                let failures: Vec<ItemFailure> = (0..items.len())
+                    .step_by(fail_every)
+                    .map(|position| ItemFailure { position, status: 400, error_type: "x", reason: "y".into() })
+                    .collect();
+                let merged = merge(&items, Some("d"), &failures, None, 0);
+                proptest::prop_assert_eq!(merged["items"].as_array().unwrap().len(), items.len());
+            }
+        }
+    }
 }

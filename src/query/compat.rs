@@ -258,4 +258,49 @@ mod tests {
             assert!(matches!(analyse(&body, Some(&f)).unwrap(), Rewrite::Passthrough), "{body}");
         }
     }
+
+    /// Arbitrary JSON, with the keys the rewriter and the clause check look for over-represented.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "\\PC{0,12}".prop_map(Value::from),
+        ];
+        let key = prop_oneof![
+            "[a-z_]{1,10}",
+            Just("hybrid".to_string()),
+            Just("query".to_string()),
+            Just("bool".to_string()),
+            Just("filter".to_string()),
+            Just("must".to_string()),
+            Just("script".to_string()),
+            Just("knn".to_string()),
+            Just("fusion".to_string()),
+            Just("nested".to_string()),
+        ];
+        leaf.prop_recursive(8, 200, 10, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::btree_map(key.clone(), inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Fuzzing by generation: whatever body a client sends, the rewriter and the filter check
+        /// answer (a rewrite or a clear error) and never panic.
+        #[test]
+        fn the_rewriter_and_the_clause_check_never_panic(v in json_value()) {
+            let _ = analyse(&json!({"query": v.clone()}), Some(&fields()));
+            let _ = analyse(&v, None);
+            let _ = crate::query::request::check_clause(&v, "filter");
+            let _ = crate::query::request::filters_of(Some(v));
+        }
+    }
 }
