@@ -57,6 +57,9 @@ pub enum EsAnswer {
     Json(Value),
 }
 
+/// Most hybrid clauses nested in one `_search` body (each is a query text to encode).
+const MAX_NESTED_HYBRID: usize = 16;
+
 /// The search service. Cheap to share behind an `Arc`.
 pub struct Searcher {
     engine: EngineClient,
@@ -176,13 +179,27 @@ impl Searcher {
     }
 
     async fn encode_query(&self, model: &str, text: &str) -> Result<Vec<f32>, SearchError> {
+        Ok(self.encode_queries(model, vec![text.to_string()]).await?.remove(0))
+    }
+
+    /// Query vectors of `texts`, in one batch, in order.
+    async fn encode_queries(&self, model: &str, texts: Vec<String>) -> Result<Vec<Vec<f32>>, SearchError> {
         let encoder = self.encoders.get(Some(model))?;
         let opts = EncodeOptions { kind: TextKind::Query, lane: Lane::Interactive, ..EncodeOptions::default() };
-        let out = encoder.encode(vec![Input::Text(text.to_string())], opts).await?;
-        match out.outputs.into_iter().next() {
-            Some(Pooled::Vector(v)) => Ok(v),
-            _ => Err(SearchError::Encoder(EncoderError::Inference("the model returned no sentence vector".into()))),
+        let n = texts.len();
+        let out = encoder.encode(texts.into_iter().map(Input::Text).collect(), opts).await?;
+        let vectors: Vec<Vec<f32>> = out
+            .outputs
+            .into_iter()
+            .filter_map(|o| match o {
+                Pooled::Vector(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        if vectors.len() != n {
+            return Err(SearchError::Encoder(EncoderError::Inference("the model returned no sentence vector".into())));
         }
+        Ok(vectors)
     }
 
     fn plan(&self, req: SearchRequest) -> Result<Plan, SearchError> {
@@ -419,6 +436,15 @@ impl Searcher {
                 let caps = self.capabilities().await?;
                 let p = self.pipeline_or_err(index)?;
                 let target = target.unwrap_or_else(|| Target::of(p));
+                if clauses.len() > MAX_NESTED_HYBRID {
+                    return Err(QueryError::Limit(format!(
+                        "the body has {} hybrid clauses, more than {MAX_NESTED_HYBRID}",
+                        clauses.len()
+                    ))
+                    .into());
+                }
+                // every clause is checked before anything is encoded or sent
+                let mut plans = Vec::with_capacity(clauses.len());
                 for (ptr, clause) in clauses {
                     let plan =
                         request::plan(clause.to_request(index, &Map::new())?, target.clone(), &p.search, &self.limits)?;
@@ -430,9 +456,14 @@ impl Searcher {
                         ))
                         .into());
                     }
-                    let vector = self.encode_query(&plan.target.model, &plan.text).await?;
-                    let replacement = build::nested_hybrid(&plan, &vector, caps)?;
-                    if let Some(slot) = v.pointer_mut(&ptr) {
+                    plans.push((ptr, plan));
+                }
+                // all their texts in one encoder batch (one pipeline, so one model)
+                let texts: Vec<String> = plans.iter().map(|(_, p)| p.text.clone()).collect();
+                let vectors = self.encode_queries(&target.model, texts).await?;
+                for ((ptr, plan), vector) in plans.iter().zip(&vectors) {
+                    let replacement = build::nested_hybrid(plan, vector, caps)?;
+                    if let Some(slot) = v.pointer_mut(ptr) {
                         *slot = replacement;
                     }
                 }

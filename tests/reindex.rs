@@ -76,7 +76,13 @@ struct Sidecar {
 }
 
 async fn sidecar(engine_url: &str, pipelines: Vec<Pipeline>) -> Sidecar {
-    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", engine_url)]);
+    sidecar_with(engine_url, pipelines, &[]).await
+}
+
+async fn sidecar_with(engine_url: &str, pipelines: Vec<Pipeline>, extra: &[(&str, &str)]) -> Sidecar {
+    let mut pairs = vec![("SIDECAR__ENGINE__URLS", engine_url)];
+    pairs.extend_from_slice(extra);
+    let settings = encoder_settings(&pairs);
     let engine = EngineClient::new(&settings.engine).unwrap();
     let metrics = Metrics::new();
     let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
@@ -419,7 +425,10 @@ async fn an_engine_restart_mid_job_is_waited_out_and_the_counts_are_exact() {
     let engine = EngineClient::new(&encoder_settings(&[("SIDECAR__ENGINE__URLS", &proxy.url)]).engine).unwrap();
     let n = 1200u64;
     let source = source_index(&engine, n as usize, |i| json!(i.to_string())).await;
-    let s = sidecar(&proxy.url, vec![pipeline(&source)]).await;
+    // a short per-request retry budget: the restart outlasts it, so the job itself must wait
+    // (an engine that comes back within the client's budget would be absorbed unseen)
+    let budget = [("SIDECAR__ENGINE__RETRY__MAX_RETRIES", "1"), ("SIDECAR__ENGINE__RETRY__MAX_ELAPSED", "1s")];
+    let s = sidecar_with(&proxy.url, vec![pipeline(&source)], &budget).await;
     let target = format!("{source}-v2");
     let id =
         s.start(json!({"pipeline": format!("rx-{source}"), "target": target, "page_size": 50, "bulk_size": 50})).await;

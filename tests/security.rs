@@ -251,6 +251,7 @@ async fn hostile_requests_get_a_4xx_and_leave_the_engine_as_it_was() {
     for _ in 0..1001 {
         msearch_many.push_str(&format!("{{\"index\":\"{i}\"}}\n{{}}\n"));
     }
+    let many_hybrid = json!({"query": {"bool": {"should": vec![json!({"hybrid": {"query": "a"}}); 17]}}});
     let cases: Vec<(&str, Method, String, Body)> = vec![
         (
             "index decodes to another API",
@@ -376,6 +377,7 @@ async fn hostile_requests_get_a_4xx_and_leave_the_engine_as_it_was() {
             Body::Json(json!({"index": i, "query": "x", "k": 1_000_000_000u64})),
         ),
         ("too many searches", Method::POST, "/_msearch".into(), Body::Ndjson(msearch_many)),
+        ("too many nested hybrid clauses", Method::POST, format!("/{i}/_search"), Body::Json(many_hybrid)),
         (
             "too many parameters",
             Method::GET,

@@ -515,6 +515,10 @@ impl Reindexer {
 
     /// Validates a request and stores a new job (or loads the one to resume); creates the target.
     pub async fn prepare(&self, req: JobRequest) -> Result<JobState, ReindexError> {
+        if let Some(id) = &req.resume {
+            // a malformed id is refused before anything is created on the engine
+            job_doc(id)?;
+        }
         self.ensure_state_indices().await?;
         if let Some(id) = &req.resume {
             let (mut s, mut version) = self.load_versioned(id).await?;
