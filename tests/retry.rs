@@ -117,3 +117,17 @@ async fn a_client_body_the_engine_dropped_the_connection_on_is_not_sent_again() 
     c.send(EngineRequest::new(Method::POST, "/_search").json(&json!({"size": 0})).idempotent(true)).await.unwrap();
     assert_eq!(proxy.count(), 2);
 }
+
+#[tokio::test]
+async fn a_client_body_dropped_by_one_node_is_sent_once_more_to_another() {
+    let (a, b) = (FaultProxy::start(&engine_url(), None).await, FaultProxy::start(&engine_url(), None).await);
+    a.always(Some(Fault::Drop));
+    let urls = format!("{},{}", a.url, b.url);
+    let c = EngineClient::new(&engine_settings(&urls, &[("SIDECAR__ENGINE__RETRY__MAX_RETRIES", "4")]).engine).unwrap();
+    for _ in 0..2 {
+        let req = EngineRequest::new(Method::POST, "/_search").json_bytes(&br#"{"size": 0}"#[..]).idempotent(true);
+        c.send(req).await.unwrap();
+    }
+    assert_eq!(a.count(), 1, "the dropping node got the body once (round-robin starts there once)");
+    assert_eq!(b.count(), 2, "the other node answered both");
+}

@@ -118,7 +118,7 @@ pub struct EngineRequest {
     /// requests forwarded on behalf of a client that must see them unchanged.
     pub passthrough: bool,
     /// The body came from a client: when the engine drops the connection after it was sent
-    /// (a body that crashed or stalled a node), it is not sent again.
+    /// (a body that crashed or stalled a node), it is sent again at most once, to another node.
     pub client_body: bool,
 }
 
@@ -343,6 +343,7 @@ impl EngineClient {
     async fn send_with(&self, req: EngineRequest, policy: &RetryPolicy) -> Result<EngineResponse, EngineError> {
         let started = Instant::now();
         let mut retry = 0u32;
+        let mut resent_client_body = false;
         let mut url_index = self.inner.next.fetch_add(1, Ordering::Relaxed);
         loop {
             let base = &self.inner.urls[url_index % self.inner.urls.len()];
@@ -351,9 +352,18 @@ impl EngineClient {
                 Ok(resp) => return Ok(resp),
                 Err(AttemptError { failure, retry_after, error, answer }) => (failure, retry_after, error, answer),
             };
+            // A client's body on which a node dropped the connection may be what brought the
+            // node down: it is sent again at most once, and only to another node (a node killed
+            // mid-request is survived on a cluster; one node is never sent it twice).
             let dropped_on_client_body = req.client_body && matches!(failure, Some(Failure::Transport));
-            let may_retry =
-                !dropped_on_client_body && failure.is_some_and(|f| RetryPolicy::is_retryable(f, req.idempotent));
+            let retryable = failure.is_some_and(|f| RetryPolicy::is_retryable(f, req.idempotent));
+            let may_retry = if dropped_on_client_body {
+                let again = retryable && !resent_client_body && self.inner.urls.len() > 1;
+                resent_client_body |= again;
+                again
+            } else {
+                retryable
+            };
             let delay = if may_retry {
                 policy.delay(retry, started.elapsed(), rand::random::<f64>(), retry_after)
             } else {
