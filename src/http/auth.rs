@@ -170,7 +170,7 @@ pub struct Access {
 }
 
 /// The engine read APIs that follow an index (`/{index}/_search`), besides the document APIs.
-const INDEX_READS: &[&str] = &[
+pub(crate) const INDEX_READS: &[&str] = &[
     "_search",
     "_count",
     "_mget",

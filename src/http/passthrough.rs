@@ -81,23 +81,11 @@ pub async fn doc(
     forward(&state, method, path.query(&q), None, false).await
 }
 
-/// The engine APIs that read and are safe to repeat even as a POST.
-const READ_POSTS: &[&str] = &[
-    "_search",
-    "_count",
-    "_mget",
-    "_msearch",
-    "_field_caps",
-    "_validate",
-    "_explain",
-    "_termvectors",
-    "_mtermvectors",
-    "_analyze",
-    "_refresh",
-    "_pit",
-    "point_in_time",
-    "scroll",
-];
+/// Whether a forwarded POST through `segment` only reads, so it is safe to repeat: the read APIs
+/// of [`auth`]'s table, plus refresh and the scroll / PIT continuations.
+fn safe_to_repeat(segment: &str) -> bool {
+    auth::INDEX_READS.contains(&segment) || matches!(segment, "_refresh" | "point_in_time" | "scroll")
+}
 
 /// An engine API name from a client's path: `_` and lower-case letters only.
 fn api_segment(s: &str) -> Option<String> {
@@ -189,7 +177,7 @@ pub async fn any(
     let path = engine_path(&method, &segments)?;
     let body = json_body(&body)?;
     check_pipeline_writes(&state, &segments, body.as_ref())?;
-    let read = segments.iter().any(|s| READ_POSTS.contains(&s.as_str()));
+    let read = segments.iter().any(|s| safe_to_repeat(s));
     forward(&state, method, path.query(&q), body, read).await
 }
 
