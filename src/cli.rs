@@ -161,7 +161,7 @@ fn encode_all(
 }
 
 fn bulk(kind: TextKind, normalize: Option<bool>) -> EncodeOptions {
-    EncodeOptions { kind, normalize, truncate: true, lane: Lane::Bulk, wait_for_room: true }
+    EncodeOptions { kind, normalize, truncate: true, lane: Lane::Bulk, wait_for_room: true, cache: false }
 }
 
 /// `semantic-sidecar embed`.

@@ -24,6 +24,7 @@ use crate::query::compat::{self, Rewrite, CONFLICTING_KEYS};
 use crate::query::fusion::Fusion;
 use crate::query::request::{self, EngineMethod, Mode, Plan, QueryError, Resolved, SearchRequest, Target};
 use crate::settings::SearchSettings;
+use crate::telemetry::{SearchStage, StageTimes};
 
 /// Why a search failed.
 #[derive(Debug, thiserror::Error)]
@@ -178,16 +179,29 @@ impl Searcher {
         out
     }
 
-    async fn encode_query(&self, model: &str, text: &str) -> Result<Vec<f32>, SearchError> {
-        Ok(self.encode_queries(model, vec![text.to_string()]).await?.remove(0))
+    async fn encode_query(&self, model: &str, text: &str, times: &mut StageTimes) -> Result<Vec<f32>, SearchError> {
+        Ok(self.encode_queries(model, vec![text.to_string()], times).await?.remove(0))
     }
 
-    /// Query vectors of `texts`, in one batch, in order.
-    async fn encode_queries(&self, model: &str, texts: Vec<String>) -> Result<Vec<Vec<f32>>, SearchError> {
+    /// Query vectors of `texts`, in one batch, in order (through the query-vector cache).
+    async fn encode_queries(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+        times: &mut StageTimes,
+    ) -> Result<Vec<Vec<f32>>, SearchError> {
         let encoder = self.encoders.get(Some(model))?;
-        let opts = EncodeOptions { kind: TextKind::Query, lane: Lane::Interactive, ..EncodeOptions::default() };
+        let opts =
+            EncodeOptions { kind: TextKind::Query, lane: Lane::Interactive, cache: true, ..EncodeOptions::default() };
         let n = texts.len();
+        let started = Instant::now();
         let out = encoder.encode(texts.into_iter().map(Input::Text).collect(), opts).await?;
+        times.add(SearchStage::Encode, started.elapsed());
+        if out.times.cache_hits < n {
+            times.add(SearchStage::Tokenize, out.times.tokenize);
+            times.add(SearchStage::QueueWait, out.times.queue_wait);
+            times.add(SearchStage::OrtRun, out.times.run);
+        }
         let vectors: Vec<Vec<f32>> = out
             .outputs
             .into_iter()
@@ -202,9 +216,11 @@ impl Searcher {
         Ok(vectors)
     }
 
-    fn plan(&self, req: SearchRequest) -> Result<Plan, SearchError> {
-        let p = self.pipeline_or_err(&req.index)?.clone();
-        Ok(request::plan(req, Target::of(&p), &p.search, &self.limits)?)
+    fn plan(&self, req: SearchRequest, times: &mut StageTimes) -> Result<Plan, SearchError> {
+        times.time(SearchStage::Parse, || {
+            let p = self.pipeline_or_err(&req.index)?.clone();
+            Ok(request::plan(req, Target::of(&p), &p.search, &self.limits)?)
+        })
     }
 
     fn check_knn(&self, caps: &Capabilities, plan: &Plan) -> Result<(), QueryError> {
@@ -219,17 +235,30 @@ impl Searcher {
     }
 
     /// The query vector a plan needs (none for BM25 alone), after checking the cluster can use it.
-    async fn query_vector(&self, caps: &Capabilities, plan: &Plan) -> Result<Option<Vec<f32>>, SearchError> {
+    async fn query_vector(
+        &self,
+        caps: &Capabilities,
+        plan: &Plan,
+        times: &mut StageTimes,
+    ) -> Result<Option<Vec<f32>>, SearchError> {
         self.check_knn(caps, plan)?;
         Ok(match plan.mode {
             Mode::Bm25 => None,
-            _ => Some(self.encode_query(&plan.target.model, &plan.text).await?),
+            _ => Some(self.encode_query(&plan.target.model, &plan.text, times).await?),
         })
     }
 
-    async fn post_json(&self, path: String, body: &Value) -> Result<Value, SearchError> {
-        let resp = self.engine.send(EngineRequest::new(Method::POST, path).json(body).idempotent(true)).await?;
-        Ok(resp.json()?)
+    /// Sends `req`, timing the round trip as the `engine` stage.
+    async fn engine_send(&self, req: EngineRequest, times: &mut StageTimes) -> Result<EngineResponse, SearchError> {
+        let started = Instant::now();
+        let resp = self.engine.send(req).await;
+        times.add(SearchStage::Engine, started.elapsed());
+        Ok(resp?)
+    }
+
+    async fn post_json(&self, path: String, body: &Value, times: &mut StageTimes) -> Result<Value, SearchError> {
+        let resp = self.engine_send(EngineRequest::new(Method::POST, path).json(body).idempotent(true), times).await?;
+        Ok(times.time(SearchStage::Fusion, || resp.json())?)
     }
 
     /// Runs the legs a plan needs (one `_msearch` for two); `extra` joins the BM25 leg's body.
@@ -239,6 +268,7 @@ impl Searcher {
         vector: Option<&[f32]>,
         dialect: Dialect,
         extra: Option<&Map<String, Value>>,
+        times: &mut StageTimes,
     ) -> Result<(Option<Leg>, Option<Leg>, Value), SearchError> {
         let mut bodies = Vec::new();
         if plan.mode != Mode::Knn {
@@ -254,10 +284,9 @@ impl Searcher {
             bodies.push(build::knn_leg(plan, v, dialect, plan.k));
         }
         let ndjson = build::msearch(plan, &bodies);
-        let resp = self
-            .engine
-            .send(EngineRequest::new(Method::POST, "/_msearch").ndjson(Bytes::from(ndjson)).idempotent(true))
-            .await?;
+        let req = EngineRequest::new(Method::POST, "/_msearch").ndjson(Bytes::from(ndjson)).idempotent(true);
+        let resp = self.engine_send(req, times).await?;
+        let started = Instant::now();
         let body: Value = resp.json()?;
         let items = body.get("responses").and_then(Value::as_array).cloned().unwrap_or_default();
         if items.len() != bodies.len() {
@@ -277,18 +306,19 @@ impl Searcher {
         let bm25 = if plan.mode != Mode::Knn { it.next() } else { None };
         let knn = if plan.mode != Mode::Bm25 { it.next() } else { None };
         let first = items.into_iter().next().unwrap_or(Value::Null);
+        times.add(SearchStage::Fusion, started.elapsed());
         Ok((bm25, knn, first))
     }
 
     /// Puts an OpenSearch search pipeline once per process (PUT is idempotent).
-    async fn ensure_pipeline(&self, name: &str, def: &Value) -> Result<(), SearchError> {
+    async fn ensure_pipeline(&self, name: &str, def: &Value, times: &mut StageTimes) -> Result<(), SearchError> {
         if self.made.lock().map(|m| m.contains(name)).unwrap_or(false) {
             return Ok(());
         }
         let id = DocId::try_from(name).map_err(|e| QueryError::Invalid(format!("search pipeline name: {e}")))?;
         let path = EnginePath::root().api("_search").api("pipeline").id(&id).build();
         let req = EngineRequest::new(Method::PUT, path).json(def).idempotent(true);
-        self.engine.send(req).await?;
+        self.engine_send(req, times).await?;
         if let Ok(mut m) = self.made.lock() {
             m.insert(name.to_string());
         }
@@ -303,6 +333,7 @@ impl Searcher {
         caps: &Capabilities,
         extra: Option<&Map<String, Value>>,
         query_string: Option<&QueryString>,
+        times: &mut StageTimes,
     ) -> Result<(Value, Value), SearchError> {
         let mut eq = build::engine_query(plan, vector, caps)?;
         if let (Some(m), Some(extra)) = (eq.body.as_object_mut(), extra) {
@@ -312,12 +343,12 @@ impl Searcher {
         }
         let mut params = query_string.cloned().unwrap_or_default();
         if let Some((name, def)) = &eq.pipeline {
-            self.ensure_pipeline(name, def).await?;
+            self.ensure_pipeline(name, def, times).await?;
             params.push("search_pipeline", name);
         }
         let index = IndexName::try_from(plan.target.index.as_str()).map_err(|e| QueryError::Invalid(e.to_string()))?;
         let path = EnginePath::root().index(&index).api("_search").query(&params).build();
-        let resp = self.post_json(path, &eq.body).await?;
+        let resp = self.post_json(path, &eq.body, times).await?;
         let mut info = json!({"by": "engine", "method": eq.method});
         if let Resolved::Engine { weight, rank_constant, normalization, .. } = plan.fusion {
             match eq.method {
@@ -340,20 +371,41 @@ impl Searcher {
 
     /// `POST /search`.
     pub async fn search(&self, req: SearchRequest) -> Result<Value, SearchError> {
+        self.search_timed(req, &mut StageTimes::default()).await
+    }
+
+    /// `POST /search`, adding where the time went to `times`; with `explain` the answer carries
+    /// them too (`timings_ms`, every stage up to serialisation).
+    pub async fn search_timed(&self, req: SearchRequest, times: &mut StageTimes) -> Result<Value, SearchError> {
         let started = Instant::now();
-        let plan = self.plan(req)?;
+        let plan = self.plan(req, times)?;
         let caps = self.capabilities().await?;
-        let vector = self.query_vector(caps, &plan).await?;
-        if let (Mode::Hybrid, Resolved::Engine { .. }, Some(v)) = (plan.mode, plan.fusion, vector.as_deref()) {
-            let (resp, info) = self.engine_fused(&plan, v, caps, None, None).await?;
+        let vector = self.query_vector(caps, &plan, times).await?;
+        let mut answer = self.answer(&plan, caps, vector.as_deref(), started, times).await?;
+        if plan.explain {
+            answer["timings_ms"] = times.to_json_ms();
+        }
+        Ok(answer)
+    }
+
+    async fn answer(
+        &self,
+        plan: &Plan,
+        caps: &Capabilities,
+        vector: Option<&[f32]>,
+        started: Instant,
+        times: &mut StageTimes,
+    ) -> Result<Value, SearchError> {
+        if let (Mode::Hybrid, Resolved::Engine { .. }, Some(v)) = (plan.mode, plan.fusion, vector) {
+            let (resp, info) = self.engine_fused(plan, v, caps, None, None, times).await?;
             let legs = match plan.explain {
                 true => {
-                    let (b, k, _) = self.legs(&plan, Some(v), caps.info.dialect, None).await?;
+                    let (b, k, _) = self.legs(plan, Some(v), caps.info.dialect, None, times).await?;
                     b.zip(k)
                 }
                 false => None,
             };
-            let hits = engine_hits(&plan, &resp, legs.as_ref().map(|(b, k)| (b, k)));
+            let hits = times.time(SearchStage::Fusion, || engine_hits(plan, &resp, legs.as_ref().map(|(b, k)| (b, k))));
             return Ok(json!({
                 "took": started.elapsed().as_millis() as u64,
                 "timed_out": resp.get("timed_out").cloned().unwrap_or(json!(false)),
@@ -366,13 +418,13 @@ impl Searcher {
                 },
             }));
         }
-        let (bm25, knn, _) = self.legs(&plan, vector.as_deref(), caps.info.dialect, None).await?;
-        let page = sidecar_page(&plan, bm25.as_ref(), knn.as_ref(), plan.k);
+        let (bm25, knn, _) = self.legs(plan, vector, caps.info.dialect, None, times).await?;
+        let page = times.time(SearchStage::Fusion, || sidecar_page(plan, bm25.as_ref(), knn.as_ref(), plan.k));
         Ok(json!({
             "took": started.elapsed().as_millis() as u64,
             "timed_out": false,
             "mode": plan.mode,
-            "fusion": fusion_info(&plan),
+            "fusion": fusion_info(plan),
             "hits": {
                 "total": {"value": page.total, "relation": if page.truncated { "gte" } else { "eq" }},
                 "max_score": page.max_score,
@@ -398,7 +450,19 @@ impl Searcher {
         query_string: &QueryString,
         body: Bytes,
     ) -> Result<EsAnswer, SearchError> {
+        self.es_search_timed(pattern, query_string, body, &mut StageTimes::default()).await
+    }
+
+    /// [`Searcher::es_search`], adding where the time went to `times`.
+    pub async fn es_search_timed(
+        &self,
+        pattern: &IndexPattern,
+        query_string: &QueryString,
+        body: Bytes,
+        times: &mut StageTimes,
+    ) -> Result<EsAnswer, SearchError> {
         let started = Instant::now();
+        let parse_started = Instant::now();
         let path = EnginePath::root().pattern(pattern).api("_search").query(query_string).build();
         let joined = pattern.parts().collect::<Vec<_>>().join(",");
         let index = joined.as_str();
@@ -421,6 +485,7 @@ impl Searcher {
                 compat::analyse(v, auto.map(|(_, t)| t.text_fields.as_slice()))?
             }
         };
+        times.add(SearchStage::Parse, parse_started.elapsed());
         let passthrough = |body: Bytes| {
             let req = EngineRequest::new(Method::POST, path.clone()).passthrough().idempotent(true);
             if body.is_empty() {
@@ -430,7 +495,7 @@ impl Searcher {
             }
         };
         match rewrite {
-            Rewrite::Passthrough => Ok(EsAnswer::Raw(self.engine.send(passthrough(body)).await?)),
+            Rewrite::Passthrough => Ok(EsAnswer::Raw(self.engine_send(passthrough(body), times).await?)),
             Rewrite::Nested { clauses } => {
                 let mut v = parsed.unwrap_or_default();
                 let caps = self.capabilities().await?;
@@ -460,14 +525,14 @@ impl Searcher {
                 }
                 // all their texts in one encoder batch (one pipeline, so one model)
                 let texts: Vec<String> = plans.iter().map(|(_, p)| p.text.clone()).collect();
-                let vectors = self.encode_queries(&target.model, texts).await?;
+                let vectors = self.encode_queries(&target.model, texts, times).await?;
                 for ((ptr, plan), vector) in plans.iter().zip(&vectors) {
                     let replacement = build::nested_hybrid(plan, vector, caps)?;
                     if let Some(slot) = v.pointer_mut(ptr) {
                         *slot = replacement;
                     }
                 }
-                Ok(EsAnswer::Raw(self.engine.send(passthrough(Bytes::from(v.to_string()))).await?))
+                Ok(EsAnswer::Raw(self.engine_send(passthrough(Bytes::from(v.to_string())), times).await?))
             }
             Rewrite::TopLevel { clause, mut rest } => {
                 self.pipeline_or_err(index)?;
@@ -477,22 +542,24 @@ impl Searcher {
                     ))
                     .into());
                 }
-                let plan = self.plan(clause.to_request(index, &rest)?)?;
+                let plan = self.plan(clause.to_request(index, &rest)?, times)?;
                 for k in ["size", "from", "_source", "highlight"] {
                     rest.remove(k);
                 }
                 let caps = self.capabilities().await?;
-                let vector = self.query_vector(caps, &plan).await?;
+                let vector = self.query_vector(caps, &plan, times).await?;
                 if let (Mode::Hybrid, Resolved::Engine { .. }, Some(v)) = (plan.mode, plan.fusion, vector.as_deref()) {
-                    let (mut resp, _) = self.engine_fused(&plan, v, caps, Some(&rest), Some(query_string)).await?;
-                    let hits = engine_hits(&plan, &resp, None);
+                    let (mut resp, _) =
+                        self.engine_fused(&plan, v, caps, Some(&rest), Some(query_string), times).await?;
+                    let hits = times.time(SearchStage::Fusion, || engine_hits(&plan, &resp, None));
                     if let Some(h) = resp.pointer_mut("/hits/hits") {
                         *h = Value::Array(hits);
                     }
                     return Ok(EsAnswer::Json(resp));
                 }
-                let (bm25, knn, first) = self.legs(&plan, vector.as_deref(), caps.info.dialect, Some(&rest)).await?;
-                let page = sidecar_page(&plan, bm25.as_ref(), knn.as_ref(), plan.k);
+                let (bm25, knn, first) =
+                    self.legs(&plan, vector.as_deref(), caps.info.dialect, Some(&rest), times).await?;
+                let page = times.time(SearchStage::Fusion, || sidecar_page(&plan, bm25.as_ref(), knn.as_ref(), plan.k));
                 let mut resp = first;
                 if let Some(m) = resp.as_object_mut() {
                     m.remove("status");

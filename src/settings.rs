@@ -361,6 +361,8 @@ pub struct EncoderSettings {
     pub execution_providers: Vec<Provider>,
     pub require_gpu: bool,
     pub intra_threads: usize,
+    /// Intra-op threads of the session reserved for queries (0: a quarter of the cores, at least 1).
+    pub interactive_intra_threads: usize,
     pub inter_threads: usize,
     pub sessions_per_model: usize,
     pub reserve_interactive_session: bool,
@@ -369,6 +371,8 @@ pub struct EncoderSettings {
     pub max_batch_requests: usize,
     pub queue_capacity: usize,
     pub interactive_max_inputs: usize,
+    /// Query vectors kept by the shared LRU cache (0: no cache).
+    pub query_cache_entries: usize,
     pub max_inputs_per_request: usize,
     pub max_input_chars: usize,
     pub auto_truncate: bool,
@@ -382,6 +386,16 @@ impl EncoderSettings {
             self.intra_threads
         } else {
             std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+
+    /// `interactive_intra_threads`, with 0 meaning a quarter of the cores (at least 1): a short
+    /// query gains little from more, and the engine beside the sidecar needs the rest.
+    pub fn effective_interactive_intra_threads(&self) -> usize {
+        if self.interactive_intra_threads > 0 {
+            self.interactive_intra_threads
+        } else {
+            (std::thread::available_parallelism().map_or(1, usize::from) / 4).max(1)
         }
     }
 }

@@ -87,6 +87,23 @@ pub struct ProviderLabels {
     pub provider: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub model: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: String,
+}
+
+/// Latency buckets from 50 µs to about 1.6 s: query stages take tens of microseconds to tens of
+/// milliseconds, batches up to seconds.
+fn stage_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
 /// The encoder's metrics, per model.
 #[derive(Clone)]
 pub struct EncoderMetrics {
@@ -97,9 +114,13 @@ pub struct EncoderMetrics {
     batches: Family<ModelLabels, Counter>,
     padded_tokens: Family<ModelLabels, Counter>,
     batch_size: Family<ModelLabels, Histogram>,
-    batch_seconds: Family<ModelLabels, Histogram>,
+    batch_seconds: Family<LaneLabels, Histogram>,
+    queue_wait: Family<LaneLabels, Histogram>,
+    tokenize_seconds: Family<ModelLabels, Histogram>,
     queue_depth: Family<LaneLabels, Gauge>,
     provider: Family<ProviderLabels, Gauge>,
+    cache_lookups: Family<CacheLabels, Counter>,
+    cache_entries: Gauge,
 }
 
 impl EncoderMetrics {
@@ -112,9 +133,13 @@ impl EncoderMetrics {
             batches: Family::default(),
             padded_tokens: Family::default(),
             batch_size: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 10))),
-            batch_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14))),
+            batch_seconds: Family::new_with_constructor(stage_buckets),
+            queue_wait: Family::new_with_constructor(stage_buckets),
+            tokenize_seconds: Family::new_with_constructor(stage_buckets),
             queue_depth: Family::default(),
             provider: Family::default(),
+            cache_lookups: Family::default(),
+            cache_entries: Gauge::default(),
         };
         registry.register("encoder_inputs", "texts encoded", m.inputs.clone());
         registry.register(
@@ -137,9 +162,25 @@ impl EncoderMetrics {
         registry.register("encoder_batch_size", "inputs per batch", m.batch_size.clone());
         registry.register(
             "encoder_batch_seconds",
-            "time to run one batch (inference and pooling)",
+            "time to run one batch (inference and pooling), by lane",
             m.batch_seconds.clone(),
         );
+        registry.register(
+            "encoder_queue_wait_seconds",
+            "time an input waited in its lane before a session took it, by lane",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "encoder_tokenize_seconds",
+            "time to tokenize one request's inputs",
+            m.tokenize_seconds.clone(),
+        );
+        registry.register(
+            "encoder_cache_lookups",
+            "query-vector cache lookups, by outcome (hit, miss)",
+            m.cache_lookups.clone(),
+        );
+        registry.register("encoder_cache_entries", "vectors held by the query-vector cache", m.cache_entries.clone());
         registry.register("encoder_queue_depth", "inputs waiting, by lane", m.queue_depth.clone());
         registry.register("encoder_provider", "1 for the execution provider each model runs on", m.provider.clone());
         m
@@ -160,12 +201,31 @@ impl EncoderMetrics {
         self.rejected.get_or_create(&Self::model(model)).inc();
     }
 
-    pub fn observe_batch(&self, model: &str, size: usize, longest: usize, took: std::time::Duration) {
+    pub fn observe_batch(&self, model: &str, lane: &str, size: usize, longest: usize, took: std::time::Duration) {
         let l = Self::model(model);
         self.batches.get_or_create(&l).inc();
         self.padded_tokens.get_or_create(&l).inc_by((size * longest) as u64);
         self.batch_size.get_or_create(&l).observe(size as f64);
-        self.batch_seconds.get_or_create(&l).observe(took.as_secs_f64());
+        let lane = LaneLabels { model: model.to_string(), lane: lane.to_string() };
+        self.batch_seconds.get_or_create(&lane).observe(took.as_secs_f64());
+    }
+
+    pub fn observe_queue_wait(&self, model: &str, lane: &str, waited: std::time::Duration) {
+        let lane = LaneLabels { model: model.to_string(), lane: lane.to_string() };
+        self.queue_wait.get_or_create(&lane).observe(waited.as_secs_f64());
+    }
+
+    pub fn observe_tokenize(&self, model: &str, took: std::time::Duration) {
+        self.tokenize_seconds.get_or_create(&Self::model(model)).observe(took.as_secs_f64());
+    }
+
+    pub fn cache_lookup(&self, model: &str, hit: bool) {
+        let outcome = if hit { "hit" } else { "miss" }.to_string();
+        self.cache_lookups.get_or_create(&CacheLabels { model: model.to_string(), outcome }).inc();
+    }
+
+    pub fn set_cache_entries(&self, n: usize) {
+        self.cache_entries.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn set_queue_depth(&self, model: &str, interactive: usize, bulk: usize) {
@@ -198,6 +258,119 @@ pub struct Metrics {
     pub reindex_bulk_size: Gauge,
     /// Requests refused by authentication or authorisation.
     pub auth_denials: Family<DenialLabels, Counter>,
+    /// Where a search's time went, by stage (see [`SearchStage`]).
+    pub search_stages: Family<StageLabels, Histogram>,
+}
+
+/// The stages of a search whose time is measured, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SearchStage {
+    /// Reading the request and planning it (JSON parse, validation, pipeline lookup).
+    Parse,
+    /// Tokenizing the query text(s).
+    Tokenize,
+    /// Waiting in the encoder's interactive lane for a session.
+    QueueWait,
+    /// The batch holding the query on ONNX Runtime (inference, pooling).
+    OrtRun,
+    /// The whole encode call (the three above plus handing over between threads).
+    Encode,
+    /// Round trips to the engine (request out until the whole answer is in).
+    Engine,
+    /// Decoding the engine's answer, fusing the legs and shaping the page.
+    Fusion,
+    /// Writing the answer as JSON bytes.
+    Serialize,
+    /// From the request's body to its serialised answer.
+    Total,
+}
+
+impl SearchStage {
+    pub const ALL: [SearchStage; 9] = [
+        SearchStage::Parse,
+        SearchStage::Tokenize,
+        SearchStage::QueueWait,
+        SearchStage::OrtRun,
+        SearchStage::Encode,
+        SearchStage::Engine,
+        SearchStage::Fusion,
+        SearchStage::Serialize,
+        SearchStage::Total,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchStage::Parse => "parse",
+            SearchStage::Tokenize => "tokenize",
+            SearchStage::QueueWait => "queue_wait",
+            SearchStage::OrtRun => "ort_run",
+            SearchStage::Encode => "encode",
+            SearchStage::Engine => "engine",
+            SearchStage::Fusion => "fusion",
+            SearchStage::Serialize => "serialize",
+            SearchStage::Total => "total",
+        }
+    }
+}
+
+/// The stage times of one search, summed per stage (a search with two engine round trips
+/// adds both to `engine`).
+#[derive(Clone, Debug, Default)]
+pub struct StageTimes {
+    times: [std::time::Duration; 9],
+    seen: [bool; 9],
+}
+
+impl StageTimes {
+    pub fn add(&mut self, stage: SearchStage, d: std::time::Duration) {
+        let i = stage as usize;
+        self.times[i] += d;
+        self.seen[i] = true;
+    }
+
+    /// Runs `f`, adding its wall time to `stage`.
+    pub fn time<T>(&mut self, stage: SearchStage, f: impl FnOnce() -> T) -> T {
+        let t = std::time::Instant::now();
+        let out = f();
+        self.add(stage, t.elapsed());
+        out
+    }
+
+    pub fn get(&self, stage: SearchStage) -> Option<std::time::Duration> {
+        let i = stage as usize;
+        self.seen[i].then_some(self.times[i])
+    }
+
+    /// `{"parse": 0.04, "encode": 3.1, ...}` in milliseconds, the stages that ran.
+    pub fn to_json_ms(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for s in SearchStage::ALL {
+            if let Some(d) = self.get(s) {
+                let ms = (d.as_secs_f64() * 1e6).round() / 1e3;
+                m.insert(s.as_str().into(), serde_json::json!(ms));
+            }
+        }
+        serde_json::Value::Object(m)
+    }
+
+    /// The stages as a `Server-Timing` header value (milliseconds), e.g.
+    /// `parse;dur=0.012, encode;dur=3.1, engine;dur=4.7, total;dur=8.2`.
+    pub fn server_timing(&self) -> String {
+        SearchStage::ALL
+            .iter()
+            .filter_map(|&s| self.get(s).map(|d| format!("{};dur={:.3}", s.as_str(), d.as_secs_f64() * 1e3)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Adds every stage that ran to the `search_stage_seconds` histograms.
+    pub fn observe(&self, into: &Family<StageLabels, Histogram>) {
+        for s in SearchStage::ALL {
+            if let Some(d) = self.get(s) {
+                into.get_or_create(&StageLabels { stage: s.as_str().to_string() }).observe(d.as_secs_f64());
+            }
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -237,7 +410,14 @@ impl Metrics {
             "requests refused for a missing or invalid API key, or beyond the key's scope or indices",
             auth_denials.clone(),
         );
+        let search_stages = Family::<StageLabels, Histogram>::new_with_constructor(stage_buckets);
+        registry.register(
+            "search_stage_seconds",
+            "where a search's time went, by stage (parse, tokenize, queue_wait, ort_run, encode, engine, fusion, serialize, total)",
+            search_stages.clone(),
+        );
         Metrics {
+            search_stages,
             auth_denials,
             reindex_docs,
             reindex_bulk_size,

@@ -523,3 +523,39 @@ async fn golden_request_json_for_every_dialect_and_fusion_and_the_opensearch_one
         ),
     }
 }
+
+#[tokio::test]
+async fn every_stage_of_a_search_is_timed_in_explain_server_timing_and_metrics() {
+    let s = fixture().await;
+    let body = json!({"index": s.index, "query": "stem cell differentiation", "explain": true, "size": 5});
+    let r = s.http.post(format!("{}/search", s.url)).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let header = r.headers().get("server-timing").expect("Server-Timing").to_str().unwrap().to_string();
+    let v: Value = r.json().await.unwrap();
+    let t = &v["timings_ms"];
+    for stage in ["parse", "tokenize", "queue_wait", "ort_run", "encode", "engine", "fusion"] {
+        assert!(t[stage].as_f64().is_some_and(|ms| ms >= 0.0), "timings_ms.{stage} in {t}");
+        assert!(header.contains(&format!("{stage};dur=")), "{stage} in Server-Timing: {header}");
+    }
+    assert!(t["ort_run"].as_f64().unwrap() > 0.0 && t["engine"].as_f64().unwrap() > 0.0, "{t}");
+    assert!(t["encode"].as_f64().unwrap() >= t["ort_run"].as_f64().unwrap(), "the encode holds the run: {t}");
+    let total: f64 = header
+        .split(", ")
+        .find_map(|p| p.strip_prefix("total;dur="))
+        .and_then(|d| d.parse().ok())
+        .expect("total in Server-Timing");
+    assert!(total >= t["engine"].as_f64().unwrap() + t["encode"].as_f64().unwrap() * 0.99, "{header}");
+    let metrics = s.http.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+    for stage in ["parse", "encode", "engine", "fusion", "serialize", "total"] {
+        let line = format!("sidecar_search_stage_seconds_count{{stage=\"{stage}\"}}");
+        let n = metrics.lines().find_map(|l| l.strip_prefix(&line)).map(|c| c.trim().parse::<f64>().unwrap());
+        assert!(n.is_some_and(|n| n >= 1.0), "{line} in /metrics");
+    }
+    // asked again: the vector comes from the query cache, so no encoder stage ran for it
+    let r = s.http.post(format!("{}/search", s.url)).json(&body).send().await.unwrap();
+    let again: Value = r.json().await.unwrap();
+    assert!(again["timings_ms"].get("ort_run").is_none(), "{}", again["timings_ms"]);
+    assert_eq!(ids(&again), ids(&v), "the cached vector finds the same hits");
+    let metrics = s.http.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("sidecar_encoder_cache_lookups_total{model=\"all-MiniLM-L6-v2\",outcome=\"hit\"}"));
+}

@@ -11,6 +11,7 @@
 //! Not supported yet: cross-encoders, sparse vectors, dense layers after pooling, CPU/GPU
 //! sessions of one model side by side.
 
+pub mod cache;
 pub mod manifest;
 pub mod pooling;
 pub mod queue;
@@ -21,13 +22,14 @@ pub mod whitening;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
 use crate::error::ErrorCode;
 use crate::settings::EncoderSettings;
 use crate::telemetry::EncoderMetrics;
+use cache::{CacheKey, Cached, VectorCache};
 use manifest::{Manifest, ModelDir};
 pub use pooling::Pooled;
 pub use queue::Lane;
@@ -126,6 +128,8 @@ pub struct EncodeOptions {
     pub lane: Lane,
     /// Wait for queue room (internal bulk callers) instead of failing with `QueueFull`.
     pub wait_for_room: bool,
+    /// Look texts up in (and add them to) the query-vector cache, when there is one.
+    pub cache: bool,
 }
 
 impl Default for EncodeOptions {
@@ -136,8 +140,21 @@ impl Default for EncodeOptions {
             truncate: true,
             lane: Lane::Interactive,
             wait_for_room: false,
+            cache: false,
         }
     }
+}
+
+/// Where an encode call's time went.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EncodeTimes {
+    pub tokenize: Duration,
+    /// The longest any input waited in its lane for a session.
+    pub queue_wait: Duration,
+    /// The longest batch holding one of the inputs (inference, pooling, whitening).
+    pub run: Duration,
+    /// Inputs answered from the query-vector cache.
+    pub cache_hits: usize,
 }
 
 /// Vectors and token accounting for one call.
@@ -148,6 +165,7 @@ pub struct Encoding {
     pub tokens: Vec<usize>,
     /// Tokens cut per input.
     pub truncated: Vec<usize>,
+    pub times: EncodeTimes,
 }
 
 /// Limits applied before anything is queued.
@@ -161,6 +179,9 @@ pub struct RequestLimits {
 /// A loaded model and its session threads. Cheap to share behind an `Arc`.
 pub struct Encoder {
     manifest: Manifest,
+    /// Name, ONNX file and output size: what the query-vector cache keys on.
+    identity: Arc<str>,
+    cache: Option<Arc<VectorCache>>,
     tokenizer: Arc<TextTokenizer>,
     queue: Arc<BatchQueue>,
     room: Arc<Semaphore>,
@@ -230,12 +251,11 @@ impl Encoder {
                 Some(Arc::new(w))
             }
         };
-        // With several session threads, one never takes bulk work: queries do not wait behind it.
-        let bulk_sessions = if settings.sessions_per_model > 1 && settings.reserve_interactive_session {
-            settings.sessions_per_model - 1
-        } else {
-            settings.sessions_per_model
-        };
+        // With several session threads, the first never takes bulk work: queries do not wait
+        // behind it. It runs with fewer intra-op threads (sized for one short query, leaving the
+        // other cores to the engine and HTTP); the others with `intra_threads` for throughput.
+        let reserved = settings.sessions_per_model > 1 && settings.reserve_interactive_session;
+        let bulk_sessions = if reserved { settings.sessions_per_model - 1 } else { settings.sessions_per_model };
         let queue = Arc::new(
             BatchQueue::new(BatchLimits {
                 max_batch_tokens: settings.max_batch_tokens,
@@ -252,6 +272,15 @@ impl Encoder {
         };
         let mut provider = Provider::Cpu;
         for i in 0..settings.sessions_per_model {
+            let accept_bulk = !(reserved && i == 0);
+            let opts = runtime::SessionOptions {
+                intra_threads: if accept_bulk {
+                    opts.intra_threads
+                } else {
+                    settings.effective_interactive_intra_threads()
+                },
+                ..opts.clone()
+            };
             let (session, p) = runtime::build_session(&env, &model, &opts)?;
             provider = p;
             let worker = runtime::Worker {
@@ -260,6 +289,7 @@ impl Encoder {
                 whitening: whitening.clone(),
                 queue: queue.clone(),
                 metrics: metrics.clone(),
+                accept_bulk,
             };
             std::thread::Builder::new()
                 .name(format!("encoder-{}-{i}", model.manifest.name))
@@ -271,8 +301,17 @@ impl Encoder {
             model = %model.manifest.name, provider = %provider, sessions = settings.sessions_per_model,
             dims = model.manifest.output_dims(), pooling = %model.manifest.pooling, "model loaded"
         );
+        let identity: Arc<str> = format!(
+            "{}\u{0}{}\u{0}{}",
+            model.manifest.name,
+            model.path(&model.manifest.onnx).display(),
+            model.manifest.output_dims()
+        )
+        .into();
         Ok(Encoder {
             manifest: model.manifest,
+            identity,
+            cache: None,
             tokenizer,
             queue,
             room: Arc::new(Semaphore::new(settings.queue_capacity)),
@@ -310,6 +349,29 @@ impl Encoder {
         }
     }
 
+    /// Shares `cache` for query vectors (calls with [`EncodeOptions::cache`] use it).
+    pub fn with_cache(mut self, cache: Option<Arc<VectorCache>>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    fn prefix(&self, kind: TextKind) -> &str {
+        match kind {
+            TextKind::Query => &self.manifest.prefixes.query,
+            TextKind::Passage => &self.manifest.prefixes.passage,
+            TextKind::Raw => "",
+        }
+    }
+
+    fn cache_key(&self, prefix: &Arc<str>, input: &Input) -> Option<CacheKey> {
+        match input {
+            Input::Text(t) if t.len() <= cache::MAX_CACHED_TEXT => {
+                Some(CacheKey { model: self.identity.clone(), prefix: prefix.clone(), text: t.clone() })
+            }
+            _ => None,
+        }
+    }
+
     /// Encodes `inputs` (results in input order).
     pub async fn encode(&self, inputs: Vec<Input>, opts: EncodeOptions) -> Result<Encoding, EncoderError> {
         if inputs.is_empty() {
@@ -318,19 +380,91 @@ impl Encoder {
         if inputs.len() > self.limits.max_inputs {
             return Err(EncoderError::TooManyInputs { got: inputs.len(), max: self.limits.max_inputs });
         }
-        let mut total_chars = 0;
         for (index, input) in inputs.iter().enumerate() {
             let chars = input.chars();
             if chars > self.limits.max_chars {
                 return Err(EncoderError::InputTooLong { index, chars, max: self.limits.max_chars });
             }
-            total_chars += chars;
         }
-        let prefix = match opts.kind {
-            TextKind::Query => self.manifest.prefixes.query.clone(),
-            TextKind::Passage => self.manifest.prefixes.passage.clone(),
-            TextKind::Raw => String::new(),
+        let cache = self.cache.as_ref().filter(|_| opts.cache);
+        let Some(cache) = cache else {
+            let mut out = self.encode_uncached(inputs, opts).await?;
+            self.normalize(&mut out.outputs, opts);
+            return Ok(out);
         };
+        let prefix: Arc<str> = self.prefix(opts.kind).into();
+        let keys: Vec<Option<CacheKey>> = inputs.iter().map(|i| self.cache_key(&prefix, i)).collect();
+        let found: Vec<Option<Cached>> = keys.iter().map(|k| k.as_ref().and_then(|k| cache.get(k))).collect();
+        let hits = found.iter().filter(|f| f.is_some()).count();
+        for _ in 0..hits {
+            self.metrics.cache_lookup(&self.manifest.name, true);
+        }
+        for _ in 0..keys.iter().zip(&found).filter(|(k, f)| k.is_some() && f.is_none()).count() {
+            self.metrics.cache_lookup(&self.manifest.name, false);
+        }
+        if !opts.truncate {
+            if let Some((index, c)) =
+                found.iter().enumerate().find_map(|(i, f)| f.as_ref().filter(|c| c.truncated > 0).map(|c| (i, c)))
+            {
+                return Err(EncoderError::TooManyTokens {
+                    index,
+                    tokens: c.tokens + c.truncated,
+                    max: self.manifest.max_seq_len,
+                });
+            }
+        }
+        let misses: Vec<usize> = (0..inputs.len()).filter(|&i| found[i].is_none()).collect();
+        let mut fresh = if misses.is_empty() {
+            None
+        } else {
+            let wanted: Vec<Input> = misses.iter().map(|&i| inputs[i].clone()).collect();
+            Some(self.encode_uncached(wanted, opts).await?)
+        };
+        let mut entries: Vec<Option<Cached>> = found;
+        if let Some(f) = fresh.as_mut() {
+            let outputs = std::mem::take(&mut f.outputs);
+            for ((&i, vector), (&tokens, &truncated)) in
+                misses.iter().zip(outputs).zip(f.tokens.iter().zip(&f.truncated))
+            {
+                let entry = Cached { vector, tokens, truncated };
+                if let Some(k) = keys[i].clone() {
+                    let held = cache.insert(k, entry.clone());
+                    self.metrics.set_cache_entries(held);
+                }
+                entries[i] = Some(entry);
+            }
+        }
+        let mut out = Encoding {
+            outputs: Vec::with_capacity(entries.len()),
+            tokens: Vec::with_capacity(entries.len()),
+            truncated: Vec::with_capacity(entries.len()),
+            times: fresh.map(|f| f.times).unwrap_or_default(),
+        };
+        for e in entries.into_iter().flatten() {
+            out.outputs.push(e.vector);
+            out.tokens.push(e.tokens);
+            out.truncated.push(e.truncated);
+        }
+        out.times.cache_hits = hits;
+        self.normalize(&mut out.outputs, opts);
+        Ok(out)
+    }
+
+    fn normalize(&self, outputs: &mut [Pooled], opts: EncodeOptions) {
+        if opts.normalize.unwrap_or(self.manifest.normalize) {
+            for o in outputs {
+                if let Pooled::Vector(v) = o {
+                    pooling::l2_normalize(v);
+                }
+            }
+        }
+    }
+
+    /// Tokenizes, queues and waits: the model's raw (un-normalised) outputs.
+    async fn encode_uncached(&self, inputs: Vec<Input>, opts: EncodeOptions) -> Result<Encoding, EncoderError> {
+        let total_chars: usize = inputs.iter().map(Input::chars).sum();
+        let prefix = self.prefix(opts.kind).to_string();
+        let tokenize_started = Instant::now();
         // Tokenizing a few short texts takes microseconds; larger requests go to a blocking thread.
         let seqs = if total_chars <= 2_000 {
             tokenize_all(&self.tokenizer, &prefix, &inputs)?
@@ -340,6 +474,8 @@ impl Encoder {
                 .await
                 .map_err(|e| EncoderError::Tokenizer(e.to_string()))??
         };
+        let tokenize = tokenize_started.elapsed();
+        self.metrics.observe_tokenize(&self.manifest.name, tokenize);
         if !opts.truncate {
             if let Some((index, s)) = seqs.iter().enumerate().find(|(_, s)| s.truncated > 0) {
                 return Err(EncoderError::TooManyTokens {
@@ -363,15 +499,9 @@ impl Encoder {
         self.metrics.observe_inputs(&self.manifest.name, tokens.iter().sum(), truncated.iter().sum(), seqs.len());
         let (job, reply) = Job::new(seqs, Some(permit));
         self.queue.submit(job, opts.lane)?;
-        let mut outputs = reply.await.map_err(|_| EncoderError::ShuttingDown)??;
-        if opts.normalize.unwrap_or(self.manifest.normalize) {
-            for o in &mut outputs {
-                if let Pooled::Vector(v) = o {
-                    pooling::l2_normalize(v);
-                }
-            }
-        }
-        Ok(Encoding { outputs, tokens, truncated })
+        let (outputs, times) = reply.await.map_err(|_| EncoderError::ShuttingDown)??;
+        let times = EncodeTimes { tokenize, queue_wait: times.queue_wait, run: times.run, cache_hits: 0 };
+        Ok(Encoding { outputs, tokens, truncated, times })
     }
 }
 
@@ -397,8 +527,10 @@ impl EncoderSet {
     /// Loads every model of `settings.models`. Blocking.
     pub fn load(settings: &EncoderSettings, metrics: &EncoderMetrics) -> Result<EncoderSet, EncoderError> {
         let mut set = EncoderSet::default();
+        let cache =
+            (settings.query_cache_entries > 0).then(|| Arc::new(VectorCache::new(settings.query_cache_entries)));
         for dir in &settings.models {
-            let enc = Encoder::load(dir, settings, metrics)?;
+            let enc = Encoder::load(dir, settings, metrics)?.with_cache(cache.clone());
             let name = enc.manifest.name.clone();
             if set.models.contains_key(&name) {
                 return Err(EncoderError::Manifest {

@@ -165,6 +165,8 @@ pub struct Worker {
     pub whitening: Option<Arc<Whitening>>,
     pub queue: Arc<BatchQueue>,
     pub metrics: EncoderMetrics,
+    /// False for the session reserved for queries: it only takes interactive batches.
+    pub accept_bulk: bool,
 }
 
 impl Worker {
@@ -190,7 +192,7 @@ impl Worker {
                 return;
             }
         };
-        while let Some(batch) = self.queue.next_batch() {
+        while let Some(batch) = self.queue.next_batch_for(self.accept_bulk) {
             let (interactive, bulk) = self.queue.depth();
             self.metrics.set_queue_depth(&self.manifest.name, interactive, bulk);
             let live: Vec<_> = batch.items.iter().filter(|(job, _)| !job.is_abandoned()).cloned().collect();
@@ -200,9 +202,23 @@ impl Worker {
             }
             let batch = Batch { lane: batch.lane, items: live };
             let started = std::time::Instant::now();
-            match self.run_batch(&mut session, &run_options, &batch) {
+            for (job, _) in &batch.items {
+                self.metrics.observe_queue_wait(&self.manifest.name, batch.lane.as_str(), started - job.submitted);
+            }
+            let result = self.run_batch(&mut session, &run_options, &batch);
+            let ran = started.elapsed();
+            // recorded before any caller hears back, so metrics read after a reply include it
+            self.metrics.observe_batch(
+                &self.manifest.name,
+                batch.lane.as_str(),
+                batch.items.len(),
+                batch.max_len(),
+                ran,
+            );
+            match result {
                 Ok(results) => {
                     for ((job, idx), value) in batch.items.iter().zip(results) {
+                        job.note_batch(started - job.submitted, ran);
                         job.complete(*idx, value);
                     }
                 }
@@ -214,7 +230,6 @@ impl Worker {
                 }
             }
             self.queue.finished(batch.lane);
-            self.metrics.observe_batch(&self.manifest.name, batch.items.len(), batch.max_len(), started.elapsed());
         }
     }
 

@@ -114,6 +114,7 @@ pub async fn embed(State(state): State<AppState>, Json(req): Json<EmbedRequest>)
         truncate: req.truncate.unwrap_or(state.settings.encoder.auto_truncate),
         lane: lane_for(&state, inputs.len()),
         wait_for_room: false,
+        cache: false,
     };
     let out = encoder.encode(inputs, opts).await?;
     let truncated = truncation_header(&out.truncated);
@@ -186,6 +187,7 @@ pub async fn openai_embeddings(
         truncate: state.settings.encoder.auto_truncate,
         lane: lane_for(&state, inputs.len()),
         wait_for_room: false,
+        cache: false,
     };
     let out = encoder.encode(inputs, opts).await?;
     let truncated = truncation_header(&out.truncated);
@@ -261,6 +263,7 @@ pub async fn bert_service_encode(
         truncate: true,
         lane: lane_for(&state, inputs.len()),
         wait_for_room: false,
+        cache: false,
     };
     let out = encoder.encode(inputs, opts).await?;
     let truncated = truncation_header(&out.truncated);

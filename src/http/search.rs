@@ -6,7 +6,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, RawQuery, State};
-use axum::http::Method;
+use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
@@ -21,6 +21,8 @@ use crate::engine::EngineRequest;
 use crate::error::ErrorCode;
 use crate::query::request::SearchRequest;
 use crate::search::{EsAnswer, SearchError};
+use crate::telemetry::{SearchStage, StageTimes};
+use std::time::Instant;
 
 impl From<SearchError> for ApiError {
     fn from(e: SearchError) -> Self {
@@ -38,11 +40,39 @@ pub async fn search(
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: SearchRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("the search request: {e}")))?;
+    let started = Instant::now();
+    let mut times = StageTimes::default();
+    let req: SearchRequest = times.time(SearchStage::Parse, || {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("the search request: {e}")))
+    })?;
     let index = state.searcher.pipeline(&req.index).map_or(req.index.as_str(), |p| p.index.as_str());
     caller.check_index(Some(index))?;
-    Ok(Json(state.searcher.search(req).await?).into_response())
+    let answer = state.searcher.search_timed(req, &mut times).await?;
+    Ok(timed_json(&state, &answer, started, &mut times))
+}
+
+/// `answer` as a JSON response, timing the serialisation and recording every stage of the
+/// search in `search_stage_seconds`.
+fn timed_json(state: &AppState, answer: &Value, started: Instant, times: &mut StageTimes) -> Response {
+    let bytes = times.time(SearchStage::Serialize, || serde_json::to_vec(answer));
+    let mut response = match bytes {
+        Ok(b) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Err(e) => ApiError::new(ErrorCode::Internal, format!("serialising the answer: {e}")).into_response(),
+    };
+    finish_timing(state, started, times, &mut response);
+    response
+}
+
+/// Records the search's stages in `search_stage_seconds` and sends them as `Server-Timing`
+/// (milliseconds per stage, the engine's round trips included), so a client can tell the
+/// sidecar's share of a request from the engine's.
+fn finish_timing(state: &AppState, started: Instant, times: &mut StageTimes, response: &mut Response) {
+    times.add(SearchStage::Total, started.elapsed());
+    times.observe(&state.metrics.search_stages);
+    if let Ok(v) = HeaderValue::from_str(&times.server_timing()) {
+        response.headers_mut().insert(HeaderName::from_static("server-timing"), v);
+    }
 }
 
 /// `GET|POST /{index}/_search`.
@@ -52,11 +82,17 @@ pub async fn search_index(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let mut times = StageTimes::default();
     let pattern = IndexPattern::try_from(index.as_str())?;
     let query = QueryString::parse(query.as_deref())?;
-    match state.searcher.es_search(&pattern, &query, body).await? {
-        EsAnswer::Raw(resp) => Ok(engine_answer(resp)),
-        EsAnswer::Json(v) => Ok(Json(v).into_response()),
+    match state.searcher.es_search_timed(&pattern, &query, body, &mut times).await? {
+        EsAnswer::Raw(resp) => {
+            let mut response = engine_answer(resp);
+            finish_timing(&state, started, &mut times, &mut response);
+            Ok(response)
+        }
+        EsAnswer::Json(v) => Ok(timed_json(&state, &v, started, &mut times)),
     }
 }
 

@@ -271,6 +271,7 @@ impl Ingestor {
                     truncate: true,
                     lane: Lane::Bulk,
                     wait_for_room: false,
+                    cache: false,
                 };
                 let out = encoder.encode(inputs, opts).await?;
                 for (p, vector) in chunk.iter().zip(out.outputs) {
