@@ -64,7 +64,7 @@ fn load_texts(path: &Path, max: usize, docs: bool) -> anyhow::Result<Vec<String>
 }
 
 fn opts(lane: Lane) -> EncodeOptions {
-    EncodeOptions { kind: TextKind::Raw, normalize: None, truncate: true, lane, wait_for_room: true }
+    EncodeOptions { kind: TextKind::Raw, normalize: None, truncate: true, lane, wait_for_room: true, cache: false }
 }
 
 /// Naive: fixed batches of 32 in file order, one at a time. Returns (seconds, real tokens).
@@ -122,6 +122,86 @@ fn batch_stats(metrics: &Metrics) -> (f64, f64, f64, f64) {
     )
 }
 
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat` (0 elsewhere).
+pub fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // the fields after the command name, which is in parentheses and may hold spaces
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat(5): 12 and 13 after the state field
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds every core of the machine has been busy (not idle or iowait), from `/proc/stat`.
+fn machine_busy() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0.0);
+    Some((total - idle) / 100.0)
+}
+
+/// Runs `semantic-sidecar bench load` against `url` in a child process and returns what it printed.
+async fn load_in_child(url: &str, queries: &Path, max: usize, clients: usize) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe().context("finding the sidecar's own executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["bench", "load", "--url", url, "--clients", &clients.to_string(), "--max-queries", &max.to_string()])
+        .arg("--queries")
+        .arg(queries)
+        .stderr(std::process::Stdio::inherit());
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await?.context("running the load generator")?;
+    anyhow::ensure!(out.status.success(), "the load generator failed: {}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last).with_context(|| format!("the load generator printed `{last}`"))
+}
+
+/// `semantic-sidecar bench load`: `clients` concurrent HTTP clients posting 1–4 of the texts at a
+/// time to `url` (an `/embed` endpoint) until every text was sent once. Prints one JSON line:
+/// texts sent, seconds, and this process's CPU seconds.
+pub fn bench_load(url: &str, queries: &Path, max: usize, clients: usize) -> anyhow::Result<()> {
+    let texts = Arc::new(load_texts(queries, max, false)?);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let cpu_before = process_cpu_seconds();
+    let (total, secs) = rt.block_on(async {
+        let next = Arc::new(AtomicUsize::new(0));
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let (texts, next, client, url) = (texts.clone(), next.clone(), client.clone(), url.to_string());
+                tokio::spawn(async move {
+                    let mut sent = 0usize;
+                    let mut n = 1 + c % 4;
+                    loop {
+                        let start = next.fetch_add(n, Ordering::Relaxed);
+                        if start >= texts.len() {
+                            return anyhow::Ok(sent);
+                        }
+                        let batch: Vec<&String> = texts[start..(start + n).min(texts.len())].iter().collect();
+                        let r = client.post(&url).json(&json!({"inputs": batch})).send().await?;
+                        anyhow::ensure!(r.status().is_success(), "HTTP {}", r.status());
+                        r.bytes().await?;
+                        sent += batch.len();
+                        n = 1 + (n + c) % 4;
+                    }
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await??;
+        }
+        anyhow::Ok((total, started.elapsed().as_secs_f64()))
+    })?;
+    emit(
+        json!({"measure": "load", "texts": total, "seconds": secs, "cpu_seconds": process_cpu_seconds() - cpu_before}),
+    );
+    Ok(())
+}
+
 /// Runs every measurement and prints one JSON line each.
 pub fn bench_encode(settings: &Settings, o: &BenchOptions) -> anyhow::Result<()> {
     let docs = load_texts(&o.docs, o.max_docs, true)?;
@@ -166,46 +246,28 @@ pub fn bench_encode(settings: &Settings, o: &BenchOptions) -> anyhow::Result<()>
         let server = tokio::spawn(http::serve(listener, state, async move {
             let _ = stop_rx.await;
         }));
-        let queries = Arc::new(queries);
-        let next = Arc::new(AtomicUsize::new(0));
-        let client = reqwest::Client::new();
         // warm-up request
-        client.post(&url).json(&json!({"inputs": ["warm up"]})).send().await?;
+        reqwest::Client::new().post(&url).json(&json!({"inputs": ["warm up"]})).send().await?;
         let before = batch_stats(&metrics_text);
+        let (cpu_before, machine_before) = (process_cpu_seconds(), machine_busy());
         let started = Instant::now();
-        let tasks: Vec<_> = (0..o.clients)
-            .map(|c| {
-                let (queries, next, client, url) = (queries.clone(), next.clone(), client.clone(), url.clone());
-                tokio::spawn(async move {
-                    let mut sent = 0usize;
-                    let mut n = 1 + c % 4;
-                    loop {
-                        let start = next.fetch_add(n, Ordering::Relaxed);
-                        if start >= queries.len() {
-                            return anyhow::Ok(sent);
-                        }
-                        let batch: Vec<&String> = queries[start..(start + n).min(queries.len())].iter().collect();
-                        let r = client.post(&url).json(&json!({"inputs": batch})).send().await?;
-                        anyhow::ensure!(r.status().is_success(), "HTTP {}", r.status());
-                        r.bytes().await?;
-                        sent += batch.len();
-                        n = 1 + (n + c) % 4;
-                    }
-                })
-            })
-            .collect();
-        let mut total = 0;
-        for t in tasks {
-            total += t.await??;
-        }
+        // the clients run in their own process, so their CPU is measured apart from the sidecar's
+        let load = load_in_child(&url, &o.queries, o.max_queries, o.clients).await?;
+        let total = load["texts"].as_u64().unwrap_or(0) as usize;
         let secs = started.elapsed().as_secs_f64();
         let after = batch_stats(&metrics_text);
         let (batches, inputs) = (after.0 - before.0, after.1 - before.1);
         let padding_efficiency = (after.2 - before.2) / (after.3 - before.3).max(1.0);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let share = |cpu: f64| cpu / (secs * cores);
+        let machine = machine_busy().zip(machine_before).map(|(a, b)| share(a - b));
         emit(json!({"measure": "queries_http_concurrent", "model": name, "clients": o.clients, "texts": total,
                     "seconds": secs, "texts_per_s": total as f64 / secs, "peak_rss_mb": peak_rss_mb(),
                     "batches": batches, "mean_batch_size": inputs / batches.max(1.0),
-                    "padding_efficiency": padding_efficiency}));
+                    "padding_efficiency": padding_efficiency,
+                    "sidecar_cpu_share": share(process_cpu_seconds() - cpu_before),
+                    "load_generator_cpu_share": share(load["cpu_seconds"].as_f64().unwrap_or(0.0)),
+                    "machine_cpu_share": machine}));
         let _ = stop_tx.send(());
         let _ = server.await;
         anyhow::Ok(())

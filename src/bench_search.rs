@@ -37,6 +37,8 @@ pub struct SearchBenchOptions {
     pub max_queries: usize,
     pub clients: usize,
     pub rounds: usize,
+    /// Query-vector cache entries (0, the default, for the headline: every query is encoded).
+    pub query_cache: usize,
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -47,11 +49,19 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Runs `work(i)` for i in 0..n with `clients` concurrent workers; latencies in ms, sorted.
-async fn timed<F, Fut>(n: usize, clients: usize, work: F) -> anyhow::Result<Vec<f64>>
+/// Latencies of one measurement, in ms, each sorted: what the client saw, and what of that was
+/// not spent in the engine round trips the sidecar made (from its `Server-Timing` header).
+struct Latencies {
+    seen: Vec<f64>,
+    added: Vec<f64>,
+}
+
+/// Runs `work(i)` for i in 0..n with `clients` concurrent workers. `work` returns the engine's
+/// share of its request in ms.
+async fn timed<F, Fut>(n: usize, clients: usize, work: F) -> anyhow::Result<Latencies>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+    Fut: std::future::Future<Output = anyhow::Result<f64>> + Send,
 {
     let next = Arc::new(AtomicUsize::new(0));
     let work = Arc::new(work);
@@ -66,18 +76,29 @@ where
                     break;
                 }
                 let t = Instant::now();
-                work(i).await?;
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                let engine = work(i).await?;
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                lat.push((ms, ms - engine));
             }
             anyhow::Ok(lat)
         }));
     }
-    let mut all = Vec::new();
+    let (mut seen, mut added) = (Vec::new(), Vec::new());
     for h in handles {
-        all.extend(h.await??);
+        for (s, a) in h.await?? {
+            seen.push(s);
+            added.push(a);
+        }
     }
-    all.sort_by(f64::total_cmp);
-    Ok(all)
+    seen.sort_by(f64::total_cmp);
+    added.sort_by(f64::total_cmp);
+    Ok(Latencies { seen, added })
+}
+
+/// The `engine` entry of a `Server-Timing` header, in ms.
+fn engine_ms(headers: &reqwest::header::HeaderMap) -> Option<f64> {
+    let v = headers.get("server-timing")?.to_str().ok()?;
+    v.split(',').find_map(|part| part.trim().strip_prefix("engine;dur=")?.parse().ok())
 }
 
 fn texts(path: &PathBuf, max: usize, docs: bool) -> anyhow::Result<Vec<String>> {
@@ -97,6 +118,50 @@ fn texts(path: &PathBuf, max: usize, docs: bool) -> anyhow::Result<Vec<String>> 
         .collect())
 }
 
+/// `(sum, count)` of every `search_stage_seconds` stage and of the encoder's per-lane queue wait
+/// and batch run histograms, from a `/metrics` text.
+fn stage_sums(metrics: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+    let mut out = std::collections::BTreeMap::<String, (f64, f64)>::new();
+    for line in metrics.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let label =
+            |key: &str| name.split(&format!("{key}=\"")).nth(1).and_then(|r| r.split('"').next()).map(str::to_string);
+        let key = if name.starts_with("sidecar_search_stage_seconds_") {
+            label("stage")
+        } else if name.starts_with("sidecar_encoder_queue_wait_seconds_") {
+            label("lane").map(|l| format!("encoder_queue_wait_{l}"))
+        } else if name.starts_with("sidecar_encoder_batch_seconds_") {
+            label("lane").map(|l| format!("encoder_batch_{l}"))
+        } else {
+            None
+        };
+        let Some(key) = key else { continue };
+        let slot = out.entry(key).or_default();
+        if name.contains("_sum{") {
+            slot.0 += value;
+        } else if name.contains("_count{") {
+            slot.1 += value;
+        }
+    }
+    out
+}
+
+/// Mean milliseconds per stage between two [`stage_sums`].
+fn stage_means(
+    before: &std::collections::BTreeMap<String, (f64, f64)>,
+    after: &std::collections::BTreeMap<String, (f64, f64)>,
+) -> Value {
+    let mut m = serde_json::Map::new();
+    for (k, (sum, count)) in after {
+        let (s0, c0) = before.get(k).copied().unwrap_or_default();
+        if count - c0 > 0.0 {
+            m.insert(k.clone(), json!(((sum - s0) / (count - c0) * 1e5).round() / 100.0));
+        }
+    }
+    Value::Object(m)
+}
+
 pub fn bench_search(settings: &Settings, o: &SearchBenchOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(settings.clone(), o))
@@ -105,6 +170,7 @@ pub fn bench_search(settings: &Settings, o: &SearchBenchOptions) -> anyhow::Resu
 async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<()> {
     let p = Pipeline::load(&o.pipeline)?;
     crate::cli::add_pipeline_model(&mut settings, &p)?;
+    settings.encoder.query_cache_entries = o.query_cache;
     let engine = EngineClient::new(&settings.engine)?;
     let info = engine.info().await?;
     let count: Value = engine.get_json(&EnginePath::at_index(&p.index)?.api("_count").build()).await?;
@@ -113,6 +179,7 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
         bail!("index `{}` is empty: fill it first (e.g. `semantic-sidecar eval --pipeline ...`)", p.index);
     }
     let metrics = Metrics::new();
+    let probe = metrics.clone();
     let encoders = crate::cli::load_encoders(&settings, &metrics).await?;
     let encoder = encoders.get(Some(&p.model))?;
     let state =
@@ -136,6 +203,13 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
     let queries = Arc::new(queries);
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     let n = queries.len() * o.rounds;
+    // warm-up, untimed: the engine's caches and JIT, the sessions' first runs
+    for i in 0..queries.len() {
+        let body = json!({"index": p.index, "query": queries[i], "size": 10});
+        client.post(format!("{url}/search")).json(&body).send().await?.bytes().await?;
+        let req = EngineRequest::new(reqwest::Method::POST, "/_msearch").ndjson(bodies[i].clone()).idempotent(true);
+        engine.send(req).await?;
+    }
     let mut rows = Vec::new();
     for (label, clients, load) in
         [("1 client", 1, false), ("N clients", o.clients, false), ("N clients + bulk load", o.clients, true)]
@@ -163,18 +237,20 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let (e, b) = (engine.clone(), bodies.clone());
-        let engine_ms = timed(n, clients, move |i| {
+        let direct = timed(n, clients, move |i| {
             let (e, body) = (e.clone(), b[i % b.len()].clone());
             async move {
+                let t = Instant::now();
                 e.send(EngineRequest::new(reqwest::Method::POST, "/_msearch").ndjson(body).idempotent(true)).await?;
-                Ok(())
+                Ok(t.elapsed().as_secs_f64() * 1000.0)
             }
         })
         .await?;
         let (c, u, q, index) = (client.clone(), url.clone(), queries.clone(), p.index.clone());
         embedded.store(0, Ordering::Relaxed);
+        let before = stage_sums(&probe.render());
         let started = Instant::now();
-        let sidecar_ms = timed(n, clients, move |i| {
+        let sidecar = timed(n, clients, move |i| {
             let (c, u) = (c.clone(), u.clone());
             let body = json!({"index": index, "query": q[i % q.len()], "size": 10});
             async move {
@@ -182,38 +258,44 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
                 if !r.status().is_success() {
                     bail!("/search answered {}", r.status());
                 }
+                let engine = engine_ms(r.headers()).context("/search sent no Server-Timing engine entry")?;
                 r.bytes().await?;
-                Ok(())
+                Ok(engine)
             }
         })
         .await?;
         let secs = started.elapsed().as_secs_f64();
+        let stages = stage_means(&before, &stage_sums(&probe.render()));
         stop.store(true, Ordering::Relaxed);
         for l in loaders {
             let _ = l.await;
         }
         let row = json!({
             "measurement": label, "clients": clients, "searches": n, "bulk_texts_per_s": embedded.load(Ordering::Relaxed) as f64 / secs,
-            "engine_p50_ms": pct(&engine_ms, 50.0), "engine_p99_ms": pct(&engine_ms, 99.0),
-            "sidecar_p50_ms": pct(&sidecar_ms, 50.0), "sidecar_p99_ms": pct(&sidecar_ms, 99.0),
-            "added_p50_ms": pct(&sidecar_ms, 50.0) - pct(&engine_ms, 50.0),
-            "added_p99_ms": pct(&sidecar_ms, 99.0) - pct(&engine_ms, 99.0),
+            "engine_p50_ms": pct(&direct.seen, 50.0), "engine_p99_ms": pct(&direct.seen, 99.0),
+            "sidecar_p50_ms": pct(&sidecar.seen, 50.0), "sidecar_p99_ms": pct(&sidecar.seen, 99.0),
+            "added_p50_ms": pct(&sidecar.added, 50.0),
+            "added_p99_ms": pct(&sidecar.added, 99.0),
+            "added_vs_direct_p50_ms": pct(&sidecar.seen, 50.0) - pct(&direct.seen, 50.0),
+            "added_vs_direct_p99_ms": pct(&sidecar.seen, 99.0) - pct(&direct.seen, 99.0),
             "searches_per_s": n as f64 / secs,
+            "stage_mean_ms": stages,
         });
         println!("{row}");
         rows.push(row);
     }
     let _ = tx.send(());
     println!(
-        "\nindex `{}`: {docs_in_index} documents; {} queries × {} rounds\n\n| measurement | clients | engine p50 / p99 ms | /search p50 / p99 ms | added p50 / p99 ms | searches/s | bulk texts/s |\n|---|---|---|---|---|---|---|",
+        "\nindex `{}`: {docs_in_index} documents; {} queries × {} rounds; query cache {}\n\nadded = a request's latency at the client minus the engine round trip the sidecar made for it (`Server-Timing`); vs direct = /search percentile minus the percentile of the same `_msearch` sent straight to the engine before it\n\n| measurement | clients | engine direct p50 / p99 ms | /search p50 / p99 ms | added p50 / p99 ms | vs direct p50 / p99 ms | searches/s | bulk texts/s |\n|---|---|---|---|---|---|---|---|",
         p.index,
         queries.len(),
-        o.rounds
+        o.rounds,
+        if o.query_cache == 0 { "off".to_string() } else { format!("{} entries", o.query_cache) }
     );
     for r in &rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
         println!(
-            "| {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.1} |",
             r["measurement"].as_str().unwrap_or(""),
             r["clients"],
             f("engine_p50_ms"),
@@ -222,6 +304,8 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
             f("sidecar_p99_ms"),
             f("added_p50_ms"),
             f("added_p99_ms"),
+            f("added_vs_direct_p50_ms"),
+            f("added_vs_direct_p99_ms"),
             f("searches_per_s"),
             f("bulk_texts_per_s")
         );

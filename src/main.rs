@@ -193,6 +193,9 @@ enum BenchCommand {
         clients: usize,
         #[arg(long, default_value_t = 2)]
         rounds: usize,
+        /// Query-vector cache entries; 0 (the default) encodes every query, as in the headline figures.
+        #[arg(long, default_value_t = 0)]
+        query_cache: usize,
     },
     /// Encoder throughput: naive vs grouped batches per model, and concurrent HTTP clients.
     Encode {
@@ -207,6 +210,19 @@ enum BenchCommand {
         queries: PathBuf,
         #[arg(long, default_value_t = 500)]
         max_docs: usize,
+        #[arg(long, default_value_t = 1000)]
+        max_queries: usize,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+    },
+    /// The load generator `bench encode` runs in its own process: concurrent clients posting 1–4
+    /// texts at a time to an `/embed` URL; prints texts sent, seconds and its own CPU seconds.
+    #[command(hide = true)]
+    Load {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        queries: PathBuf,
         #[arg(long, default_value_t = 1000)]
         max_queries: usize,
         #[arg(long, default_value_t = 32)]
@@ -275,7 +291,9 @@ fn main() -> ExitCode {
                 IndexCommand::Check { pipeline } => cli::index_check(&settings, &pipeline),
             })
         }
-        Command::Bench { command: BenchCommand::Search { pipeline, queries, docs, max_queries, clients, rounds } } => {
+        Command::Bench {
+            command: BenchCommand::Search { pipeline, queries, docs, max_queries, clients, rounds, query_cache },
+        } => {
             telemetry::init_tracing(settings.log.format, "warn");
             let o = semantic_sidecar::bench_search::SearchBenchOptions {
                 pipeline,
@@ -284,8 +302,12 @@ fn main() -> ExitCode {
                 max_queries,
                 clients,
                 rounds,
+                query_cache,
             };
             edge(semantic_sidecar::bench_search::bench_search(&settings, &o))
+        }
+        Command::Bench { command: BenchCommand::Load { url, queries, max_queries, clients } } => {
+            edge(semantic_sidecar::bench::bench_load(&url, &queries, max_queries, clients))
         }
         Command::Bench { command: BenchCommand::Encode { models, docs, queries, max_docs, max_queries, clients } } => {
             telemetry::init_tracing(settings.log.format, "warn");
