@@ -287,8 +287,11 @@ impl Searcher {
         let req = EngineRequest::new(Method::POST, "/_msearch").ndjson(Bytes::from(ndjson)).idempotent(true);
         let resp = self.engine_send(req, times).await?;
         let started = Instant::now();
-        let body: Value = resp.json()?;
-        let items = body.get("responses").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut body: Value = resp.json()?;
+        let items = match body.get_mut("responses").map(Value::take) {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        };
         if items.len() != bodies.len() {
             return Err(EngineError::InvalidResponse(format!(
                 "_msearch answered {} of {} searches",
@@ -462,7 +465,6 @@ impl Searcher {
         times: &mut StageTimes,
     ) -> Result<EsAnswer, SearchError> {
         let started = Instant::now();
-        let parse_started = Instant::now();
         let path = EnginePath::root().pattern(pattern).api("_search").query(query_string).build();
         let joined = pattern.parts().collect::<Vec<_>>().join(",");
         let index = joined.as_str();
@@ -485,7 +487,7 @@ impl Searcher {
                 compat::analyse(v, auto.map(|(_, t)| t.text_fields.as_slice()))?
             }
         };
-        times.add(SearchStage::Parse, parse_started.elapsed());
+        times.add(SearchStage::Parse, started.elapsed());
         let passthrough = |body: Bytes| {
             let req = EngineRequest::new(Method::POST, path.clone()).passthrough().idempotent(true);
             if body.is_empty() {

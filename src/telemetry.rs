@@ -219,9 +219,13 @@ impl EncoderMetrics {
         self.tokenize_seconds.get_or_create(&Self::model(model)).observe(took.as_secs_f64());
     }
 
-    pub fn cache_lookup(&self, model: &str, hit: bool) {
-        let outcome = if hit { "hit" } else { "miss" }.to_string();
-        self.cache_lookups.get_or_create(&CacheLabels { model: model.to_string(), outcome }).inc();
+    pub fn cache_lookups(&self, model: &str, hits: usize, misses: usize) {
+        for (outcome, n) in [("hit", hits), ("miss", misses)] {
+            if n > 0 {
+                let l = CacheLabels { model: model.to_string(), outcome: outcome.to_string() };
+                self.cache_lookups.get_or_create(&l).inc_by(n as u64);
+            }
+        }
     }
 
     pub fn set_cache_entries(&self, n: usize) {
@@ -317,15 +321,13 @@ impl SearchStage {
 /// adds both to `engine`).
 #[derive(Clone, Debug, Default)]
 pub struct StageTimes {
-    times: [std::time::Duration; 9],
-    seen: [bool; 9],
+    times: [Option<std::time::Duration>; 9],
 }
 
 impl StageTimes {
     pub fn add(&mut self, stage: SearchStage, d: std::time::Duration) {
-        let i = stage as usize;
-        self.times[i] += d;
-        self.seen[i] = true;
+        let t = self.times[stage as usize].get_or_insert_default();
+        *t += d;
     }
 
     /// Runs `f`, adding its wall time to `stage`.
@@ -337,8 +339,7 @@ impl StageTimes {
     }
 
     pub fn get(&self, stage: SearchStage) -> Option<std::time::Duration> {
-        let i = stage as usize;
-        self.seen[i].then_some(self.times[i])
+        self.times[stage as usize]
     }
 
     /// `{"parse": 0.04, "encode": 3.1, ...}` in milliseconds, the stages that ran.

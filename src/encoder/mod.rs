@@ -396,12 +396,8 @@ impl Encoder {
         let keys: Vec<Option<CacheKey>> = inputs.iter().map(|i| self.cache_key(&prefix, i)).collect();
         let found: Vec<Option<Cached>> = keys.iter().map(|k| k.as_ref().and_then(|k| cache.get(k))).collect();
         let hits = found.iter().filter(|f| f.is_some()).count();
-        for _ in 0..hits {
-            self.metrics.cache_lookup(&self.manifest.name, true);
-        }
-        for _ in 0..keys.iter().zip(&found).filter(|(k, f)| k.is_some() && f.is_none()).count() {
-            self.metrics.cache_lookup(&self.manifest.name, false);
-        }
+        let misses = keys.iter().filter(|k| k.is_some()).count() - hits;
+        self.metrics.cache_lookups(&self.manifest.name, hits, misses);
         if !opts.truncate {
             if let Some((index, c)) =
                 found.iter().enumerate().find_map(|(i, f)| f.as_ref().filter(|c| c.truncated > 0).map(|c| (i, c)))

@@ -97,22 +97,17 @@ impl Job {
         (Arc::new(job), rx)
     }
 
-    /// Records that a batch holding some of this job's inputs started after waiting `waited`
-    /// and ran for `ran`; call it before completing those inputs.
-    pub fn note_batch(&self, waited: Duration, ran: Duration) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.times.queue_wait = st.times.queue_wait.max(waited);
-        st.times.run = st.times.run.max(ran);
-    }
-
     /// True when nobody waits for the result any more.
     pub fn is_abandoned(&self) -> bool {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).reply.as_ref().is_none_or(|r| r.is_closed())
     }
 
-    /// Stores the result of input `index`; sends the reply when it was the last one.
-    pub fn complete(&self, index: usize, value: Pooled) {
+    /// Stores the result of input `index`, whose batch started after it waited `batch.queue_wait`
+    /// and ran for `batch.run`; sends the reply when it was the last one.
+    pub fn complete(&self, index: usize, value: Pooled, batch: JobTimes) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.times.queue_wait = st.times.queue_wait.max(batch.queue_wait);
+        st.times.run = st.times.run.max(batch.run);
         if st.results[index].is_none() {
             st.results[index] = Some(value);
             st.remaining -= 1;
@@ -498,12 +493,11 @@ mod tests {
     fn a_job_replies_once_every_input_is_done_in_input_order() {
         let (j, mut rx) = job(&[3, 1, 2]);
         let ms = Duration::from_millis;
-        j.note_batch(ms(1), ms(30));
-        j.complete(2, Pooled::Vector(vec![2.0]));
-        j.complete(0, Pooled::Vector(vec![0.0]));
+        let first = JobTimes { queue_wait: ms(1), run: ms(30) };
+        j.complete(2, Pooled::Vector(vec![2.0]), first);
+        j.complete(0, Pooled::Vector(vec![0.0]), first);
         assert!(rx.try_recv().is_err(), "not yet");
-        j.note_batch(ms(31), ms(5));
-        j.complete(1, Pooled::Vector(vec![1.0]));
+        j.complete(1, Pooled::Vector(vec![1.0]), JobTimes { queue_wait: ms(31), run: ms(5) });
         let (out, times) = rx.try_recv().unwrap().unwrap();
         assert_eq!(out, vec![Pooled::Vector(vec![0.0]), Pooled::Vector(vec![1.0]), Pooled::Vector(vec![2.0])]);
         assert_eq!(times, JobTimes { queue_wait: ms(31), run: ms(30) }, "the longest wait and the longest batch");

@@ -22,7 +22,7 @@ use ort::value::TensorRef;
 
 use super::manifest::{Manifest, ModelDir};
 use super::pooling::{self, LayerOutputs, Pooled};
-use super::queue::{Batch, BatchQueue};
+use super::queue::{Batch, BatchQueue, JobTimes};
 use super::whitening::Whitening;
 use super::EncoderError;
 use crate::telemetry::EncoderMetrics;
@@ -218,8 +218,7 @@ impl Worker {
             match result {
                 Ok(results) => {
                     for ((job, idx), value) in batch.items.iter().zip(results) {
-                        job.note_batch(started - job.submitted, ran);
-                        job.complete(*idx, value);
+                        job.complete(*idx, value, JobTimes { queue_wait: started - job.submitted, run: ran });
                     }
                 }
                 Err(e) => {
