@@ -128,6 +128,17 @@ pub struct Manifest {
     pub outputs: OutputNames,
     #[serde(default)]
     pub prefixes: Prefixes,
+    /// Lowercase text before tokenization whatever `tokenizer.json` says: the bge-zh files say
+    /// `lowercase: false` over an uncased vocabulary, so `Hello` would be `[UNK]`. A BERT
+    /// normaliser is switched to lowercasing (which, as in BERT's uncased tokenizer, also strips
+    /// accents unless the file sets `strip_accents`); any other normaliser gets a lowercase step
+    /// in front.
+    #[serde(default)]
+    pub lowercase: bool,
+    /// The language the model was trained for (ISO 639-1: `en`, `zh`, …), which picks the default
+    /// BM25 analyzer of a pipeline using it (`english`, `cjk`); `multi` or unset: `standard`.
+    #[serde(default)]
+    pub language: Option<String>,
     /// Whether leading components alone are meaningful (Matryoshka training), allowing the
     /// OpenAI API's `dimensions` to truncate.
     #[serde(default)]
@@ -206,6 +217,13 @@ impl Manifest {
                 return Err(missing("second_last_hidden_state"))
             }
             _ => {}
+        }
+        if let Some(l) = &self.language {
+            if l.is_empty() || l.len() > 8 || !l.chars().all(|c| c.is_ascii_lowercase()) {
+                return Err(format!(
+                    "language `{l}` must be a lowercase ISO 639-1 code such as `en` or `zh`, or `multi`"
+                ));
+            }
         }
         if let Some(w) = &self.whitening {
             if self.pooling == Pooling::None {

@@ -10,7 +10,7 @@
 //! pre-tokenizer, WordPiece, `[CLS] … [SEP]`).
 
 use tokenizers::models::wordpiece::WordPiece;
-use tokenizers::normalizers::BertNormalizer;
+use tokenizers::normalizers::{BertNormalizer, Lowercase, NormalizerWrapper, Sequence};
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{EncodeInput, InputSequence, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
@@ -36,6 +36,22 @@ impl Encoded {
     }
 }
 
+/// The manifest's `lowercase`: a BERT normaliser is told to lowercase (and so, unless the file
+/// sets `strip_accents`, to strip accents, as BERT's uncased tokenizer does); any other normaliser
+/// gets a lowercase step in front. Offsets stay those of the original text.
+fn force_lowercase(tok: &mut Tokenizer) -> Result<(), EncoderError> {
+    let lowered = match tok.get_normalizer().cloned() {
+        Some(NormalizerWrapper::BertNormalizer(mut n)) => {
+            n.lowercase = true;
+            NormalizerWrapper::BertNormalizer(n)
+        }
+        Some(other) => NormalizerWrapper::Sequence(Sequence::new(vec![NormalizerWrapper::Lowercase(Lowercase), other])),
+        None => NormalizerWrapper::Lowercase(Lowercase),
+    };
+    tok.with_normalizer(Some(lowered)).map_err(|e| tok_err("lowercase", e))?;
+    Ok(())
+}
+
 /// A tokenizer with the manifest's truncation.
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -59,6 +75,9 @@ impl TextTokenizer {
             (None, Some(v)) => bert_from_vocab(&model.path(&v.file).to_string_lossy(), v.lowercase, v.strip_accents)?,
             (None, None) => return Err(EncoderError::Tokenizer("the manifest names no tokenizer".into())),
         };
+        if m.lowercase {
+            force_lowercase(&mut inner)?;
+        }
         inner
             .with_truncation(Some(TruncationParams {
                 max_length: m.max_seq_len,
@@ -172,6 +191,8 @@ mod tests {
             inputs: vec!["input_ids".into(), "attention_mask".into(), "token_type_ids".into()],
             outputs: OutputNames { last_hidden_state: "last_hidden_state".into(), ..Default::default() },
             prefixes: Default::default(),
+            lowercase: false,
+            language: None,
             truncatable_dims: false,
             whitening: None,
             source: Default::default(),
@@ -191,6 +212,28 @@ mod tests {
         assert_eq!(tk.pad_id(), 0);
         let unknown = tk.encode("日本").unwrap();
         assert_eq!(unknown.ids, vec![2, 1, 1, 3], "unknown characters map to [UNK] one by one");
+    }
+
+    /// A tokenizer.json whose BERT normaliser does not lowercase over an uncased vocabulary (the
+    /// bge-zh files): without the manifest's `lowercase`, `Hello` is `[UNK]`; with it, `hello`.
+    #[test]
+    fn the_manifest_lowercases_a_cased_tokenizer_json_over_an_uncased_vocabulary() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut md = vocab_model(tmp.path(), 16);
+        let mut raw = TextTokenizer::load(&md).unwrap().inner;
+        raw.with_normalizer(Some(BertNormalizer::new(true, true, None, false))).unwrap();
+        raw.save(tmp.path().join("tokenizer.json"), false).unwrap();
+        md.manifest.vocab = None;
+        md.manifest.tokenizer = Some("tokenizer.json".into());
+
+        let cased = TextTokenizer::load(&md).unwrap();
+        assert_eq!(cased.encode("中文 Hello").unwrap().ids, vec![2, 5, 6, 1, 3], "Hello is [UNK] as the file says");
+        md.manifest.lowercase = true;
+        let lowered = TextTokenizer::load(&md).unwrap();
+        assert_eq!(lowered.encode("中文 Hello").unwrap().ids, vec![2, 5, 6, 9, 3]);
+        assert_eq!(lowered.encode("中文 HELLO").unwrap().ids, lowered.encode("中文 hello").unwrap().ids);
+        let chunks = lowered.chunk("Hello World", 1, 0).unwrap();
+        assert_eq!(chunks, vec!["Hello", "World"], "chunks keep the original casing");
     }
 
     #[test]
