@@ -273,6 +273,7 @@ def main() -> int:
     ap.add_argument("--max-seq-len", type=int, help="override the checkpoint's max sequence length")
     ap.add_argument("--query-prefix", default="", help="text prepended to queries (e.g. 'query: ' for e5)")
     ap.add_argument("--passage-prefix", default="", help="text prepended to passages (e.g. 'passage: ' for e5)")
+    ap.add_argument("--language", help="ISO 639-1 code the model is for (en, zh, ...; 'multi'): picks a pipeline's default BM25 analyzer")
     ap.add_argument("--source", default="", help="where the checkpoint came from, recorded in the manifest")
     ap.add_argument("--tokenizer", choices=("json", "vocab"), default="json",
                     help="the manifest names tokenizer.json (json) or only the WordPiece vocab.txt (vocab), "
@@ -506,7 +507,7 @@ max_seq_len = {info['max_seq_len']}
 # one of: cls, pooler, mean, first_last_avg, last2_avg, none
 pooling = "{info['pooling']}"
 normalize = {str(bool(info['normalize'])).lower()}
-inputs = {json.dumps(input_names)}
+{f'language = "{args.language}"' + chr(10) if args.language else ''}inputs = {json.dumps(input_names)}
 
 # ONNX output names for the tensors each pooling strategy reads.
 [outputs]

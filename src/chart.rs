@@ -9,8 +9,18 @@ use font8x8::UnicodeFonts;
 
 use crate::eval::Report;
 
-const PALETTE: [[u8; 3]; 6] =
-    [[76, 114, 176], [221, 132, 82], [85, 168, 104], [196, 78, 82], [129, 114, 179], [147, 120, 96]];
+const PALETTE: [[u8; 3]; 10] = [
+    [76, 114, 176],
+    [221, 132, 82],
+    [85, 168, 104],
+    [196, 78, 82],
+    [129, 114, 179],
+    [147, 120, 96],
+    [218, 139, 195],
+    [140, 140, 140],
+    [204, 185, 116],
+    [100, 181, 205],
+];
 
 struct Canvas {
     w: usize,
@@ -51,11 +61,31 @@ impl Canvas {
     }
 }
 
+/// Where each legend entry goes: (x, line), wrapping before `max_x`.
+fn legend_layout(report: &Report, left: usize, max_x: usize) -> Vec<(usize, usize)> {
+    let (mut x, mut line) = (left, 0);
+    let mut out = Vec::new();
+    for row in &report.rows {
+        let width = 22 + Canvas::text_width(&row.mode, 1) + 28;
+        if x > left && x + width > max_x {
+            (x, line) = (left, line + 1);
+        }
+        out.push((x, line));
+        x += width;
+    }
+    out
+}
+
 /// Draws the chart into `path`.
 pub fn bar_chart(report: &Report, path: &Path) -> anyhow::Result<()> {
     let metrics = ["nDCG@10", "Recall@100", "MRR@10"];
-    let (w, h) = (960usize, 540usize);
-    let (left, right, top, bottom) = (70usize, 20usize, 70usize, 110usize);
+    let (left, right, top) = (70usize, 20usize, 70usize);
+    // wide enough for a readable value on every bar (compare reports carry many rows)
+    let w = 960usize.max(left + right + report.rows.len() * metrics.len() * 60);
+    let legend = legend_layout(report, left, w - right);
+    let legend_rows = legend.last().map_or(1, |(_, row)| row + 1);
+    let bottom = 86 + legend_rows * 24;
+    let h = 430 + legend_rows * 24;
     let mut c = Canvas::new(w, h);
     let black = [30, 30, 30];
     let grey = [225, 225, 225];
@@ -92,13 +122,10 @@ pub fn bar_chart(report: &Report, path: &Path) -> anyhow::Result<()> {
         c.text(lx, top + plot_h + 12, name, 2, black);
     }
     c.rect(left, top + plot_h, plot_w, 2, black);
-    // legend
-    let mut x = left;
-    let y = h - 40;
-    for (m, row) in report.rows.iter().enumerate() {
-        c.rect(x, y, 16, 16, PALETTE[m % PALETTE.len()]);
-        c.text(x + 22, y + 4, &row.mode, 1, black);
-        x += 22 + Canvas::text_width(&row.mode, 1) + 28;
+    for (m, (x, line)) in legend.iter().enumerate() {
+        let y = top + plot_h + 44 + line * 24;
+        c.rect(*x, y, 16, 16, PALETTE[m % PALETTE.len()]);
+        c.text(x + 22, y + 4, &report.rows[m].mode, 1, black);
     }
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);

@@ -293,7 +293,7 @@ async fn pipeline_body(
     let p = Pipeline::load(pipeline)?;
     let model = resolve_model(settings, &p.model)
         .with_context(|| format!("the pipeline's model `{}` (add its folder to encoder.models)", p.model))?;
-    let shape = mapping::ModelShape { dims: model.manifest.output_dims(), normalized: model.manifest.normalize };
+    let shape = mapping::ModelShape::of(&model.manifest);
     let engine = crate::engine::EngineClient::new(&settings.engine)?;
     let info = engine.info().await?;
     let body = mapping::index_body(&info, &p, shape)?;

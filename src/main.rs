@@ -85,6 +85,9 @@ enum Command {
         /// The pipeline file (index, model, fields); `--tune` writes its [search] fusion.
         #[arg(long, value_name = "FILE")]
         pipeline: PathBuf,
+        /// Use this model instead of the pipeline's (give it its own --index).
+        #[arg(long)]
+        model: Option<String>,
         /// Use this index instead of the pipeline's.
         #[arg(long)]
         index: Option<String>,
@@ -94,15 +97,31 @@ enum Command {
         /// Index a deterministic subset: the judged documents of as many queries as fit, then others.
         #[arg(long, value_name = "N")]
         max_docs: Option<usize>,
-        /// Grid-search the fusion parameters on this split; write the best into the pipeline.
+        /// Grid-search the fusion parameters on this split with k-fold cross-validation: the hybrid
+        /// rows are scored on held-out folds; the best (tuned on all queries) is written into the pipeline.
         #[arg(long)]
         tune: bool,
+        /// Folds of --tune's cross-validation.
+        #[arg(long, default_value_t = 5, value_name = "K")]
+        folds: usize,
+        /// Seed of --tune's fold assignment.
+        #[arg(long, default_value_t = 13)]
+        seed: u64,
         /// Where eval.md, eval.json and eval.png go.
         #[arg(long, value_name = "DIR", default_value = ".run/eval")]
         out: PathBuf,
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Eval reports of the same queries side by side (stock against fine-tuned, fp32 against
+    /// int8): one table and one chart whose rows are `model: mode`.
+    Compare {
+        /// eval.json files (or the folders holding them), in the order to show.
+        #[arg(required = true, value_name = "EVAL_JSON")]
+        reports: Vec<PathBuf>,
+        #[arg(long, value_name = "DIR", default_value = ".run/eval-compare")]
+        out: PathBuf,
     },
     /// Reindex an existing index into a vector index through a pipeline: resumable (checkpoints in
     /// the engine), sliced, backpressured, failures logged in an error index, alias moved at the end.
@@ -314,10 +333,27 @@ fn main() -> ExitCode {
             let o = semantic_sidecar::bench::BenchOptions { models, docs, queries, max_docs, max_queries, clients };
             edge(semantic_sidecar::bench::bench_encode(&settings, &o))
         }
-        Command::Eval { dataset, split, modes, pipeline, index, recreate, max_docs, tune, out, quiet } => {
+        Command::Eval {
+            dataset,
+            split,
+            modes,
+            pipeline,
+            model,
+            index,
+            recreate,
+            max_docs,
+            tune,
+            folds,
+            seed,
+            out,
+            quiet,
+        } => {
             telemetry::init_tracing(settings.log.format, "warn");
-            edge(run_eval(settings, dataset, split, &modes, pipeline, index, recreate, max_docs, tune, out, quiet))
+            let tune = tune.then_some((folds, seed));
+            let target = EvalTarget { pipeline, model, index, recreate };
+            edge(run_eval(settings, dataset, split, &modes, target, max_docs, tune, out, quiet))
         }
+        Command::Compare { reports, out } => edge(run_compare(&reports, &out)),
         Command::Reindex {
             pipeline,
             source,
@@ -390,23 +426,59 @@ fn edge(result: anyhow::Result<()>) -> ExitCode {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Which pipeline, model and index an eval runs on.
+struct EvalTarget {
+    pipeline: PathBuf,
+    model: Option<String>,
+    index: Option<String>,
+    recreate: bool,
+}
+
+fn run_compare(reports: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    let mut all = Vec::new();
+    for r in reports {
+        let file = if r.is_dir() { r.join("eval.json") } else { r.clone() };
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        all.push(serde_json::from_str(&text).with_context(|| format!("{} is not an eval report", file.display()))?);
+    }
+    let report = semantic_sidecar::eval::compare(&all)?;
+    semantic_sidecar::eval::write_report(&report, out)?;
+    println!("{}", report.markdown());
+    eprintln!("wrote {0}/eval.md, {0}/eval.json, {0}/eval.png", out.display());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_eval(
     settings: Settings,
     dataset: PathBuf,
     split: String,
     modes: &str,
-    pipeline: PathBuf,
-    index: Option<String>,
-    recreate: bool,
+    target: EvalTarget,
     max_docs: Option<usize>,
-    tune: bool,
+    tune: Option<(usize, u64)>,
     out: PathBuf,
     quiet: bool,
 ) -> anyhow::Result<()> {
     use semantic_sidecar::eval::{self, EvalMode, EvalOptions};
     let modes =
         modes.split(',').filter(|m| !m.trim().is_empty()).map(EvalMode::parse).collect::<anyhow::Result<Vec<_>>>()?;
-    let opts = EvalOptions { dataset, split, modes, pipeline, index, recreate, max_docs, tune, out, progress: !quiet };
+    let (folds, seed) = tune.unwrap_or((5, 13));
+    let opts = EvalOptions {
+        dataset,
+        split,
+        modes,
+        pipeline: target.pipeline,
+        model: target.model,
+        index: target.index,
+        recreate: target.recreate,
+        max_docs,
+        tune: tune.is_some(),
+        folds,
+        seed,
+        out,
+        progress: !quiet,
+    };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let report = runtime.block_on(eval::run(settings, &opts))?;

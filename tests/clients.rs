@@ -40,7 +40,7 @@ async fn fixture() -> Fixture {
     ))
     .unwrap();
     let info = engine.info().await.unwrap();
-    let body = index_body(&info, &p, ModelShape { dims: 384, normalized: true }).unwrap();
+    let body = index_body(&info, &p, ModelShape { dims: 384, normalized: true, language: None }).unwrap();
     let metrics = Metrics::new();
     let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
     let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();

@@ -1,6 +1,8 @@
 //! `eval` end to end on a 200-document SciFact subset (train judgments), against the real node and
-//! model: built twice from scratch, the metrics agree to 4 decimals; `--tune` never does worse
-//! than the defaults it searches around and writes its choice into the pipeline; BM25 matches the
+//! model: built twice from scratch, the metrics agree to 4 decimals; `--tune` scores its rows on
+//! held-out folds (each query ranked with fusion tuned on the other folds), stays within 0.02 of
+//! the defaults there, reports the same held-out figure in its summary and writes the family that
+//! won on held-out queries into the pipeline; BM25 matches the
 //! committed figures exactly (to 4 decimals) and the vector modes within 0.002 (ONNX Runtime's
 //! float kernels differ in the last bits between CPU generations, which can swap near-ties).
 
@@ -39,10 +41,13 @@ async fn eval_on_a_200_document_subset_is_reproducible_to_four_decimals() {
         split: "train".into(),
         modes: vec![EvalMode::Bm25, EvalMode::Knn, EvalMode::HybridRrf, EvalMode::HybridLinear],
         pipeline: pipeline.clone(),
+        model: None,
         index: Some(index.clone()),
         recreate: true,
         max_docs: Some(200),
         tune,
+        folds: 5,
+        seed: 13,
         out: tmp.path().join(out),
         progress: false,
     };
@@ -51,6 +56,7 @@ async fn eval_on_a_200_document_subset_is_reproducible_to_four_decimals() {
     let b = run(settings, &opts(true, "b")).await.unwrap();
     println!("{}\ntuned: {}", b.markdown(), b.tuned.as_ref().unwrap());
     assert_eq!((a.documents, a.queries), (200, b.queries));
+    assert_eq!(a.model, "all-MiniLM-L6-v2");
     for mode in ["bm25", "knn"] {
         let (x, y) = (row(&a, mode), row(&b, mode));
         assert_eq!(
@@ -59,10 +65,32 @@ async fn eval_on_a_200_document_subset_is_reproducible_to_four_decimals() {
             "{mode} differs between two fresh builds"
         );
     }
-    for mode in ["hybrid-rrf", "hybrid-linear"] {
-        assert!(row(&b, mode).ndcg_at_10 >= row(&a, mode).ndcg_at_10 - 1e-9, "{mode}: tuning made it worse");
+    let tuned = b.tuned.as_ref().unwrap();
+    for (mode, family) in [("hybrid-rrf", "rrf"), ("hybrid-linear", "linear")] {
+        let r = b.rows.iter().find(|x| x.mode == mode).unwrap();
+        assert_eq!(r.scored_on, "held-out (5-fold)", "{mode}");
+        assert_eq!(a.rows.iter().find(|x| x.mode == mode).unwrap().scored_on, "all queries");
+        let held_out = tuned[family]["held_out_ndcg_at_10"].as_f64().unwrap();
+        assert!(
+            (held_out - r.scores.ndcg_at_10).abs() < 1e-9,
+            "{mode}: summary {held_out} vs row {}",
+            r.scores.ndcg_at_10
+        );
+        let default = row(&a, mode).ndcg_at_10;
+        assert!(
+            held_out >= default - 0.02,
+            "{mode}: held-out tuned {held_out:.4} is far below the default {default:.4}"
+        );
+        assert_eq!(tuned[family]["per_fold"].as_array().unwrap().len(), 5, "{mode}");
     }
+    let winner = if tuned["rrf"]["held_out_ndcg_at_10"].as_f64() > tuned["linear"]["held_out_ndcg_at_10"].as_f64() {
+        "rrf"
+    } else {
+        "linear"
+    };
     let written = Pipeline::load(&pipeline).unwrap().search.fusion.expect("tune writes [search] fusion");
+    assert_eq!(serde_json::to_value(&written).unwrap(), tuned[winner]["fusion"], "the held-out winner is written");
+    assert_eq!(tuned["written"], tuned[winner]["fusion"]);
     assert!(matches!(written, FusionSpec::Rrf(_) | FusionSpec::Linear(_)));
     for f in ["eval.md", "eval.json", "eval.png"] {
         assert!(tmp.path().join("b").join(f).is_file(), "{f} not written");

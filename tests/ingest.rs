@@ -50,7 +50,7 @@ async fn fixture_with(url: &str, extra: &[(&str, &str)], pipeline_extra: &str) -
     let index = unique_index("ingest");
     let p = pipeline(&index, pipeline_extra);
     let info = engine.info().await.unwrap();
-    let body = index_body(&info, &p, ModelShape { dims: 384, normalized: true }).unwrap();
+    let body = index_body(&info, &p, ModelShape { dims: 384, normalized: true, language: None }).unwrap();
     engine.send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&body)).await.unwrap();
 
     let metrics = Metrics::new();

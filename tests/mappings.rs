@@ -14,14 +14,14 @@ use semantic_sidecar::engine::dialect::detect;
 use semantic_sidecar::engine::Dialect;
 use semantic_sidecar::engine::{EngineClient, EngineRequest};
 use semantic_sidecar::ingest::mapping::{compare, index_body, ModelShape};
-use semantic_sidecar::ingest::pipeline::{IndexType, Pipeline};
+use semantic_sidecar::ingest::pipeline::{Analyzer, IndexType, Pipeline};
 use serde_json::{json, Value};
 
 fn pipelines_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines")
 }
 
-const MINILM: ModelShape = ModelShape { dims: 384, normalized: true };
+const MINILM: ModelShape = ModelShape { dims: 384, normalized: true, language: Some("en") };
 
 #[test]
 fn every_pipeline_file_parses() {
@@ -63,6 +63,10 @@ async fn the_engines_bodies_apply_to_the_real_node_and_hold_vectors() {
             let mut p = base.clone();
             p.vector_index.index_type = t;
             p.index = unique_index(&format!("map-{}", p.name));
+            if t == types[0] {
+                // a per-field analyzer beside the pipeline's (english, cjk, …) reaches the engine
+                p.field_analyzers.insert(p.fields[0].source[0].clone(), Analyzer::Standard);
+            }
             let what = format!("{} with {t:?}", p.name);
             let body = index_body(&info, &p, MINILM).unwrap_or_else(|e| panic!("{what}: {e}"));
             c.send(EngineRequest::new(Method::PUT, format!("/{}", p.index)).json(&body))

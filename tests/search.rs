@@ -71,7 +71,8 @@ async fn index() -> String {
             let index = unique_index("search");
             let s = sidecar_for(&index).await;
             let info = s.engine.info().await.unwrap();
-            let body = index_body(&info, &pipeline(&index), ModelShape { dims: 384, normalized: true }).unwrap();
+            let body = index_body(&info, &pipeline(&index), ModelShape { dims: 384, normalized: true, language: None })
+                .unwrap();
             s.engine.send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&body)).await.unwrap();
             let mut bulk = String::new();
             for (i, d) in dataset().docs.iter().enumerate() {

@@ -42,7 +42,7 @@ async fn sidecar(prefix: &str, keys: Vec<ApiKeySetting>) -> Sidecar {
     ))
     .unwrap();
     let info = engine.info().await.unwrap();
-    let body = index_body(&info, &p, ModelShape { dims: 384, normalized: true }).unwrap();
+    let body = index_body(&info, &p, ModelShape { dims: 384, normalized: true, language: None }).unwrap();
     engine.send(EngineRequest::new(Method::PUT, format!("/{index}")).json(&body)).await.unwrap();
     let metrics = Metrics::new();
     let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());

@@ -105,6 +105,31 @@ pub struct Source {
     pub opset: Option<u32>,
     #[serde(default)]
     pub quantization: Option<String>,
+    /// Written by models/finetune.py: what the model was fine-tuned from and on.
+    #[serde(default)]
+    pub finetune: Option<Finetune>,
+}
+
+/// `[source.finetune]`: the recipe's record of a fine-tuned model (informational; the full
+/// report is the folder's `finetune.json`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finetune {
+    /// The checkpoint training started from.
+    pub base: String,
+    /// `mnrl`, `simcse` or `tsdae`.
+    pub method: String,
+    /// Dataset, split and counts.
+    pub data: String,
+    /// The hyper-parameters, as JSON.
+    pub hyperparameters: String,
+    #[serde(default)]
+    pub steps: u64,
+    /// Loss on a fixed probe batch before and after training.
+    #[serde(default)]
+    pub probe_loss: String,
+    #[serde(default)]
+    pub report: String,
 }
 
 /// `model.toml`.

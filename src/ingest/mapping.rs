@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use super::pipeline::{Analyzer, IndexType, KnnEngine, Pipeline, Similarity};
+use super::pipeline::{IndexType, KnnEngine, Pipeline, Similarity};
 use crate::engine::{Dialect, EngineInfo, Version};
 
 /// The template files, by name.
@@ -17,9 +17,17 @@ pub const TEMPLATES: &[(&str, &str)] = &[
 
 /// What a mapping needs to know about the model.
 #[derive(Clone, Copy, Debug)]
-pub struct ModelShape {
+pub struct ModelShape<'a> {
     pub dims: usize,
     pub normalized: bool,
+    /// The manifest's `language`, for `analyzer = "auto"`.
+    pub language: Option<&'a str>,
+}
+
+impl<'a> ModelShape<'a> {
+    pub fn of(m: &'a crate::encoder::manifest::Manifest) -> ModelShape<'a> {
+        ModelShape { dims: m.output_dims(), normalized: m.normalize, language: m.language.as_deref() }
+    }
 }
 
 /// Why no mapping could be built.
@@ -101,10 +109,7 @@ pub fn index_body(info: &EngineInfo, p: &Pipeline, model: ModelShape) -> Result<
     let t = template(info.dialect)?;
     let v = &p.vector_index;
     let similarity = p.similarity(model.normalized);
-    let analyzer = match p.analyzer {
-        Analyzer::Standard => "standard",
-        Analyzer::Cjk => "cjk",
-    };
+    let analyzer = p.analyzer.resolve(model.language);
     let index_type = match (info.dialect, v.index_type) {
         (Dialect::Elasticsearch, IndexType::Int8Hnsw) if info.version < Version::new(8, 12, 0) => {
             return Err(MappingError::Unsupported(format!(
@@ -144,7 +149,7 @@ pub fn index_body(info: &EngineInfo, p: &Pipeline, model: ModelShape) -> Result<
     let mut vars: BTreeMap<&str, Value> = BTreeMap::new();
     vars.insert("shards", json!(p.shards));
     vars.insert("replicas", json!(p.replicas));
-    vars.insert("analyzer", json!(analyzer));
+    vars.insert("analyzer", json!(analyzer.engine_name()));
     vars.insert("dims", json!(model.dims));
     vars.insert("similarity", json!(es_similarity(similarity)));
     // OpenSearch keeps cosinesimil for `auto`: the same ranking as innerproduct on unit vectors,
@@ -174,7 +179,15 @@ pub fn index_body(info: &EngineInfo, p: &Pipeline, model: ModelShape) -> Result<
     let mut props = Map::new();
     for f in &p.fields {
         for s in &f.source {
-            insert_path(&mut props, s, text_field.clone());
+            let field = match p.field_analyzers.get(s).map(|a| a.resolve(model.language)) {
+                Some(a) if a != analyzer => {
+                    let mut own = vars.clone();
+                    own.insert("analyzer", json!(a.engine_name()));
+                    r("text_field", &own)?
+                }
+                _ => text_field.clone(),
+            };
+            insert_path(&mut props, s, field);
         }
         insert_path(&mut props, &f.vector, vector_field.clone());
     }
@@ -241,6 +254,16 @@ pub fn compare(actual_mappings: &Value, expected_body: &Value) -> Vec<String> {
                     "field `{path}` has {what} {}, the pipeline needs {}",
                     got.get(key).map_or("(default)".to_string(), Value::to_string),
                     want[key]
+                ));
+            }
+        }
+        if wt == "text" {
+            // the engines leave `analyzer` out of the mapping when it is the default
+            let (wa, ga) =
+                (want["analyzer"].as_str().unwrap_or("standard"), got["analyzer"].as_str().unwrap_or("standard"));
+            if wa != ga {
+                diffs.push(format!(
+                    "field `{path}` is analyzed with `{ga}`, the pipeline asks for `{wa}` (BM25 ranks with the analyzer the index was created with: reindex to change it)"
                 ));
             }
         }
@@ -316,13 +339,43 @@ mod tests {
     fn elasticsearch_9_2_and_later_keep_vectors_in_source() {
         let p: Pipeline =
             toml::from_str("name='d'\nindex='d'\nmodel='m'\n[[fields]]\nsource=['text']\nvector='v'\n").unwrap();
-        let shape = ModelShape { dims: 384, normalized: true };
+        let shape = ModelShape { dims: 384, normalized: true, language: None };
         for (version, kept) in [("8.19.21", None), ("9.1.0", None), ("9.2.0", Some(false)), ("9.5.3", Some(false))] {
             let info = detect(format!(r#"{{"version":{{"number":"{version}"}}}}"#).as_bytes()).unwrap();
             let body = index_body(&info, &p, shape).unwrap();
             let got = body.pointer("/settings/index/mapping/exclude_source_vectors").and_then(Value::as_bool);
             assert_eq!(got, kept, "{version}");
         }
+    }
+
+    #[test]
+    fn auto_analysis_follows_the_models_language_and_a_field_can_have_its_own() {
+        let info = detect(br#"{"version":{"number":"2.19.1","distribution":"opensearch"}}"#).unwrap();
+        let p: Pipeline = toml::from_str(
+            "name='d'\nindex='d'\nmodel='m'\nfield_analyzers={title='standard'}\n[[fields]]\nsource=['title','text']\nvector='v'\n[chunking]\nmax_tokens=64\n",
+        )
+        .unwrap();
+        let analyzers = |language: Option<&str>| {
+            let b = index_body(&info, &p, ModelShape { dims: 8, normalized: true, language }).unwrap();
+            let props = &b["mappings"]["properties"];
+            [&props["title"], &props["text"], &props["passages"]["properties"]["text"]]
+                .map(|f| f["analyzer"].as_str().unwrap().to_string())
+        };
+        assert_eq!(analyzers(Some("en")), ["standard", "english", "english"]);
+        assert_eq!(analyzers(Some("zh")), ["standard", "cjk", "cjk"]);
+        assert_eq!(analyzers(None), ["standard", "standard", "standard"]);
+
+        let want = index_body(&info, &p, ModelShape { dims: 8, normalized: true, language: Some("en") }).unwrap();
+        let mut got = want["mappings"].clone();
+        got["properties"]["text"].as_object_mut().unwrap().remove("analyzer");
+        let diffs = compare(&got, &want);
+        assert_eq!(diffs.len(), 1, "{diffs:?}");
+        assert!(diffs[0].contains("`text` is analyzed with `standard`, the pipeline asks for `english`"), "{diffs:?}");
+
+        let bad =
+            "name='d'\nindex='d'\nmodel='m'\nfield_analyzers={nope='cjk'}\n[[fields]]\nsource=['text']\nvector='v'\n";
+        let p: Pipeline = toml::from_str(bad).unwrap();
+        assert!(p.validate().unwrap_err().1.contains("`nope` is not a source field"));
     }
 
     #[test]
@@ -336,7 +389,7 @@ mod tests {
         let p: Pipeline =
             toml::from_str("name='d'\nindex='d'\nmodel='m'\n[[fields]]\nsource=['meta.title','text']\nvector='v'\n")
                 .unwrap();
-        let want = index_body(&info, &p, ModelShape { dims: 384, normalized: true }).unwrap();
+        let want = index_body(&info, &p, ModelShape { dims: 384, normalized: true, language: None }).unwrap();
         assert!(compare(&want["mappings"], &want).is_empty(), "a mapping matches itself");
         let actual = json!({"properties": {
             "text": {"type": "keyword"},

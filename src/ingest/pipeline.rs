@@ -2,6 +2,7 @@
 //! fields become which vector fields, passage chunking, content hashing, and how vectors are
 //! indexed. Parsed strictly; every error names the file, the key and the problem.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -52,13 +53,48 @@ pub enum KnnEngine {
     Faiss,
 }
 
-/// The text analyzer of the text fields.
+/// The text analyzer of the BM25 (text) fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Analyzer {
+    /// Picked from the model's `language` (manifest): `english` for `en`, `cjk` for `zh`, `ja`,
+    /// `ko`, `standard` otherwise.
+    Auto,
+    /// Unicode word splitting and lowercasing, no stemming or stopwords.
     Standard,
+    /// Stopwords, possessives and Porter stemming (analysis-common's `english`): about +0.02
+    /// nDCG@10 for BM25 on SciFact over `standard`.
+    English,
     /// CJK bigrams (analysis-common), for Chinese, Japanese and Korean text.
     Cjk,
+}
+
+impl Analyzer {
+    /// The analyzer `auto` stands for with a model of this language.
+    pub fn for_language(language: Option<&str>) -> Analyzer {
+        match language {
+            Some("en") => Analyzer::English,
+            Some("zh" | "ja" | "ko") => Analyzer::Cjk,
+            _ => Analyzer::Standard,
+        }
+    }
+
+    /// `auto` resolved with the model's language; any other choice as it is.
+    pub fn resolve(self, language: Option<&str>) -> Analyzer {
+        match self {
+            Analyzer::Auto => Analyzer::for_language(language),
+            a => a,
+        }
+    }
+
+    /// The engine's analyzer name (both engines use the same ones).
+    pub fn engine_name(self) -> &'static str {
+        match self {
+            Analyzer::Auto | Analyzer::Standard => "standard",
+            Analyzer::English => "english",
+            Analyzer::Cjk => "cjk",
+        }
+    }
 }
 
 /// One source → vector mapping.
@@ -141,8 +177,13 @@ pub struct Pipeline {
     pub index: String,
     /// A model name from `encoder.models`.
     pub model: String,
+    /// The analyzer of every text field (source fields and passages' text) unless
+    /// `field_analyzers` names another for a field.
     #[serde(default = "default_analyzer")]
     pub analyzer: Analyzer,
+    /// Per-field analyzers, e.g. `{ title = "standard" }`; keys are source fields.
+    #[serde(default)]
+    pub field_analyzers: BTreeMap<String, Analyzer>,
     pub fields: Vec<FieldSpec>,
     #[serde(default)]
     pub chunking: Option<ChunkingSpec>,
@@ -164,7 +205,7 @@ pub struct Pipeline {
 }
 
 fn default_analyzer() -> Analyzer {
-    Analyzer::Standard
+    Analyzer::Auto
 }
 fn one() -> u32 {
     1
@@ -234,6 +275,14 @@ impl Pipeline {
             }
             if !vectors.insert(f.vector.clone()) {
                 return bad(&format!("fields[{i}].vector"), format!("`{}` is written by two entries", f.vector));
+            }
+        }
+        for field in self.field_analyzers.keys() {
+            if !self.fields.iter().any(|f| f.source.contains(field)) {
+                return bad(
+                    &format!("field_analyzers.{field}"),
+                    format!("`{field}` is not a source field of [[fields]]"),
+                );
             }
         }
         if let Some(c) = &self.chunking {
@@ -309,7 +358,11 @@ vector = "text_vector"
         let tmp = tempfile::tempdir().unwrap();
         let p = Pipeline::load(&write(tmp.path(), "p.toml", GOOD)).unwrap();
         assert_eq!(p.vector_index, VectorIndexSpec::default());
-        assert_eq!(p.analyzer, Analyzer::Standard);
+        assert_eq!(p.analyzer, Analyzer::Auto);
+        assert_eq!(p.analyzer.resolve(Some("en")), Analyzer::English);
+        assert_eq!(p.analyzer.resolve(Some("zh")), Analyzer::Cjk);
+        assert_eq!(p.analyzer.resolve(None), Analyzer::Standard);
+        assert_eq!(Analyzer::Standard.resolve(Some("zh")), Analyzer::Standard, "a chosen analyzer stays");
         assert_eq!(p.similarity(true), Similarity::DotProduct);
         assert_eq!(p.similarity(false), Similarity::Cosine);
     }

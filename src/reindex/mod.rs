@@ -629,7 +629,7 @@ impl Reindexer {
     async fn create_target(&self, p: &Pipeline, source: &str, target: &str) -> Result<(), ReindexError> {
         let info = self.engine.info().await?;
         let enc = self.encoders.get(Some(&p.model))?;
-        let shape = ModelShape { dims: enc.manifest().output_dims(), normalized: enc.manifest().normalize };
+        let shape = ModelShape::of(enc.manifest());
         let mut tp = p.clone();
         tp.index = target.to_string();
         let mut body = index_body(&info, &tp, shape).map_err(|e| ReindexError::Invalid(e.to_string()))?;

@@ -7,10 +7,14 @@
 //! the judgments), Recall@100 (judged-relevant found in the top 100 / judged-relevant), MRR@10.
 //! Queries without judgments in the split are skipped.
 //!
-//! `--tune` grid-searches the fusion parameters on the split: the two legs are fetched once per
-//! query through `/search` (mode `bm25` and `knn`, 100 deep) and fused with the same pure code
-//! `/search` uses, for every grid point; the best RRF and linear settings are reported and the
-//! overall best is written into the pipeline file's `[search] fusion`.
+//! `--tune` grid-searches the fusion parameters with k-fold cross-validation over the split's
+//! queries ([`tune`]): the two legs are fetched once per query through `/search` (mode `bm25` and
+//! `knn`, 100 deep) and fused with the same pure code `/search` uses; the hybrid rows then report
+//! each query ranked with the parameters tuned on the *other* folds (`scored_on` says so), and the
+//! parameters tuned on all queries, of the family with the better held-out score, are written into
+//! the pipeline file's `[search] fusion`.
+
+pub mod tune;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -18,15 +22,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use futures_util::stream::{self, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::engine::path::{EnginePath, IndexName};
 use crate::engine::{EngineClient, EngineRequest};
 use crate::http::{self, AppState};
 use crate::ingest::pipeline::Pipeline;
-use crate::query::fusion::{fuse, Fusion, LegHit, Normalization, Weight};
-use crate::query::request::{FusionSpec, LinearSpec, RrfSpec};
+use crate::query::fusion::{LegHit, Normalization, Weight};
+use crate::query::request::{FusionSpec, LinearSpec};
 use crate::settings::Settings;
 use crate::telemetry::Metrics;
 
@@ -132,7 +136,7 @@ impl Dataset {
 }
 
 /// The three metrics of one query or their means.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Scores {
     pub ndcg_at_10: f64,
     pub recall_at_100: f64,
@@ -204,30 +208,43 @@ pub struct EvalOptions {
     pub split: String,
     pub modes: Vec<EvalMode>,
     pub pipeline: PathBuf,
+    /// Model to use instead of the pipeline's (a stock model against its fine-tuned version, an
+    /// int8 variant against fp32); give each its own `index`.
+    pub model: Option<String>,
     /// Index to use instead of the pipeline's.
     pub index: Option<String>,
     /// Delete and rebuild the index even when it exists.
     pub recreate: bool,
     pub max_docs: Option<usize>,
     pub tune: bool,
+    /// Cross-validation folds of `--tune` (at least 2).
+    pub folds: usize,
+    /// Seed of the fold assignment.
+    pub seed: u64,
     /// Where eval.md, eval.json and eval.png go.
     pub out: PathBuf,
     pub progress: bool,
 }
 
 /// One row of the report.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     pub mode: String,
     pub fusion: Option<Value>,
     pub scores: Scores,
+    /// `all queries`, or for tuned fusion `held-out (k-fold)`: each query scored with the
+    /// parameters tuned on the other folds.
+    pub scored_on: String,
 }
 
 /// The whole report.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub dataset: String,
     pub split: String,
+    /// The model whose vectors the kNN legs used.
+    #[serde(default)]
+    pub model: String,
     pub documents: usize,
     pub queries: usize,
     pub rows: Vec<Row>,
@@ -239,14 +256,14 @@ impl Report {
     /// The markdown table.
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "{} / {}: {} documents, {} judged queries\n\n| mode | fusion | nDCG@10 | Recall@100 | MRR@10 |\n|---|---|---|---|---|\n",
-            self.dataset, self.split, self.documents, self.queries
+            "{} / {}, model {}: {} documents, {} judged queries\n\n| mode | fusion | scored on | nDCG@10 | Recall@100 | MRR@10 |\n|---|---|---|---|---|---|\n",
+            self.dataset, self.split, self.model, self.documents, self.queries
         );
         for r in &self.rows {
             let f = r.fusion.as_ref().map(|f| f.to_string()).unwrap_or_else(|| "—".into());
             s.push_str(&format!(
-                "| {} | `{}` | {:.4} | {:.4} | {:.4} |\n",
-                r.mode, f, r.scores.ndcg_at_10, r.scores.recall_at_100, r.scores.mrr_at_10
+                "| {} | `{}` | {} | {:.4} | {:.4} | {:.4} |\n",
+                r.mode, f, r.scored_on, r.scores.ndcg_at_10, r.scores.recall_at_100, r.scores.mrr_at_10
             ));
         }
         s
@@ -379,29 +396,6 @@ async fn ingest(
     Ok(())
 }
 
-/// The grid `--tune` searches.
-fn grid() -> Vec<FusionSpec> {
-    let mut g: Vec<FusionSpec> = [1u32, 5, 10, 20, 40, 60, 80, 100]
-        .iter()
-        .map(|c| FusionSpec::Rrf(RrfSpec { rank_constant: *c, window: None }))
-        .collect();
-    for n in [Normalization::Minmax, Normalization::Zscore, Normalization::L2] {
-        for w in 0..=20 {
-            let weight = Weight::try_from(f64::from(w) / 20.0).expect("in range");
-            g.push(FusionSpec::Linear(LinearSpec { weight, normalization: n }));
-        }
-    }
-    g
-}
-
-fn as_fusion(spec: &FusionSpec, depth: usize) -> Option<Fusion> {
-    match spec {
-        FusionSpec::Rrf(r) => Some(Fusion::Rrf { rank_constant: r.rank_constant, window: r.window.unwrap_or(depth) }),
-        FusionSpec::Linear(l) => Some(Fusion::Linear { weight: l.weight, normalization: l.normalization }),
-        FusionSpec::Engine(_) => None,
-    }
-}
-
 /// Writes `fusion` as the pipeline file's `[search] fusion`: the other keys and comments of the
 /// file stay as they were, the `[search]` table is rewritten at the end.
 pub fn write_fusion(pipeline: &Path, fusion: &FusionSpec) -> anyhow::Result<()> {
@@ -433,6 +427,9 @@ pub async fn run(mut settings: Settings, opts: &EvalOptions) -> anyhow::Result<R
         bail!("no judged query of split `{}` has its documents in the corpus", opts.split);
     }
     let mut pipeline = Pipeline::load(&opts.pipeline)?;
+    if let Some(m) = &opts.model {
+        pipeline.model = m.clone();
+    }
     if let Some(i) = &opts.index {
         IndexName::try_from(i.as_str()).map_err(|e| anyhow::anyhow!("--index: {e}"))?;
         pipeline.index = i.clone();
@@ -449,10 +446,7 @@ pub async fn run(mut settings: Settings, opts: &EvalOptions) -> anyhow::Result<R
     }
     if !exists || opts.recreate {
         let info = engine.info().await?;
-        let shape = crate::ingest::mapping::ModelShape {
-            dims: model.manifest.output_dims(),
-            normalized: model.manifest.normalize,
-        };
+        let shape = crate::ingest::mapping::ModelShape::of(&model.manifest);
         let body = crate::ingest::mapping::index_body(&info, &pipeline, shape)?;
         engine.send(EngineRequest::new(reqwest::Method::PUT, at.build()).json(&body)).await?;
         ingest(&server, &engine, &index, &data, opts.progress).await?;
@@ -480,45 +474,44 @@ pub async fn run(mut settings: Settings, opts: &EvalOptions) -> anyhow::Result<R
         }
     }
     let mut tuned = None;
+    let mut held_out: BTreeMap<&str, Vec<Vec<String>>> = BTreeMap::new();
     if opts.tune {
+        if opts.folds < 2 || opts.folds > data.queries.len() {
+            bail!("--folds {} must be between 2 and the number of judged queries ({})", opts.folds, data.queries.len());
+        }
         let mut b = base.clone();
         b["mode"] = json!("bm25");
         let bm25 = run_queries(&server, &data, &b, "tune: bm25", opts.progress).await?;
         b["mode"] = json!("knn");
         let knn = run_queries(&server, &data, &b, "tune: knn", opts.progress).await?;
-        let legs = |v: &Vec<(String, f64)>| -> Vec<LegHit> {
-            v.iter().map(|(id, s)| LegHit { id: id.clone(), score: *s }).collect()
+        let legs = |v: Vec<Vec<(String, f64)>>| -> Vec<Vec<LegHit>> {
+            v.into_iter().map(|q| q.into_iter().map(|(id, score)| LegHit { id, score }).collect()).collect()
         };
-        let mut best: BTreeMap<&str, (f64, FusionSpec)> = BTreeMap::new();
-        for spec in grid() {
-            let f = as_fusion(&spec, depth).expect("grid is sidecar fusion");
-            let ranked: Vec<Vec<String>> = bm25
-                .iter()
-                .zip(&knn)
-                .map(|(b, k)| fuse(&legs(b), &legs(k), f).into_iter().map(|h| h.id).collect())
-                .collect();
-            let ndcg = mean_scores(&data, &ranked).ndcg_at_10;
-            let family = if matches!(spec, FusionSpec::Rrf(_)) { "rrf" } else { "linear" };
-            if best.get(family).is_none_or(|(s, _)| ndcg > *s + 1e-12) {
-                best.insert(family, (ndcg, spec));
+        let legs = tune::Legs {
+            bm25: legs(bm25),
+            knn: legs(knn),
+            rels: data.queries.iter().map(|(q, _)| &data.qrels[q]).collect(),
+            depth,
+        };
+        let ids: Vec<String> = data.queries.iter().map(|(q, _)| q.clone()).collect();
+        let fold = tune::folds_of(&ids, opts.folds, opts.seed);
+        let families: Vec<tune::FamilyTuning> = [tune::Family::Rrf, tune::Family::Linear]
+            .into_iter()
+            .map(|f| tune::cross_validate(&legs, f, &fold, opts.folds))
+            .collect();
+        let best = families.iter().max_by(|a, b| a.held_out_ndcg.total_cmp(&b.held_out_ndcg)).expect("two families");
+        let written = best.in_sample.1.clone();
+        write_fusion(&opts.pipeline, &written)?;
+        eprintln!("tuned ({}-fold): {} written to {} [search]", opts.folds, json!(written), opts.pipeline.display());
+        for f in &families {
+            match f.family {
+                tune::Family::Rrf => rrf = f.in_sample.1.clone(),
+                tune::Family::Linear => linear = f.in_sample.1.clone(),
             }
+            let mode = if f.family == tune::Family::Rrf { "hybrid-rrf" } else { "hybrid-linear" };
+            held_out.insert(mode, f.held_out.clone());
         }
-        if let Some((_, s)) = best.get("rrf") {
-            rrf = s.clone();
-        }
-        if let Some((_, s)) = best.get("linear") {
-            linear = s.clone();
-        }
-        let overall = best.values().max_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, s)| s.clone());
-        if let Some(o) = &overall {
-            write_fusion(&opts.pipeline, o)?;
-            eprintln!("tuned: {} written to {} [search]", json!(o), opts.pipeline.display());
-        }
-        tuned = Some(json!({
-            "rrf": best.get("rrf").map(|(s, f)| json!({"ndcg_at_10": s, "fusion": f})),
-            "linear": best.get("linear").map(|(s, f)| json!({"ndcg_at_10": s, "fusion": f})),
-            "written": overall,
-        }));
+        tuned = Some(tune::summary(&families, opts.folds, opts.seed, &written));
     }
 
     let mut rows = Vec::new();
@@ -537,27 +530,64 @@ pub async fn run(mut settings: Settings, opts: &EvalOptions) -> anyhow::Result<R
             EvalMode::HybridLinear => Some(serde_json::to_value(&linear)?),
             EvalMode::HybridEngine => Some(json!({"engine": {}})),
         };
+        if let Some(ranked) = held_out.get(mode.name()) {
+            let scored_on = format!("held-out ({}-fold)", opts.folds);
+            rows.push(Row { mode: mode.name().to_string(), fusion, scores: mean_scores(&data, ranked), scored_on });
+            continue;
+        }
         if let Some(f) = &fusion {
             body["fusion"] = f.clone();
         }
         let hits = run_queries(&server, &data, &body, mode.name(), opts.progress).await?;
         let ranked: Vec<Vec<String>> = hits.into_iter().map(|h| h.into_iter().map(|(id, _)| id).collect()).collect();
-        rows.push(Row { mode: mode.name().to_string(), fusion, scores: mean_scores(&data, &ranked) });
+        let scored_on = "all queries".to_string();
+        rows.push(Row { mode: mode.name().to_string(), fusion, scores: mean_scores(&data, &ranked), scored_on });
     }
     let name = opts.dataset.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let report = Report {
         dataset: name,
         split: opts.split.clone(),
+        model: pipeline.model.clone(),
         documents: data.docs.len(),
         queries: data.queries.len(),
         rows,
         tuned,
     };
-    std::fs::create_dir_all(&opts.out)?;
-    std::fs::write(opts.out.join("eval.md"), report.markdown())?;
-    std::fs::write(opts.out.join("eval.json"), serde_json::to_string_pretty(&report)?)?;
-    crate::chart::bar_chart(&report, &opts.out.join("eval.png"))?;
+    write_report(&report, &opts.out)?;
     Ok(report)
+}
+
+/// Writes eval.md, eval.json and eval.png into `out`.
+pub fn write_report(report: &Report, out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("eval.md"), report.markdown())?;
+    std::fs::write(out.join("eval.json"), serde_json::to_string_pretty(report)?)?;
+    crate::chart::bar_chart(report, &out.join("eval.png"))
+}
+
+/// Reports of the same dataset, split and queries side by side (stock against fine-tuned, fp32
+/// against int8): one report whose rows are `model: mode`, in the order given.
+pub fn compare(reports: &[Report]) -> anyhow::Result<Report> {
+    let Some(first) = reports.first() else { bail!("compare needs at least one eval.json") };
+    let mut rows = Vec::new();
+    for (i, r) in reports.iter().enumerate() {
+        if (&r.dataset, &r.split, r.queries, r.documents)
+            != (&first.dataset, &first.split, first.queries, first.documents)
+        {
+            bail!(
+                "report {} is {} / {} ({} documents, {} queries), the first is {} / {} ({}, {}): only the same queries compare",
+                i + 1, r.dataset, r.split, r.documents, r.queries, first.dataset, first.split, first.documents, first.queries
+            );
+        }
+        let label = if r.model.is_empty() { format!("#{}", i + 1) } else { r.model.clone() };
+        rows.extend(r.rows.iter().map(|row| Row { mode: format!("{label}: {}", row.mode), ..row.clone() }));
+    }
+    Ok(Report {
+        model: reports.iter().map(|r| r.model.as_str()).collect::<Vec<_>>().join(" vs "),
+        rows,
+        tuned: None,
+        ..first.clone()
+    })
 }
 
 #[cfg(test)]
@@ -611,5 +641,36 @@ mod tests {
         let back = Pipeline::load(&p).unwrap();
         assert_eq!(back.search.fusion, Some(spec));
         assert!(back.search.auto_hybrid);
+    }
+
+    fn report(model: &str, queries: usize, ndcg: f64) -> Report {
+        let scores = Scores { ndcg_at_10: ndcg, recall_at_100: 1.0, mrr_at_10: ndcg };
+        let row = |mode: &str| Row { mode: mode.into(), fusion: None, scores, scored_on: "all queries".into() };
+        Report {
+            dataset: "scifact".into(),
+            split: "heldout".into(),
+            model: model.into(),
+            documents: 10,
+            queries,
+            rows: vec![row("bm25"), row("knn")],
+            tuned: None,
+        }
+    }
+
+    #[test]
+    fn compare_labels_rows_by_model_and_refuses_other_queries() {
+        let c = compare(&[report("stock", 5, 0.5), report("tuned", 5, 0.6)]).unwrap();
+        let modes: Vec<&str> = c.rows.iter().map(|r| r.mode.as_str()).collect();
+        assert_eq!(modes, ["stock: bm25", "stock: knn", "tuned: bm25", "tuned: knn"]);
+        assert_eq!(c.rows[3].scores.ndcg_at_10, 0.6);
+        assert_eq!(c.model, "stock vs tuned");
+        let back: Report = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.rows.len(), 4);
+        let e = compare(&[report("stock", 5, 0.5), report("tuned", 6, 0.6)]).unwrap_err().to_string();
+        assert!(e.contains("only the same queries compare"), "{e}");
+        assert!(compare(&[]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        write_report(&c, dir.path()).unwrap();
+        assert_eq!(&std::fs::read(dir.path().join("eval.png")).unwrap()[1..4], b"PNG");
     }
 }
