@@ -104,13 +104,17 @@ pub fn resolve_model(settings: &Settings, model: &str) -> anyhow::Result<ModelDi
 /// The model a pipeline names (a folder, a configured name, or `models/NAME`), added to
 /// `encoder.models` so that the encoder set loads it.
 pub fn add_pipeline_model(settings: &mut Settings, p: &crate::ingest::pipeline::Pipeline) -> anyhow::Result<ModelDir> {
-    let m = resolve_model(settings, &p.model)
-        .or_else(|_| resolve_model(settings, &format!("models/{}", p.model)))
-        .with_context(|| format!("the model `{}` of pipeline `{}`", p.model, p.name))?;
-    if !settings.encoder.models.contains(&m.dir) {
-        settings.encoder.models.push(m.dir.clone());
+    let mut first = None;
+    for name in p.models() {
+        let m = resolve_model(settings, name)
+            .or_else(|_| resolve_model(settings, &format!("models/{name}")))
+            .with_context(|| format!("the model `{name}` of pipeline `{}`", p.name))?;
+        if !settings.encoder.models.contains(&m.dir) {
+            settings.encoder.models.push(m.dir.clone());
+        }
+        first.get_or_insert(m);
     }
-    Ok(m)
+    first.ok_or_else(|| anyhow::anyhow!("pipeline `{}` names no model", p.name))
 }
 
 /// Loads `encoder.models` off the async workers, recording into `metrics`.
@@ -296,7 +300,8 @@ async fn pipeline_body(
     let shape = mapping::ModelShape::of(&model.manifest);
     let engine = crate::engine::EngineClient::new(&settings.engine)?;
     let info = engine.info().await?;
-    let body = mapping::index_body(&info, &p, shape)?;
+    let other = |m: &str| resolve_model(settings, m).ok().map(|d| (d.manifest.output_dims(), d.manifest.normalize));
+    let body = mapping::index_body_with(&info, &p, shape, &other)?;
     Ok((p, engine, body))
 }
 

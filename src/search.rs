@@ -387,6 +387,8 @@ impl Searcher {
         let mut answer = self.answer(&plan, caps, vector.as_deref(), started, times).await?;
         if plan.explain {
             answer["timings_ms"] = times.to_json_ms();
+            // which field and model answered: what an operator checks while a model is switched
+            answer["vector"] = json!({"field": plan.target.knn_field(), "model": plan.target.model});
         }
         Ok(answer)
     }

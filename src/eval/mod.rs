@@ -447,7 +447,13 @@ pub async fn run(mut settings: Settings, opts: &EvalOptions) -> anyhow::Result<R
     if !exists || opts.recreate {
         let info = engine.info().await?;
         let shape = crate::ingest::mapping::ModelShape::of(&model.manifest);
-        let body = crate::ingest::mapping::index_body(&info, &pipeline, shape)?;
+        let other = |m: &str| {
+            crate::cli::resolve_model(&settings, m)
+                .or_else(|_| crate::cli::resolve_model(&settings, &format!("models/{m}")))
+                .ok()
+                .map(|d| (d.manifest.output_dims(), d.manifest.normalize))
+        };
+        let body = crate::ingest::mapping::index_body_with(&info, &pipeline, shape, &other)?;
         engine.send(EngineRequest::new(reqwest::Method::PUT, at.build()).json(&body)).await?;
         ingest(&server, &engine, &index, &data, opts.progress).await?;
     } else {

@@ -104,8 +104,20 @@ fn os_space_type(s: Similarity) -> &'static str {
     }
 }
 
-/// The create-index body (`settings` + `mappings`) for `pipeline` on the cluster `info`.
+/// The create-index body (`settings` + `mappings`) for `pipeline` on the cluster `info`, all of
+/// whose vector fields hold `model` (the pipeline's).
 pub fn index_body(info: &EngineInfo, p: &Pipeline, model: ModelShape) -> Result<Value, MappingError> {
+    index_body_with(info, p, model, &|_| None)
+}
+
+/// [`index_body`] for a pipeline whose `[[fields]]` may name other models: `other` gives the
+/// vector shape of each of them: `(dims, normalized)`.
+pub fn index_body_with(
+    info: &EngineInfo,
+    p: &Pipeline,
+    model: ModelShape,
+    other: &dyn Fn(&str) -> Option<(usize, bool)>,
+) -> Result<Value, MappingError> {
     let t = template(info.dialect)?;
     let v = &p.vector_index;
     let similarity = p.similarity(model.normalized);
@@ -177,7 +189,21 @@ pub fn index_body(info: &EngineInfo, p: &Pipeline, model: ModelShape) -> Result<
     vars.insert("vector_field", vector_field.clone());
 
     let mut props = Map::new();
-    for f in &p.fields {
+    for (i, f) in p.fields.iter().enumerate() {
+        let field_model = p.field_model(i);
+        let vector_field = if field_model == p.model {
+            vector_field.clone()
+        } else {
+            let (dims, normalized) = other(field_model).ok_or_else(|| {
+                MappingError::Unsupported(format!(
+                    "fields[{i}] holds model `{field_model}`, whose dims are not known here: add it to encoder.models"
+                ))
+            })?;
+            let mut own = vars.clone();
+            own.insert("dims", json!(dims));
+            own.insert("similarity", json!(es_similarity(p.similarity(normalized))));
+            r(vector_part, &own)?
+        };
         for s in &f.source {
             let field = match p.field_analyzers.get(s).map(|a| a.resolve(model.language)) {
                 Some(a) if a != analyzer => {
@@ -189,7 +215,7 @@ pub fn index_body(info: &EngineInfo, p: &Pipeline, model: ModelShape) -> Result<
             };
             insert_path(&mut props, s, field);
         }
-        insert_path(&mut props, &f.vector, vector_field.clone());
+        insert_path(&mut props, &f.vector, vector_field);
     }
     if let Some(h) = &p.hash_field {
         insert_path(&mut props, h, r("hash_field", &vars)?);

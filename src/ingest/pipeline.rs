@@ -105,6 +105,11 @@ pub struct FieldSpec {
     pub source: Vec<String>,
     /// The vector field written next to them.
     pub vector: String,
+    /// The model of this vector field; default: the pipeline's `model`. Two entries with the
+    /// same sources and two models are how an index changes model without downtime: the new
+    /// field fills while queries use the old one (`[search] vector`), then the search moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// Passage chunking for long documents (by the model's own tokens).
@@ -276,6 +281,28 @@ impl Pipeline {
             if !vectors.insert(f.vector.clone()) {
                 return bad(&format!("fields[{i}].vector"), format!("`{}` is written by two entries", f.vector));
             }
+            if f.model.as_deref().is_some_and(str::is_empty) {
+                return bad(
+                    &format!("fields[{i}].model"),
+                    "name a model, or leave the key out for the pipeline's".into(),
+                );
+            }
+        }
+        if let Some(v) = &self.search.vector {
+            let Some(i) = self.fields.iter().position(|f| &f.vector == v) else {
+                return bad("search.vector", format!("`{v}` is not the vector of a [[fields]] entry"));
+            };
+            if self.chunking.is_some() && self.field_model(i) != self.model {
+                return bad(
+                    "search.vector",
+                    format!(
+                        "`{v}` holds model `{}` but the passages of [chunking] are embedded with `{}`, which the kNN leg searches: \
+                         change the model of a chunked pipeline with a new index (reindex --alias)",
+                        self.field_model(i),
+                        self.model
+                    ),
+                );
+            }
         }
         for field in self.field_analyzers.keys() {
             if !self.fields.iter().any(|f| f.source.contains(field)) {
@@ -323,6 +350,28 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The model of `fields[i]`.
+    pub fn field_model(&self, i: usize) -> &str {
+        self.fields.get(i).and_then(|f| f.model.as_deref()).unwrap_or(&self.model)
+    }
+
+    /// Every model the pipeline embeds with, its `model` first, each once.
+    pub fn models(&self) -> Vec<&str> {
+        let mut out = vec![self.model.as_str()];
+        for i in 0..self.fields.len() {
+            let m = self.field_model(i);
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// The `[[fields]]` entry queries search (`[search] vector`, default the first).
+    pub fn live_field(&self) -> usize {
+        self.search.vector.as_ref().and_then(|v| self.fields.iter().position(|f| &f.vector == v)).unwrap_or(0)
+    }
+
     /// The similarity to map, resolving `auto` from the model's normalisation.
     pub fn similarity(&self, normalized: bool) -> Similarity {
         match self.vector_index.similarity {
@@ -367,6 +416,22 @@ vector = "text_vector"
         assert_eq!(p.similarity(false), Similarity::Cosine);
     }
 
+    const NEW_FIELD: &str =
+        "\n[[fields]]\nsource = [\"title\", \"text\"]\nvector = \"v2\"\nmodel = \"bge-small-en-v1.5\"\n";
+
+    #[test]
+    fn a_second_vector_field_carries_its_own_model_and_search_picks_the_live_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Pipeline::load(&write(tmp.path(), "p.toml", &format!("{GOOD}{NEW_FIELD}"))).unwrap();
+        assert_eq!(p.models(), ["all-MiniLM-L6-v2", "bge-small-en-v1.5"]);
+        assert_eq!((p.field_model(0), p.field_model(1)), ("all-MiniLM-L6-v2", "bge-small-en-v1.5"));
+        assert_eq!(p.live_field(), 0, "queries stay on the first field until [search] vector moves");
+        let p =
+            Pipeline::load(&write(tmp.path(), "p.toml", &format!("{GOOD}{NEW_FIELD}\n[search]\nvector = \"v2\"\n")))
+                .unwrap();
+        assert_eq!(p.live_field(), 1);
+    }
+
     #[test]
     fn errors_name_the_file_the_key_and_the_problem() {
         let tmp = tempfile::tempdir().unwrap();
@@ -378,6 +443,9 @@ vector = "text_vector"
             (format!("{GOOD}\n[vector_index]\nindex_type = \"ivf\"\n"), "ivf"),
             (format!("{GOOD}\n[vector_index]\nm = 1\n"), "vector_index.m"),
             (GOOD.replace("source = [\"title\", \"text\"]", "source = []"), "fields[0].source"),
+            (format!("{GOOD}\n[search]\nvector = \"nope\"\n"), "search.vector"),
+            (format!("{GOOD}{NEW_FIELD}\n[chunking]\nmax_tokens = 100\n\n[search]\nvector = \"v2\"\n"), "new index"),
+            (format!("{GOOD}[[fields]]\nsource = [\"text\"]\nvector = \"v2\"\nmodel = \"\"\n"), "fields[1].model"),
         ];
         for (text, needle) in cases {
             let path = write(tmp.path(), "bad.toml", &text);

@@ -145,6 +145,9 @@ impl Ingestor {
         for p in pipelines {
             let err = |reason: String| IngestConfigError { pipeline: p.name.clone(), reason };
             let encoder = encoders.get(Some(&p.model)).map_err(|e| err(e.to_string()))?;
+            for m in p.models() {
+                encoders.get(Some(m)).map_err(|e| err(e.to_string()))?;
+            }
             if let Some(c) = &p.chunking {
                 let room = encoder.manifest().max_seq_len.saturating_sub(2);
                 if c.max_tokens > room {
@@ -213,7 +216,7 @@ impl Ingestor {
                         to_chunk.push((position, p.model.clone(), text.clone(), c.max_tokens, c.overlap));
                     }
                     for (spec, text) in texts {
-                        work.entry(p.model.clone()).or_default().push(Pending {
+                        work.entry(p.field_model(spec).to_string()).or_default().push(Pending {
                             position,
                             target: Target::Field(spec),
                             text,

@@ -117,6 +117,11 @@ pub struct SearchSpec {
     /// Rewrite a plain top-level `match` / `multi_match` on the BM25 fields in `_search` into hybrid.
     #[serde(default)]
     pub auto_hybrid: bool,
+    /// The vector field the kNN leg searches, and so the model queries are embedded with
+    /// (default: the first `[[fields]]` entry's). Moving it to a field filled by a new model
+    /// makes that model live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<String>,
 }
 
 /// `POST /search`.
@@ -192,11 +197,12 @@ impl Target {
         if let Some(path) = &passages {
             hidden.push(format!("{path}.vector"));
         }
+        let live = p.live_field();
         Target {
             index: p.index.clone(),
-            model: p.model.clone(),
+            model: p.field_model(live).to_string(),
             text_fields,
-            vector_field: p.fields[0].vector.clone(),
+            vector_field: p.fields[live].vector.clone(),
             passages,
             hidden,
         }

@@ -45,7 +45,7 @@ use crate::engine::path::{DocId, EnginePath, IndexName, PathError};
 use crate::engine::{EngineClient, EngineError, EngineRequest};
 use crate::error::ErrorCode;
 use crate::ingest::bulk::{self, Action, BulkItem, ItemFailure};
-use crate::ingest::mapping::{index_body, ModelShape};
+use crate::ingest::mapping::{index_body_with, ModelShape};
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::writer::Ingestor;
 use crate::telemetry::Metrics;
@@ -172,6 +172,10 @@ pub struct JobSpec {
     pub slices: u32,
     pub alias: Option<String>,
     pub source_includes: Option<Vec<String>>,
+    /// Vector fields of the source that the pipeline no longer writes (a model being dropped):
+    /// left out of the read and of the target's mapping.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_excludes: Vec<String>,
     pub page_size: usize,
     pub bulk_size: usize,
     pub scroll: bool,
@@ -576,8 +580,9 @@ impl Reindexer {
         if !self.exists(&source).await? {
             return Err(ReindexError::Invalid(format!("the source index `{source}` does not exist")));
         }
+        let source_excludes = self.stale_vectors(&p, &source).await?;
         if !self.exists(&target).await? {
-            self.create_target(&p, &source, &target).await?;
+            self.create_target(&p, &source, &target, &source_excludes).await?;
         }
         let count_body = match &req.query {
             Some(q) => json!({"query": q}),
@@ -605,6 +610,7 @@ impl Reindexer {
                 slices: req.slices,
                 alias: req.alias,
                 source_includes: req.source_includes,
+                source_excludes,
                 page_size,
                 bulk_size,
                 scroll: req.scroll,
@@ -625,24 +631,53 @@ impl Reindexer {
         Ok(state)
     }
 
-    /// The pipeline's index body for `target`, with the source's other fields' mappings kept.
-    async fn create_target(&self, p: &Pipeline, source: &str, target: &str) -> Result<(), ReindexError> {
+    /// The top-level properties of the source's mapping.
+    async fn source_properties(&self, source: &str) -> Result<Map<String, Value>, ReindexError> {
+        let m: Value = self.engine.get_json(&EnginePath::at_index(source)?.api("_mapping").build()).await?;
+        Ok(m.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|v| v.pointer("/mappings/properties"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Vector fields of the source's mapping that `p` does not write: the old model's field
+    /// once a pipeline has dropped it.
+    async fn stale_vectors(&self, p: &Pipeline, source: &str) -> Result<Vec<String>, ReindexError> {
+        let props = self.source_properties(source).await?;
+        Ok(props
+            .iter()
+            .filter(|(k, v)| {
+                matches!(v.get("type").and_then(Value::as_str), Some("dense_vector" | "knn_vector"))
+                    && !p.fields.iter().any(|f| &f.vector == *k)
+            })
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    /// The pipeline's index body for `target`, with the source's other fields' mappings kept
+    /// (except `excluded`).
+    async fn create_target(
+        &self,
+        p: &Pipeline,
+        source: &str,
+        target: &str,
+        excluded: &[String],
+    ) -> Result<(), ReindexError> {
         let info = self.engine.info().await?;
         let enc = self.encoders.get(Some(&p.model))?;
         let shape = ModelShape::of(enc.manifest());
         let mut tp = p.clone();
         tp.index = target.to_string();
-        let mut body = index_body(&info, &tp, shape).map_err(|e| ReindexError::Invalid(e.to_string()))?;
-        let m: Value = self.engine.get_json(&EnginePath::at_index(source)?.api("_mapping").build()).await?;
-        if let Some(src_props) = m
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(|v| v.pointer("/mappings/properties"))
-            .and_then(Value::as_object)
-        {
-            if let Some(props) = body.pointer_mut("/mappings/properties").and_then(Value::as_object_mut) {
-                for (k, v) in src_props {
-                    props.entry(k.clone()).or_insert_with(|| v.clone());
+        let other =
+            |m: &str| self.encoders.get(Some(m)).ok().map(|e| (e.manifest().output_dims(), e.manifest().normalize));
+        let mut body = index_body_with(&info, &tp, shape, &other).map_err(|e| ReindexError::Invalid(e.to_string()))?;
+        let src_props = self.source_properties(source).await?;
+        if let Some(props) = body.pointer_mut("/mappings/properties").and_then(Value::as_object_mut) {
+            for (k, v) in src_props {
+                if !excluded.contains(&k) {
+                    props.entry(k).or_insert(v);
                 }
             }
         }
@@ -813,6 +848,7 @@ impl Reindexer {
             index: IndexName::try_from(spec.source.as_str())?,
             query: spec.query.clone(),
             source_includes: spec.source_includes.clone(),
+            source_excludes: spec.source_excludes.clone(),
             page_size: spec.page_size,
             slice,
             slices: spec.slices,

@@ -24,6 +24,7 @@ pub struct ReadSpec {
     pub index: IndexName,
     pub query: Option<Value>,
     pub source_includes: Option<Vec<String>>,
+    pub source_excludes: Vec<String>,
     pub page_size: usize,
     pub slice: u32,
     pub slices: u32,
@@ -58,8 +59,17 @@ fn body_base(spec: &ReadSpec) -> serde_json::Map<String, Value> {
     if let Some(q) = &spec.query {
         b.insert("query".into(), q.clone());
     }
-    if let Some(inc) = &spec.source_includes {
-        b.insert("_source".into(), json!({"includes": inc}));
+    match (&spec.source_includes, spec.source_excludes.is_empty()) {
+        (Some(inc), true) => {
+            b.insert("_source".into(), json!({"includes": inc}));
+        }
+        (Some(inc), false) => {
+            b.insert("_source".into(), json!({"includes": inc, "excludes": spec.source_excludes}));
+        }
+        (None, false) => {
+            b.insert("_source".into(), json!({"excludes": spec.source_excludes}));
+        }
+        (None, true) => {}
     }
     if spec.slices > 1 {
         b.insert("slice".into(), json!({"id": spec.slice, "max": spec.slices}));
