@@ -128,23 +128,24 @@ def describe_checkpoint(ckpt: Path, args: argparse.Namespace) -> dict:
         for m in modules:
             kind = m.get("type", "")
             path = ckpt / m.get("path", "")
-            if kind.endswith("models.Transformer"):
+            if kind.endswith(("models.Transformer", "transformer.Transformer")):
                 info["transformer_dir"] = path
                 sb = read_json(path / "sentence_bert_config.json") or read_json(ckpt / "sentence_bert_config.json")
                 if sb and sb.get("max_seq_length"):
                     info["max_seq_len"] = int(sb["max_seq_length"])
-            elif kind.endswith("models.Pooling"):
+            elif kind.endswith(("models.Pooling", "pooling.Pooling")):
                 cfg = read_json(path / "config.json") or {}
-                if cfg.get("pooling_mode_cls_token"):
+                # sentence-transformers 6 writes `pooling_mode`; older versions one flag per mode
+                if cfg.get("pooling_mode_cls_token") or cfg.get("pooling_mode") == "cls":
                     info["pooling"] = "cls"
-                elif cfg.get("pooling_mode_mean_tokens"):
+                elif cfg.get("pooling_mode_mean_tokens") or cfg.get("pooling_mode") == "mean":
                     info["pooling"] = "mean"
                 else:
                     modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
                     raise SystemExit(f"export: pooling {modes} of {path} is not supported (cls or mean)")
-            elif kind.endswith("models.Normalize"):
+            elif kind.endswith(("models.Normalize", "normalize.Normalize")):
                 info["normalize"] = True
-            elif kind.endswith("models.Dense"):
+            elif kind.endswith(("models.Dense", "dense.Dense")):
                 raise SystemExit(f"export: a Dense module after pooling ({path}) is not supported yet")
         if info["normalize"] is None:
             info["normalize"] = False

@@ -435,3 +435,13 @@ pub async fn embed_with(url: &str, texts: &[String], prompt: &str) -> Vec<Vec<f3
 pub async fn embed_passages(url: &str, texts: &[String]) -> Vec<Vec<f32>> {
     embed_with(url, texts, "passage").await
 }
+
+/// The Python of the project's venv (models/ tools, client tests): `SIDECAR_TEST_PYTHON` or the
+/// one scripts/setup installs.
+pub fn python() -> String {
+    let python = std::env::var("SIDECAR_TEST_PYTHON").unwrap_or_else(|_| {
+        format!("{}/.cache/semantic-sidecar/venv/bin/python", std::env::var("HOME").unwrap_or_default())
+    });
+    assert!(std::path::Path::new(&python).is_file(), "no python at {python}: run scripts/setup");
+    python
+}
