@@ -330,9 +330,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     probe = plan[0] if plan else []
 
     def probe_loss() -> float:
-        # dropout off, a fixed batch: comparable before and after
+        # a fixed batch and seed: comparable before and after; dropout off, except for SimCSE,
+        # whose two views differ only by dropout (without it the loss is ~0 by construction)
         torch.manual_seed(args.seed)
-        (tsdae or model).eval()
+        if args.method != "simcse":
+            (tsdae or model).eval()
         with torch.no_grad():
             v = loss_of(probe).item()
         (tsdae or model).train()
@@ -406,7 +408,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "checkpoint": str(final),
     }
     (work / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
-    log(f"{step} steps in {train_s:.0f}s; probe loss {probe_before:.4f} -> {probe_after:.4f}")
+    log(f"{step} steps in {train_s:.0f}s; probe loss {probe_before:.4g} -> {probe_after:.4g}")
     if args.no_export:
         return 0
     return export(args, final, name, report)
@@ -430,7 +432,7 @@ def export(args, checkpoint: Path, name: str, report: dict) -> int:
                                           "weight_decay", "max_steps", "threads")}
     data = f"{report['config']['dataset']} split {report['config']['split']}: " + ", ".join(
         f"{k} {v}" for k, v in report["data"].items())
-    probe = f"{report['probe_loss_before']:.4f} -> {report['probe_loss_after']:.4f}"
+    probe = f"{report['probe_loss_before']:.4g} -> {report['probe_loss_after']:.4g}"
     section = (
         "\n[source.finetune]\n"
         f"base = {json.dumps(report['base'])}\n"
