@@ -103,16 +103,7 @@ async fn alias_target(engine: &EngineClient, alias: &str) -> String {
 }
 
 async fn embed(url: &str, model: &str, text: &str) -> Vec<f32> {
-    let v: Value = reqwest::Client::new()
-        .post(format!("{url}/embed"))
-        .json(&json!({"inputs": [text], "model": model, "truncate": true, "prompt_name": "passage"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v[0].as_array().unwrap_or_else(|| panic!("{v}")).iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    common::embed_model(url, Some(model), &[text.to_string()], "passage").await.remove(0)
 }
 
 /// The client: queries through whichever sidecar `target` names, until `stop`; returns the
@@ -183,16 +174,7 @@ async fn the_model_changes_field_by_field_while_queries_answer_throughout() {
         bulk.push_str(&json!({"title": d["title"], "text": text}).to_string());
         bulk.push('\n');
     }
-    let r: Value = reqwest::Client::new()
-        .post(format!("{}/_bulk?refresh=true", a.url))
-        .header("content-type", "application/x-ndjson")
-        .body(bulk)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = common::post_ndjson(&format!("{}/_bulk?refresh=true", a.url), bulk).await;
     assert_eq!(r["errors"], false, "{r}");
 
     let target = Arc::new(Mutex::new(a.url.clone()));

@@ -415,23 +415,42 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 /// `/embed` of the sidecar at `url` with the given prompt (`passage` for documents, `query`).
 pub async fn embed_with(url: &str, texts: &[String], prompt: &str) -> Vec<Vec<f32>> {
-    let r: serde_json::Value = reqwest::Client::new()
-        .post(format!("{url}/embed"))
-        .json(&serde_json::json!({"inputs": texts, "truncate": true, "prompt_name": prompt}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    embed_model(url, None, texts, prompt).await
+}
+
+/// `/embed` with a named model (`None`: the default one).
+pub async fn embed_model(url: &str, model: Option<&str>, texts: &[String], prompt: &str) -> Vec<Vec<f32>> {
+    let mut req = serde_json::json!({"inputs": texts, "truncate": true, "prompt_name": prompt});
+    if let Some(m) = model {
+        req["model"] = m.into();
+    }
+    let r: serde_json::Value = post_json(&format!("{url}/embed"), &req).await;
     r.as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("{r}"))
         .iter()
         .map(|v| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
         .collect()
 }
 
-/// `/embed` of documents, as the ingest pipelines embed them.
+/// POST a JSON body, the answer's JSON (any status).
+pub async fn post_json(url: &str, body: &serde_json::Value) -> serde_json::Value {
+    reqwest::Client::new().post(url).json(body).send().await.unwrap().json().await.unwrap()
+}
+
+/// POST an NDJSON body (`_bulk`), the answer's JSON (any status).
+pub async fn post_ndjson(url: &str, body: String) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub async fn embed_passages(url: &str, texts: &[String]) -> Vec<Vec<f32>> {
     embed_with(url, texts, "passage").await
 }
