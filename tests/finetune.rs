@@ -106,13 +106,7 @@ async fn a_few_mnrl_steps_lower_the_loss_resume_exactly_and_export_a_model_the_s
         bulk.push_str(&json!({"title": d["title"], "text": d["text"]}).to_string());
         bulk.push('\n');
     }
-    let r: Value = engine
-        .send(EngineRequest::new(Method::POST, "/_bulk?refresh=true").ndjson(bulk))
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(r["errors"], false);
+    common::engine_bulk(&engine, bulk).await;
 
     // straight through, without export
     let (rc, err) = train(dir, "straight", &["--index", &index, "--no-export"]);

@@ -58,13 +58,7 @@ async fn source_index_with(engine: &EngineClient, n: usize, replicas: u32, year:
             bulk.push_str(&json!({"title": d["title"], "text": text, "year": year(c * 1000 + i)}).to_string());
             bulk.push('\n');
         }
-        let r: Value = engine
-            .send(EngineRequest::new(Method::POST, "/_bulk?refresh=true").ndjson(bulk))
-            .await
-            .unwrap()
-            .json()
-            .unwrap();
-        assert_eq!(r["errors"], false);
+        common::engine_bulk(engine, bulk).await;
     }
     index
 }

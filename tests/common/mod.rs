@@ -464,3 +464,14 @@ pub fn python() -> String {
     assert!(std::path::Path::new(&python).is_file(), "no python at {python}: run scripts/setup");
     python
 }
+
+/// `_bulk?refresh=true` straight to the engine (no sidecar), asserting that no item failed.
+pub async fn engine_bulk(engine: &semantic_sidecar::engine::EngineClient, ndjson: String) {
+    let r: serde_json::Value = engine
+        .send(semantic_sidecar::engine::EngineRequest::new(reqwest::Method::POST, "/_bulk?refresh=true").ndjson(ndjson))
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(r["errors"], false, "{r}");
+}
