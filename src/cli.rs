@@ -101,13 +101,23 @@ pub fn resolve_model(settings: &Settings, model: &str) -> anyhow::Result<ModelDi
     bail!("`{model}` is neither a folder with a model.toml nor the name of a model in encoder.models")
 }
 
+/// A model a pipeline or `--model` names: a folder, a configured name, or `models/NAME`.
+pub fn resolve_named_model(settings: &Settings, name: &str) -> anyhow::Result<ModelDir> {
+    resolve_model(settings, name).or_else(|_| resolve_model(settings, &format!("models/{name}")))
+}
+
+/// The vector shape `(dims, normalized)` of a named model, for the mapping of a pipeline whose
+/// `[[fields]]` name other models than its own.
+pub fn vector_shape(settings: &Settings, name: &str) -> Option<(usize, bool)> {
+    resolve_named_model(settings, name).ok().map(|d| (d.manifest.output_dims(), d.manifest.normalize))
+}
+
 /// The model a pipeline names (a folder, a configured name, or `models/NAME`), added to
 /// `encoder.models` so that the encoder set loads it.
 pub fn add_pipeline_model(settings: &mut Settings, p: &crate::ingest::pipeline::Pipeline) -> anyhow::Result<ModelDir> {
     let mut first = None;
     for name in p.models() {
-        let m = resolve_model(settings, name)
-            .or_else(|_| resolve_model(settings, &format!("models/{name}")))
+        let m = resolve_named_model(settings, name)
             .with_context(|| format!("the model `{name}` of pipeline `{}`", p.name))?;
         if !settings.encoder.models.contains(&m.dir) {
             settings.encoder.models.push(m.dir.clone());
@@ -300,8 +310,7 @@ async fn pipeline_body(
     let shape = mapping::ModelShape::of(&model.manifest);
     let engine = crate::engine::EngineClient::new(&settings.engine)?;
     let info = engine.info().await?;
-    let other = |m: &str| resolve_model(settings, m).ok().map(|d| (d.manifest.output_dims(), d.manifest.normalize));
-    let body = mapping::index_body_with(&info, &p, shape, &other)?;
+    let body = mapping::index_body_with(&info, &p, shape, &|m| vector_shape(settings, m))?;
     Ok((p, engine, body))
 }
 

@@ -472,13 +472,8 @@ pub async fn run(mut settings: Settings, opts: &EvalOptions) -> anyhow::Result<R
     if !exists || opts.recreate {
         let info = engine.info().await?;
         let shape = crate::ingest::mapping::ModelShape::of(&model.manifest);
-        let other = |m: &str| {
-            crate::cli::resolve_model(&settings, m)
-                .or_else(|_| crate::cli::resolve_model(&settings, &format!("models/{m}")))
-                .ok()
-                .map(|d| (d.manifest.output_dims(), d.manifest.normalize))
-        };
-        let body = crate::ingest::mapping::index_body_with(&info, &pipeline, shape, &other)?;
+        let shape_of = |m: &str| crate::cli::vector_shape(&settings, m);
+        let body = crate::ingest::mapping::index_body_with(&info, &pipeline, shape, &shape_of)?;
         engine.send(EngineRequest::new(reqwest::Method::PUT, at.build()).json(&body)).await?;
         ingest(&server, &engine, &index, &data, opts.progress).await?;
     } else {

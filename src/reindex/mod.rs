@@ -580,9 +580,10 @@ impl Reindexer {
         if !self.exists(&source).await? {
             return Err(ReindexError::Invalid(format!("the source index `{source}` does not exist")));
         }
-        let source_excludes = self.stale_vectors(&p, &source).await?;
+        let source_props = self.source_properties(&source).await?;
+        let source_excludes = stale_vectors(&p, &source_props);
         if !self.exists(&target).await? {
-            self.create_target(&p, &source, &target, &source_excludes).await?;
+            self.create_target(&p, source_props, &target, &source_excludes).await?;
         }
         let count_body = match &req.query {
             Some(q) => json!({"query": q}),
@@ -642,26 +643,12 @@ impl Reindexer {
             .unwrap_or_default())
     }
 
-    /// Vector fields of the source's mapping that `p` does not write: the old model's field
-    /// once a pipeline has dropped it.
-    async fn stale_vectors(&self, p: &Pipeline, source: &str) -> Result<Vec<String>, ReindexError> {
-        let props = self.source_properties(source).await?;
-        Ok(props
-            .iter()
-            .filter(|(k, v)| {
-                matches!(v.get("type").and_then(Value::as_str), Some("dense_vector" | "knn_vector"))
-                    && !p.fields.iter().any(|f| &f.vector == *k)
-            })
-            .map(|(k, _)| k.clone())
-            .collect())
-    }
-
     /// The pipeline's index body for `target`, with the source's other fields' mappings kept
     /// (except `excluded`).
     async fn create_target(
         &self,
         p: &Pipeline,
-        source: &str,
+        src_props: Map<String, Value>,
         target: &str,
         excluded: &[String],
     ) -> Result<(), ReindexError> {
@@ -673,7 +660,6 @@ impl Reindexer {
         let other =
             |m: &str| self.encoders.get(Some(m)).ok().map(|e| (e.manifest().output_dims(), e.manifest().normalize));
         let mut body = index_body_with(&info, &tp, shape, &other).map_err(|e| ReindexError::Invalid(e.to_string()))?;
-        let src_props = self.source_properties(source).await?;
         if let Some(props) = body.pointer_mut("/mappings/properties").and_then(Value::as_object_mut) {
             for (k, v) in src_props {
                 if !excluded.contains(&k) {
@@ -1310,6 +1296,19 @@ impl Jobs {
         }
         Ok(adopted)
     }
+}
+
+/// Vector fields of the source's mapping (`props`) that `p` does not write: the old model's field
+/// once a pipeline has dropped it.
+fn stale_vectors(p: &Pipeline, props: &Map<String, Value>) -> Vec<String> {
+    props
+        .iter()
+        .filter(|(k, v)| {
+            matches!(v.get("type").and_then(Value::as_str), Some("dense_vector" | "knn_vector"))
+                && !p.fields.iter().any(|f| &f.vector == *k)
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 #[cfg(test)]

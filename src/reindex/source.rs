@@ -59,17 +59,15 @@ fn body_base(spec: &ReadSpec) -> serde_json::Map<String, Value> {
     if let Some(q) = &spec.query {
         b.insert("query".into(), q.clone());
     }
-    match (&spec.source_includes, spec.source_excludes.is_empty()) {
-        (Some(inc), true) => {
-            b.insert("_source".into(), json!({"includes": inc}));
-        }
-        (Some(inc), false) => {
-            b.insert("_source".into(), json!({"includes": inc, "excludes": spec.source_excludes}));
-        }
-        (None, false) => {
-            b.insert("_source".into(), json!({"excludes": spec.source_excludes}));
-        }
-        (None, true) => {}
+    let mut source = serde_json::Map::new();
+    if let Some(inc) = &spec.source_includes {
+        source.insert("includes".into(), json!(inc));
+    }
+    if !spec.source_excludes.is_empty() {
+        source.insert("excludes".into(), json!(spec.source_excludes));
+    }
+    if !source.is_empty() {
+        b.insert("_source".into(), Value::Object(source));
     }
     if spec.slices > 1 {
         b.insert("slice".into(), json!({"id": spec.slice, "max": spec.slices}));
