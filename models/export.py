@@ -260,9 +260,16 @@ def encode_batch(tokenizer, texts, max_seq_len):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, help="Hugging Face / sentence-transformers checkpoint directory")
-    ap.add_argument("--quantize", choices=("int8",),
-                    help="instead of exporting, quantize the exported model in --from into --out (dynamic int8 "
-                         "quantization of the MatMul weights, per channel)")
+    ap.add_argument("--quantize", choices=("int8", "int8-static"),
+                    help="instead of exporting, quantize the exported model in --from into --out: int8 = dynamic "
+                         "(MatMul weights per channel, activation scales per batch, so a vector depends on its "
+                         "batch-mates); int8-static = activation scales calibrated once on --calibration texts "
+                         "(deterministic: the query path's fast model)")
+    ap.add_argument("--calibration", type=Path, help="JSON lines with a `text` field (BEIR queries.jsonl), for "
+                    "--quantize int8-static")
+    ap.add_argument("--calibration-qrels", type=Path, help="only the queries judged in this BEIR qrels TSV (a train "
+                    "split, so that the queries an evaluation scores stay unseen)")
+    ap.add_argument("--calibration-size", type=int, default=256, help="calibration texts (default 256)")
     ap.add_argument("--from", dest="from_dir", type=Path, help="an exported model folder (with --quantize)")
     ap.add_argument("--out", required=True, type=Path, help="output directory (models/NAME)")
     ap.add_argument("--name", help="model name in the manifest (default: the output folder's name)")
@@ -286,7 +293,7 @@ def main() -> int:
     if args.quantize:
         if not args.from_dir:
             ap.error("--quantize needs --from (an exported model folder)")
-        return quantize(args)
+        return quantize_static(args) if args.quantize == "int8-static" else quantize(args)
     if not args.checkpoint:
         ap.error("--checkpoint is required")
 
@@ -622,6 +629,187 @@ def quantize(args: argparse.Namespace) -> int:
         f"min {report['min_cosine_to_fp32']:.4f}, mean {report['mean_cosine_to_fp32']:.4f} on {len(texts)} sentences; "
         f"batched vs one by one min {report['min_cosine_batch_of_all_vs_one_by_one']:.4f} "
         f"in {time.time() - started:.1f}s")
+    return 0
+
+
+def calibration_texts(args: argparse.Namespace, prefix: str) -> list[str]:
+    """The first --calibration-size texts of --calibration (only the ids of --calibration-qrels when
+    given), in file order, with the model's query prefix."""
+    if not args.calibration or not args.calibration.is_file():
+        raise SystemExit(f"--quantize int8-static needs --calibration FILE.jsonl (got {args.calibration})")
+    keep = None
+    if args.calibration_qrels:
+        keep = set()
+        for line in args.calibration_qrels.read_text(encoding="utf-8").splitlines()[1:]:
+            if line.strip():
+                keep.add(line.split("\t")[0])
+    texts = []
+    with open(args.calibration, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if keep is not None and str(row.get("_id")) not in keep:
+                continue
+            texts.append(prefix + row["text"])
+            if len(texts) >= args.calibration_size:
+                break
+    if len(texts) < 16:
+        raise SystemExit(f"only {len(texts)} calibration texts in {args.calibration}: at least 16 are needed")
+    return texts
+
+
+def quantize_static(args: argparse.Namespace) -> int:
+    """Static int8 quantization for the query path, with its own manifest and a quality report.
+
+    Weights int8 per channel, activations uint8 with scales calibrated once (MinMax over the
+    calibration queries, one at a time) and fixed in the graph as QDQ pairs, on every MatMul with
+    a weight matrix (attention's activation x activation products stay fp32). Fixed scales make a
+    text's vector independent of its batch-mates, which dynamic int8 is not; the gate fails when the
+    batched vectors differ from the one-by-one vectors (cosine below 0.99999). Cosine to the fp32
+    model is reported (on the parity sentences and on held-back calibration-file queries), not
+    gated: retrieval quality is measured with `eval --query-model`.
+    """
+    import tomllib
+
+    src, out = args.from_dir, args.out
+    manifest = tomllib.loads((src / "model.toml").read_text(encoding="utf-8"))
+    prefix = manifest.get("prefixes", {}).get("query", "")
+    texts = calibration_texts(args, prefix)
+    out.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(sha256_file(src / manifest["onnx"]).encode())
+    h.update((src / "model.toml").read_bytes())
+    h.update("\n".join(texts).encode())
+    fingerprint = h.hexdigest()
+    stamp = out / "export.stamp"
+    if stamp.is_file() and stamp.read_text().strip() == fingerprint and (out / "model.onnx").is_file():
+        report = read_json(out / "parity.json") or {}
+        log(f"{out}/model.onnx is up to date (int8-static; min cosine to fp32 {report.get('min_cosine_to_fp32')})")
+        return 0
+    stamp.unlink(missing_ok=True)
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static as ort_quantize_static)
+    from tokenizers import Tokenizer
+
+    started = time.time()
+    tokenizer = Tokenizer.from_file(str(src / "tokenizer.json"))
+    inputs = manifest["inputs"]
+    max_len = manifest["max_seq_len"]
+    lowercase = bool(manifest.get("lowercase", False))
+
+    def feed(batch):
+        ids, mask, types, _ = encode_batch(tokenizer, [t.lower() if lowercase else t for t in batch], max_len)
+        f = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {k: f[k] for k in inputs}, mask
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, texts):
+            self.items = iter(texts)
+
+        def get_next(self):
+            t = next(self.items, None)
+            return None if t is None else feed([t])[0]
+
+    graph = onnx.load(str(src / manifest["onnx"]))
+    weights = {i.name for i in graph.graph.initializer}
+    matmuls = [n.name for n in graph.graph.node if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in weights]
+    if not matmuls:
+        raise SystemExit(f"{src / manifest['onnx']} has no MatMul with a weight matrix to quantize")
+    # calibrate on all but the last 32 texts, which measure the cosine to fp32 on unseen queries
+    calib, unseen = texts[:-32], texts[-32:]
+    tmp = out / "model.calibrating.onnx"
+    ort_quantize_static(str(src / manifest["onnx"]), str(tmp), Reader(calib), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        nodes_to_quantize=matmuls, op_types_to_quantize=["MatMul"],
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    tmp.replace(out / "model.onnx")
+    for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / f).is_file():
+            shutil.copyfile(src / f, out / f)
+
+    def run(path, batch, texts):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = 1
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        vecs = []
+        for i in range(0, len(texts), batch):
+            f, mask = feed(texts[i:i + batch])
+            outs = dict(zip(manifest["outputs"].keys(), sess.run(list(manifest["outputs"].values()), f)))
+            v = pool(manifest["pooling"], outs, mask)
+            vecs.append(l2_normalize(v) if manifest["normalize"] else v)
+        return np.concatenate(vecs)
+
+    def ms_per_text(path, texts):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feeds = [feed([t])[0] for t in texts]
+        names = list(manifest["outputs"].values())
+        for f in feeds[:4]:
+            sess.run(names, f)
+        t0 = time.perf_counter()
+        for f in feeds:
+            sess.run(names, f)
+        return (time.perf_counter() - t0) * 1000 / len(feeds)
+
+    q = out / "model.onnx"
+    sentences = [prefix + t for t in PARITY_SENTENCES]
+    one, batched = run(q, 1, sentences), run(q, len(sentences), sentences)
+    batch_dependence = cosine_rows(batched, one)
+    fp32 = run(src / manifest["onnx"], 1, sentences)
+    cos = cosine_rows(one, fp32)
+    cos_unseen = cosine_rows(run(q, 1, unseen), run(src / manifest["onnx"], 1, unseen))
+    speed = {"fp32": ms_per_text(src / manifest["onnx"], unseen), "int8_static": ms_per_text(q, unseen)}
+    name = args.name or out.resolve().name
+    report = {
+        "model": name,
+        "quantized_from": manifest["name"],
+        "quantization": "onnxruntime quantize_static, QDQ, uint8 activations (MinMax over the calibration queries), "
+                        "int8 weights per channel, MatMuls with a weight matrix",
+        "calibration": {"file": str(args.calibration), "qrels": str(args.calibration_qrels or ""),
+                        "texts": len(calib), "held_back": len(unseen)},
+        "quantized_matmuls": len(matmuls),
+        "sentences": len(sentences),
+        "min_cosine_to_fp32": float(cos.min()),
+        "mean_cosine_to_fp32": float(cos.mean()),
+        "min_cosine_to_fp32_unseen_queries": float(cos_unseen.min()),
+        "mean_cosine_to_fp32_unseen_queries": float(cos_unseen.mean()),
+        "min_cosine_batch_of_all_vs_one_by_one": float(batch_dependence.min()),
+        "ms_per_query_one_thread": speed,
+        "size_mb": {"fp32": (src / manifest["onnx"]).stat().st_size / 1e6, "int8_static": q.stat().st_size / 1e6},
+    }
+    (out / "parity.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if not batch_dependence.min() >= 0.99999:
+        log(f"static int8 vectors depend on their batch-mates (min cosine {batch_dependence.min():.6f} < 0.99999)")
+        return 1
+    ids, mask, _, encs = encode_batch(tokenizer, [t.lower() if lowercase else t for t in sentences], max_len)
+    golden = {
+        "model": name,
+        "note": "'onnxruntime' is the static int8 graph through Python onnxruntime one text at a time (query "
+                "prefix included in 'text'); 'fp32' the unquantized model's vectors of the same texts",
+        "sentences": [
+            {"text": t, "input_ids": [i for i, m in zip(e.ids, e.attention_mask) if m],
+             "onnxruntime": [round(float(x), 7) for x in one[k]], "fp32": [round(float(x), 7) for x in fp32[k]]}
+            for k, (t, e) in enumerate(zip(sentences, encs))
+        ],
+    }
+    (out / "golden.json").write_text(json.dumps(golden, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = (src / "model.toml").read_text(encoding="utf-8")
+    text = text.replace(f'name = "{manifest["name"]}"', f'name = "{name}"', 1)
+    text = text.replace("[source]\n", f'[source]\nquantization = "int8-static"\nquantized_from = "{manifest["name"]}"\n', 1)
+    (out / "model.toml").write_text(text, encoding="utf-8")
+    stamp.write_text(fingerprint + "\n")
+    log(f"int8-static {q} ({report['size_mb']['int8_static']:.1f} MB): cosine to fp32 min {cos.min():.4f} "
+        f"(unseen queries min {cos_unseen.min():.4f}, mean {cos_unseen.mean():.4f}); batched vs one by one min "
+        f"{batch_dependence.min():.6f}; one thread {speed['fp32']:.2f} -> {speed['int8_static']:.2f} ms per query; "
+        f"{time.time() - started:.1f}s")
     return 0
 
 

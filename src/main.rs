@@ -88,6 +88,10 @@ enum Command {
         /// Use this model instead of the pipeline's (give it its own --index).
         #[arg(long)]
         model: Option<String>,
+        /// Embed the queries with this model (a static int8 copy of the field's model,
+        /// `[search] query_model`); the index and its vectors stay the same, so it can be reused.
+        #[arg(long)]
+        query_model: Option<String>,
         /// Use this index instead of the pipeline's.
         #[arg(long)]
         index: Option<String>,
@@ -339,6 +343,7 @@ fn main() -> ExitCode {
             modes,
             pipeline,
             model,
+            query_model,
             index,
             recreate,
             max_docs,
@@ -350,7 +355,7 @@ fn main() -> ExitCode {
         } => {
             telemetry::init_tracing(settings.log.format, "warn");
             let tune = tune.then_some((folds, seed));
-            let target = EvalTarget { pipeline, model, index, recreate };
+            let target = EvalTarget { pipeline, model, query_model, index, recreate };
             edge(run_eval(settings, dataset, split, &modes, target, max_docs, tune, out, quiet))
         }
         Command::Compare { reports, out } => edge(run_compare(&reports, &out)),
@@ -430,6 +435,7 @@ fn edge(result: anyhow::Result<()>) -> ExitCode {
 struct EvalTarget {
     pipeline: PathBuf,
     model: Option<String>,
+    query_model: Option<String>,
     index: Option<String>,
     recreate: bool,
 }
@@ -470,6 +476,7 @@ fn run_eval(
         modes,
         pipeline: target.pipeline,
         model: target.model,
+        query_model: target.query_model,
         index: target.index,
         recreate: target.recreate,
         max_docs,

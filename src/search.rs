@@ -244,7 +244,7 @@ impl Searcher {
         self.check_knn(caps, plan)?;
         Ok(match plan.mode {
             Mode::Bm25 => None,
-            _ => Some(self.encode_query(&plan.target.model, &plan.text, times).await?),
+            _ => Some(self.encode_query(&plan.target.query_model, &plan.text, times).await?),
         })
     }
 
@@ -388,7 +388,11 @@ impl Searcher {
         if plan.explain {
             answer["timings_ms"] = times.to_json_ms();
             // which field and model answered: what an operator checks while a model is switched
-            answer["vector"] = json!({"field": plan.target.knn_field(), "model": plan.target.model});
+            answer["vector"] = json!({
+                "field": plan.target.knn_field(),
+                "model": plan.target.model,
+                "query_model": plan.target.query_model,
+            });
         }
         Ok(answer)
     }
@@ -529,7 +533,7 @@ impl Searcher {
                 }
                 // all their texts in one encoder batch (one pipeline, so one model)
                 let texts: Vec<String> = plans.iter().map(|(_, p)| p.text.clone()).collect();
-                let vectors = self.encode_queries(&target.model, texts, times).await?;
+                let vectors = self.encode_queries(&target.query_model, texts, times).await?;
                 for ((ptr, plan), vector) in plans.iter().zip(&vectors) {
                     let replacement = build::nested_hybrid(plan, vector, caps)?;
                     if let Some(slot) = v.pointer_mut(ptr) {

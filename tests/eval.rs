@@ -42,6 +42,7 @@ async fn eval_on_a_200_document_subset_is_reproducible_to_four_decimals() {
         modes: vec![EvalMode::Bm25, EvalMode::Knn, EvalMode::HybridRrf, EvalMode::HybridLinear],
         pipeline: pipeline.clone(),
         model: None,
+        query_model: None,
         index: Some(index.clone()),
         recreate: true,
         max_docs: Some(200),

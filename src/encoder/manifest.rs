@@ -105,6 +105,10 @@ pub struct Source {
     pub opset: Option<u32>,
     #[serde(default)]
     pub quantization: Option<String>,
+    /// The model whose vectors a quantized copy approximates (`models/export.py --quantize`):
+    /// a pipeline may embed queries with an `int8-static` copy of its vector field's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized_from: Option<String>,
     /// Written by models/finetune.py: what the model was fine-tuned from and on.
     #[serde(default)]
     pub finetune: Option<Finetune>,

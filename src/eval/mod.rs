@@ -211,6 +211,8 @@ pub struct EvalOptions {
     /// Model to use instead of the pipeline's (a stock model against its fine-tuned version, an
     /// int8 variant against fp32); give each its own `index`.
     pub model: Option<String>,
+    /// The model queries are embedded with instead of the pipeline's (`[search] query_model`).
+    pub query_model: Option<String>,
     /// Index to use instead of the pipeline's.
     pub index: Option<String>,
     /// Delete and rebuild the index even when it exists.
@@ -452,6 +454,9 @@ pub async fn run(mut settings: Settings, opts: &EvalOptions) -> anyhow::Result<R
     if let Some(m) = &opts.model {
         pipeline.model = m.clone();
     }
+    if let Some(q) = &opts.query_model {
+        pipeline.search.query_model = Some(q.clone());
+    }
     if let Some(i) = &opts.index {
         IndexName::try_from(i.as_str()).map_err(|e| anyhow::anyhow!("--index: {e}"))?;
         pipeline.index = i.clone();
@@ -583,7 +588,10 @@ pub async fn run(mut settings: Settings, opts: &EvalOptions) -> anyhow::Result<R
     let report = Report {
         dataset: name,
         split: opts.split.clone(),
-        model: pipeline.model.clone(),
+        model: match &opts.query_model {
+            Some(q) => format!("{} (queries: {q})", pipeline.model),
+            None => pipeline.model.clone(),
+        },
         documents: data.docs.len(),
         queries: data.queries.len(),
         rows,

@@ -304,6 +304,12 @@ impl Pipeline {
                 );
             }
         }
+        if self.search.query_model.as_deref().is_some_and(str::is_empty) {
+            return bad(
+                "search.query_model",
+                "name a static int8 copy of the live field's model, or leave the key out".into(),
+            );
+        }
         for field in self.field_analyzers.keys() {
             if !self.fields.iter().any(|f| f.source.contains(field)) {
                 return bad(
@@ -355,16 +361,20 @@ impl Pipeline {
         self.fields.get(i).and_then(|f| f.model.as_deref()).unwrap_or(&self.model)
     }
 
-    /// Every model the pipeline embeds with, its `model` first, each once.
+    /// Every model the pipeline embeds with (documents and queries), its `model` first, each once.
     pub fn models(&self) -> Vec<&str> {
         let mut out = vec![self.model.as_str()];
-        for i in 0..self.fields.len() {
-            let m = self.field_model(i);
+        for m in (0..self.fields.len()).map(|i| self.field_model(i)).chain([self.query_model()]) {
             if !out.contains(&m) {
                 out.push(m);
             }
         }
         out
+    }
+
+    /// The model queries are embedded with: `[search] query_model`, else the live field's.
+    pub fn query_model(&self) -> &str {
+        self.search.query_model.as_deref().unwrap_or_else(|| self.field_model(self.live_field()))
     }
 
     /// The `[[fields]]` entry queries search (`[search] vector`, default the first).
@@ -430,6 +440,15 @@ vector = "text_vector"
             Pipeline::load(&write(tmp.path(), "p.toml", &format!("{GOOD}{NEW_FIELD}\n[search]\nvector = \"v2\"\n")))
                 .unwrap();
         assert_eq!(p.live_field(), 1);
+        assert_eq!(p.query_model(), "bge-small-en-v1.5", "queries follow the live field's model");
+        let p = Pipeline::load(&write(
+            tmp.path(),
+            "p.toml",
+            &format!("{GOOD}\n[search]\nquery_model = \"all-MiniLM-L6-v2-int8-static\"\n"),
+        ))
+        .unwrap();
+        assert_eq!(p.query_model(), "all-MiniLM-L6-v2-int8-static");
+        assert_eq!(p.models(), ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-int8-static"], "the query model is loaded too");
     }
 
     #[test]
@@ -446,6 +465,7 @@ vector = "text_vector"
             (format!("{GOOD}\n[search]\nvector = \"nope\"\n"), "search.vector"),
             (format!("{GOOD}{NEW_FIELD}\n[chunking]\nmax_tokens = 100\n\n[search]\nvector = \"v2\"\n"), "new index"),
             (format!("{GOOD}[[fields]]\nsource = [\"text\"]\nvector = \"v2\"\nmodel = \"\"\n"), "fields[1].model"),
+            (format!("{GOOD}\n[search]\nquery_model = \"\"\n"), "search.query_model"),
         ];
         for (text, needle) in cases {
             let path = write(tmp.path(), "bad.toml", &text);

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::bulk::{self, Action, BulkItem, ItemFailure};
 use super::pipeline::Pipeline;
+use crate::encoder::manifest::Manifest;
 use crate::encoder::{EncodeOptions, EncoderError, EncoderSet, Input, Lane, Pooled, TextKind};
 use crate::engine::path::EnginePath;
 use crate::engine::{EngineClient, EngineError, EngineRequest, EngineResponse};
@@ -134,6 +135,38 @@ enum Target {
     Passage(usize),
 }
 
+/// Whether queries embedded by `query` may search vectors written by `field`: only a static int8
+/// copy of the same model (dynamic int8 gives a text another vector depending on its batch-mates,
+/// any other model another space).
+pub fn check_query_model(query: &Manifest, field: &Manifest) -> Result<(), String> {
+    let source = &query.source;
+    if source.quantized_from.as_deref() != Some(field.name.as_str()) {
+        return Err(format!(
+            "`{}` is not a quantized copy of the vector field's model `{}` (its manifest's quantized_from is {}): \
+             queries must be embedded in the field's own space",
+            query.name,
+            field.name,
+            source.quantized_from.as_deref().map_or("unset".to_string(), |m| format!("`{m}`"))
+        ));
+    }
+    if source.quantization.as_deref() != Some("int8-static") {
+        return Err(format!(
+            "`{}` is quantized `{}`, not `int8-static`: dynamic int8 gives a text another vector depending on \
+             its batch-mates; make a static copy with models/export.py --quantize int8-static",
+            query.name,
+            source.quantization.as_deref().unwrap_or("none")
+        ));
+    }
+    let shape = |m: &Manifest| (m.dims, m.normalize, m.pooling, m.lowercase, m.prefixes.clone(), m.whitening.clone());
+    if shape(query) != shape(field) {
+        return Err(format!(
+            "`{}` and `{}` differ in dims, pooling, normalisation, lowercasing, prefixes or whitening",
+            query.name, field.name
+        ));
+    }
+    Ok(())
+}
+
 impl Ingestor {
     pub fn new(
         pipelines: Vec<Pipeline>,
@@ -147,6 +180,12 @@ impl Ingestor {
             let encoder = encoders.get(Some(&p.model)).map_err(|e| err(e.to_string()))?;
             for m in p.models() {
                 encoders.get(Some(m)).map_err(|e| err(e.to_string()))?;
+            }
+            let field_model = p.field_model(p.live_field());
+            if p.query_model() != field_model {
+                let q = encoders.get(Some(p.query_model())).map_err(|e| err(e.to_string()))?;
+                let f = encoders.get(Some(field_model)).map_err(|e| err(e.to_string()))?;
+                check_query_model(q.manifest(), f.manifest()).map_err(|r| err(format!("search.query_model: {r}")))?;
             }
             if let Some(c) = &p.chunking {
                 let room = encoder.manifest().max_seq_len.saturating_sub(2);
@@ -474,4 +513,44 @@ pub fn content_hash(p: &Pipeline, doc: &Map<String, Value>) -> String {
         }
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINILM: &str = include_str!("../../models/all-MiniLM-L6-v2/model.toml");
+
+    fn manifest(name: &str, quantization: Option<&str>, from: Option<&str>) -> Manifest {
+        let mut m: Manifest = toml::from_str(MINILM).unwrap();
+        m.name = name.into();
+        m.source.quantization = quantization.map(Into::into);
+        m.source.quantized_from = from.map(Into::into);
+        m
+    }
+
+    #[test]
+    fn only_a_static_int8_copy_of_the_field_model_may_embed_its_queries() {
+        let field = manifest("all-MiniLM-L6-v2", None, None);
+        let copy = manifest("all-MiniLM-L6-v2-int8-static", Some("int8-static"), Some("all-MiniLM-L6-v2"));
+        check_query_model(&copy, &field).unwrap();
+
+        let dynamic = manifest("all-MiniLM-L6-v2-int8", Some("int8"), Some("all-MiniLM-L6-v2"));
+        let e = check_query_model(&dynamic, &field).unwrap_err();
+        assert!(e.contains("dynamic int8") && e.contains("--quantize int8-static"), "{e}");
+
+        let other = manifest("bge-small-en-v1.5", None, None);
+        let e = check_query_model(&other, &field).unwrap_err();
+        assert!(e.contains("not a quantized copy of the vector field's model `all-MiniLM-L6-v2`"), "{e}");
+
+        let of_another = manifest("bge-q", Some("int8-static"), Some("bge-small-en-v1.5"));
+        assert!(check_query_model(&of_another, &field).unwrap_err().contains("`bge-small-en-v1.5`"));
+
+        let mut prefixed = copy.clone();
+        prefixed.prefixes.query = "query: ".into();
+        assert!(check_query_model(&prefixed, &field).unwrap_err().contains("prefixes"));
+        let mut fewer = copy;
+        fewer.dims = 256;
+        assert!(check_query_model(&fewer, &field).unwrap_err().contains("dims"));
+    }
 }

@@ -207,6 +207,7 @@ mod tests {
         let target = Target {
             index: "d".into(),
             model: "m".into(),
+            query_model: "m".into(),
             text_fields: vec!["text".into()],
             vector_field: "v".into(),
             passages: passages.then(|| "passages".into()),

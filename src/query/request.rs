@@ -122,6 +122,12 @@ pub struct SearchSpec {
     /// makes that model live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vector: Option<String>,
+    /// The model queries are embedded with, when not the live field's own: a static int8 copy
+    /// of it (`models/export.py --quantize int8-static`), whose vectors match the field's
+    /// (cosine ~0.9996) at a fraction of the query's time. Checked at startup: the model's
+    /// manifest must say `quantization = "int8-static"` and `quantized_from` the field's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_model: Option<String>,
 }
 
 /// `POST /search`.
@@ -178,7 +184,10 @@ impl QueryError {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Target {
     pub index: String,
+    /// The model of the vector field the kNN leg searches.
     pub model: String,
+    /// The model queries are embedded with: `model`, or its static int8 copy (`[search] query_model`).
+    pub query_model: String,
     /// BM25 fields (with boosts).
     pub text_fields: Vec<String>,
     /// The document-level vector field.
@@ -201,6 +210,7 @@ impl Target {
         Target {
             index: p.index.clone(),
             model: p.field_model(live).to_string(),
+            query_model: p.query_model().to_string(),
             text_fields,
             vector_field: p.fields[live].vector.clone(),
             passages,
@@ -531,6 +541,7 @@ mod tests {
         Target {
             index: "docs".into(),
             model: "m".into(),
+            query_model: "m".into(),
             text_fields: vec!["title^2".into(), "text".into()],
             vector_field: "text_vector".into(),
             passages: None,
