@@ -622,7 +622,7 @@ def quantize(args: argparse.Namespace) -> int:
     (out / "golden.json").write_text(json.dumps(golden, ensure_ascii=False) + "\n", encoding="utf-8")
     text = (src / "model.toml").read_text(encoding="utf-8")
     text = text.replace(f'name = "{manifest["name"]}"', f'name = "{name}"', 1)
-    text = text.replace("[source]\n", '[source]\nquantization = "int8"\n', 1)
+    text = text.replace("[source]\n", f'[source]\nquantization = "int8"\nquantized_from = "{manifest["name"]}"\n', 1)
     (out / "model.toml").write_text(text, encoding="utf-8")
     stamp.write_text(fingerprint + "\n")
     log(f"int8 {out}/model.onnx ({report['size_mb']['int8']:.1f} MB vs {report['size_mb']['fp32']:.1f} MB): cosine to fp32 "

@@ -49,16 +49,25 @@ struct Sidecar {
 }
 
 async fn sidecar_for(index: &str) -> Sidecar {
-    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
+    sidecar_with(pipeline(index), &[]).await.unwrap()
+}
+
+/// A sidecar serving `p`, with the default model and the model folders `extra` loaded.
+async fn sidecar_with(p: Pipeline, extra: &[&str]) -> Result<Sidecar, String> {
+    let mut settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
+    for m in extra {
+        settings.encoder.models.push(common::default_model_dir().with_file_name(m));
+    }
     let engine = EngineClient::new(&settings.engine).unwrap();
     let metrics = Metrics::new();
     let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
     let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
+    let index = p.index.clone();
     let state = AppState::with_encoders(settings, engine.clone(), metrics, encoders)
-        .with_pipelines(vec![pipeline(index)])
-        .unwrap();
+        .with_pipelines(vec![p])
+        .map_err(|e| e.to_string())?;
     let (url, tx) = http::serve_local(state).await.unwrap();
-    Sidecar { url, engine, index: index.to_string(), http: reqwest::Client::new(), _stop: tx }
+    Ok(Sidecar { url, engine, index, http: reqwest::Client::new(), _stop: tx })
 }
 
 static INDEX: OnceCell<String> = OnceCell::const_new();
@@ -161,6 +170,33 @@ async fn every_mode_finds_the_judged_documents_and_answers_the_same_twice() {
         let (a, b) = (s.search(body.clone()).await, s.search(body).await);
         assert_eq!(a["hits"]["hits"], b["hits"]["hits"], "{name} is not deterministic");
     }
+}
+
+/// `[search] query_model`: queries embedded by the static int8 copy search the fp32 passages and
+/// find what the fp32 queries find; a dynamic int8 copy is refused at startup.
+#[tokio::test]
+async fn a_static_int8_query_model_searches_the_fp32_vectors_and_a_dynamic_one_is_refused() {
+    let fp32 = fixture().await;
+    let mut p = pipeline(&fp32.index);
+    p.search.query_model = Some("all-MiniLM-L6-v2-int8-static".into());
+    let int8 = sidecar_with(p.clone(), &["all-MiniLM-L6-v2-int8-static"]).await.unwrap();
+    let data = dataset();
+    let (mut same, mut total) = (0usize, 0usize);
+    for (_, text) in data.queries.iter().take(20) {
+        let body = json!({"query": text, "size": 10, "mode": "knn"});
+        let (a, b) = (ids(&fp32.search(body.clone()).await), ids(&int8.search(body).await));
+        same += b.iter().filter(|id| a.contains(id)).count();
+        total += a.len();
+    }
+    println!("static int8 queries: {same} of {total} fp32 kNN top-10 hits found");
+    assert!(same * 10 >= total * 9, "only {same} of {total} fp32 hits");
+    let v = int8.search(json!({"query": data.queries[0].1, "explain": true})).await;
+    assert_eq!(v["vector"]["model"], "all-MiniLM-L6-v2");
+    assert_eq!(v["vector"]["query_model"], "all-MiniLM-L6-v2-int8-static");
+
+    p.search.query_model = Some("all-MiniLM-L6-v2-int8".into());
+    let e = sidecar_with(p, &["all-MiniLM-L6-v2-int8"]).await.err().expect("a dynamic int8 query model is refused");
+    assert!(e.contains("search.query_model") && e.contains("dynamic int8"), "{e}");
 }
 
 #[tokio::test]
