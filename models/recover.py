@@ -82,9 +82,13 @@ def onnx_state(onnx_path: Path):
     return state, config
 
 
-def write_tokenizer(src: Path, lowercase: bool, dst: Path) -> None:
+def write_tokenizer(src: Path, lowercase: bool, dst: Path) -> bool:
     """tokenizer.json with the manifest's lowercasing made part of it (bge-zh: uncased vocabulary,
-    `lowercase: false` in its normalizer) and no baked-in padding or truncation."""
+    `lowercase: false` in its normalizer) and no baked-in padding or truncation. Returns whether the
+    written tokenizer lowercases: the wrapper transformers builds around it must be told, because
+    `BertTokenizerFast(do_lower_case=False)` rewrites a lowercasing normalizer to a cased one (bge-en's
+    tokenizer.json lowercases with the manifest's `lowercase = false`; cased, every capitalised word
+    becomes [UNK] in training)."""
     tok = json.loads(src.read_text(encoding="utf-8"))
     norm = tok.get("normalizer")
     if lowercase:
@@ -95,6 +99,9 @@ def write_tokenizer(src: Path, lowercase: bool, dst: Path) -> None:
     tok["padding"] = None
     tok["truncation"] = None
     (dst / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
+    norm = tok.get("normalizer") or {}
+    parts = norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]
+    return any(n.get("type") == "Lowercase" or (n.get("type") == "BertNormalizer" and n.get("lowercase")) for n in parts)
 
 
 def main() -> int:
@@ -131,9 +138,9 @@ def main() -> int:
     tdir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tdir)
     lowercase = bool(manifest.get("lowercase", False))
-    write_tokenizer(args.model / manifest.get("tokenizer", "tokenizer.json"), lowercase, tdir)
+    lowercases = write_tokenizer(args.model / manifest.get("tokenizer", "tokenizer.json"), lowercase, tdir)
     max_len = int(manifest.get("max_seq_len", 512))
-    BertTokenizerFast(tokenizer_file=str(tdir / "tokenizer.json"), do_lower_case=lowercase,
+    BertTokenizerFast(tokenizer_file=str(tdir / "tokenizer.json"), do_lower_case=lowercases,
                       model_max_length=max_len).save_pretrained(tdir)
     (tdir / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_len, "do_lower_case": False}))
     (out / "1_Pooling").mkdir(exist_ok=True)
@@ -176,14 +183,27 @@ def main() -> int:
         return l2_normalize((h * m).sum(1) / np.maximum(m.sum(1), 1e-9))
 
     cos = cosine_rows(pooled(ref), pooled(got))
+    # and the folder as training loads it: sentence-transformers' own tokenizer, pooling and
+    # normalisation against the graph fed by the tokenizers library (as the sidecar feeds it)
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(out), device="cpu")
+    st_ids = st.tokenize(texts)["input_ids"].numpy()
+    same_ids = st_ids.shape == ids.shape and bool((st_ids == ids).all())
+    st_cos = cosine_rows(pooled(ref), l2_normalize(st.encode(texts, batch_size=len(texts), convert_to_numpy=True)))
     report = {"model": str(args.model), "config": config, "pooling": pooling, "lowercase": lowercase,
-              "sentences": len(texts), "min_cosine": float(cos.min()),
+              "tokenizer_lowercases": lowercases, "sentence_transformers_same_token_ids": same_ids,
+              "sentence_transformers_min_cosine": float(st_cos.min()),
+              "sentences": len(texts), "min_cosine": float(min(cos.min(), st_cos.min())),
               "max_abs_diff_hidden": float(np.abs(ref - got).max()), "seconds": round(time.time() - started, 1)}
     (out / "recovered.json").write_text(json.dumps(report, indent=2) + "\n")
     if report["min_cosine"] < args.min_cosine:
         log(f"parity FAILED: min cosine {report['min_cosine']:.7f} < {args.min_cosine} (see {out}/recovered.json)")
         return 1
-    log(f"{out}: torch vs ONNX on {len(texts)} sentences: min cosine {report['min_cosine']:.9f}, "
+    if not same_ids:
+        log(f"parity FAILED: sentence-transformers tokenizes the parity sentences differently from tokenizer.json (see {out}/recovered.json)")
+        return 1
+    log(f"{out}: torch and sentence-transformers vs ONNX on {len(texts)} sentences: min cosine {report['min_cosine']:.9f}, "
         f"max abs diff of the hidden states {report['max_abs_diff_hidden']:.2e} ({report['seconds']} s)")
     return 0
 

@@ -169,7 +169,10 @@ async fn a_few_mnrl_steps_lower_the_loss_resume_exactly_and_export_a_model_the_s
 
 /// A catalog encoder served from ONNX alone gets its PyTorch checkpoint back (models/recover.py),
 /// so finetune.py can start from it: the recovered model encodes like the graph (cosine ≥ 0.9999
-/// on the parity sentences), and bge-zh's lowercasing becomes part of its tokenizer.
+/// on the parity sentences), and bge-zh's lowercasing becomes part of its tokenizer. The folder
+/// loaded the way training loads it (sentence-transformers' own tokenizer wrapper) must tokenize
+/// like the sidecar: a cased wrapper around bge-en's lowercasing tokenizer once turned every
+/// capitalised word into [UNK] and made every bge fine-tune worse than its base.
 #[test]
 fn onnx_only_encoders_recover_a_torch_checkpoint_that_matches_their_graph() {
     let tmp = tempfile::tempdir().unwrap();
@@ -188,6 +191,8 @@ fn onnx_only_encoders_recover_a_torch_checkpoint_that_matches_their_graph() {
         assert!(run.status.success(), "{name}: {}", String::from_utf8_lossy(&run.stderr));
         let r: Value = serde_json::from_str(&std::fs::read_to_string(out.join("recovered.json")).unwrap()).unwrap();
         assert!(r["min_cosine"].as_f64().unwrap() >= 0.9999, "{name}: {r}");
+        assert_eq!(r["sentence_transformers_same_token_ids"], true, "{name}: {r}");
+        assert!(r["sentence_transformers_min_cosine"].as_f64().unwrap() >= 0.9999, "{name}: {r}");
         assert_eq!(r["config"]["num_hidden_layers"], layers, "{name}");
         assert_eq!(r["config"]["hidden_size"], width, "{name}");
         let tok: Value =
