@@ -134,7 +134,7 @@ pub fn process_cpu_seconds() -> f64 {
 }
 
 /// CPU seconds every core of the machine has been busy (not idle or iowait), from `/proc/stat`.
-fn machine_busy() -> Option<f64> {
+pub fn machine_busy() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let v: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();

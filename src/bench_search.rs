@@ -8,6 +8,10 @@
 //! percentile, from the same run. The bulk load is clients posting 32 SciFact abstracts at a time
 //! to `/embed` (the bulk lane), which must not delay the query encodes.
 //!
+//! The `/search` clients and the bulk load run in child processes (`bench search-load`, the same
+//! executable), so their CPU is not taken from the sidecar unmeasured: each row prints the share of
+//! the machine's cores the load generator, the sidecar process and the whole machine used.
+//!
 //! A benchmark, not a test: it prints one JSON object per measurement and a markdown table.
 
 use std::path::PathBuf;
@@ -17,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+use crate::bench::{machine_busy, process_cpu_seconds};
 
 use crate::encoder::{EncodeOptions, Input, Lane, Pooled, TextKind};
 use crate::engine::path::EnginePath;
@@ -162,6 +169,149 @@ fn stage_means(
     Value::Object(m)
 }
 
+/// What a `bench search-load` child runs, sent as one JSON line on its stdin (so nothing of it,
+/// such as engine credentials, ever needs to be on a command line).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoadPlan {
+    /// The sidecar's base URL.
+    pub url: String,
+    pub index: String,
+    /// `/search` mode: `searches` requests over these query texts from `clients` concurrent clients.
+    #[serde(default)]
+    pub queries: Vec<String>,
+    #[serde(default)]
+    pub searches: usize,
+    pub clients: usize,
+    /// Bulk mode (when not empty): `clients` clients post these texts to `/embed`, 32 at a time,
+    /// until the child's stdin closes.
+    #[serde(default)]
+    pub bulk: Vec<String>,
+}
+
+/// `semantic-sidecar bench search-load`: reads a [`LoadPlan`] line from stdin, runs it, and prints
+/// one JSON line: the latencies (search mode) or texts embedded (bulk mode), the seconds, and this
+/// process's CPU seconds.
+pub fn search_load() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the load plan from stdin")?;
+    let plan: LoadPlan = serde_json::from_str(&line).context("parsing the load plan")?;
+    anyhow::ensure!(plan.clients > 0, "the load plan has no clients");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let cpu_before = process_cpu_seconds();
+    let started = Instant::now();
+    let mut out = rt.block_on(async move {
+        if plan.bulk.is_empty() {
+            search_clients(plan).await
+        } else {
+            bulk_clients(plan).await
+        }
+    })?;
+    out["seconds"] = json!(started.elapsed().as_secs_f64());
+    out["cpu_seconds"] = json!(process_cpu_seconds() - cpu_before);
+    println!("{out}");
+    Ok(())
+}
+
+async fn search_clients(plan: LoadPlan) -> anyhow::Result<Value> {
+    anyhow::ensure!(!plan.queries.is_empty(), "the load plan has no queries");
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let (queries, url, index) = (Arc::new(plan.queries), Arc::new(format!("{}/search", plan.url)), plan.index);
+    let lat = timed(plan.searches, plan.clients, move |i| {
+        let (c, u) = (client.clone(), url.clone());
+        let body = json!({"index": index, "query": queries[i % queries.len()], "size": 10});
+        async move {
+            let r = c.post(u.as_str()).json(&body).send().await?;
+            if !r.status().is_success() {
+                bail!("/search answered {}", r.status());
+            }
+            let engine = engine_ms(r.headers()).context("/search sent no Server-Timing engine entry")?;
+            r.bytes().await?;
+            Ok(engine)
+        }
+    })
+    .await?;
+    Ok(json!({"seen": lat.seen, "added": lat.added}))
+}
+
+async fn bulk_clients(plan: LoadPlan) -> anyhow::Result<Value> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let embedded = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    let url = format!("{}/embed", plan.url);
+    let mut loaders = Vec::new();
+    for w in 0..plan.clients {
+        let (stop, embedded, client, url) = (stop.clone(), embedded.clone(), client.clone(), url.clone());
+        let batch: Vec<String> = plan.bulk.iter().skip(w * 32).cycle().take(32).cloned().collect();
+        loaders.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = client.post(&url).json(&json!({"inputs": batch, "truncate": true})).send().await;
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    embedded.fetch_add(batch.len(), Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // runs until the parent closes our stdin
+    tokio::task::spawn_blocking(|| std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())).await??;
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        let _ = l.await;
+    }
+    Ok(json!({"texts": embedded.load(Ordering::Relaxed)}))
+}
+
+/// A `bench search-load` child with its plan written; drop `stdin` to end a bulk child.
+struct Child {
+    process: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Child {
+    fn spawn(plan: &LoadPlan) -> anyhow::Result<Child> {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let exe = std::env::current_exe().context("finding the sidecar's own executable")?;
+        let mut process = Command::new(exe)
+            .args(["bench", "search-load"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the load generator")?;
+        let mut stdin = process.stdin.take().context("the load generator's stdin")?;
+        writeln!(stdin, "{}", serde_json::to_string(plan)?).context("sending the load plan")?;
+        Ok(Child { process, stdin: Some(stdin) })
+    }
+
+    /// Closes stdin, waits for the child and returns the JSON line it printed.
+    async fn finish(mut self) -> anyhow::Result<Value> {
+        self.stdin.take();
+        let out = tokio::task::spawn_blocking(move || self.process.wait_with_output())
+            .await?
+            .context("waiting for the load generator")?;
+        anyhow::ensure!(out.status.success(), "the load generator failed: {}", out.status);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let last = text.lines().last().unwrap_or_default();
+        serde_json::from_str(last).with_context(|| format!("the load generator printed `{last}`"))
+    }
+}
+
+/// Sorted milliseconds from a child's JSON array.
+fn sorted_ms(v: &Value) -> Vec<f64> {
+    let mut out: Vec<f64> = v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
+/// CPU seconds as a share of every core over `secs`, in percent with one decimal.
+fn share(cpu_seconds: f64, secs: f64) -> f64 {
+    (cpu_seconds / (secs * cores()) * 1000.0).round() / 10.0
+}
+
 pub fn bench_search(settings: &Settings, o: &SearchBenchOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(settings.clone(), o))
@@ -214,28 +364,21 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
     for (label, clients, load) in
         [("1 client", 1, false), ("N clients", o.clients, false), ("N clients + bulk load", o.clients, true)]
     {
-        let stop = Arc::new(AtomicBool::new(false));
-        let embedded = Arc::new(AtomicUsize::new(0));
-        let mut loaders = Vec::new();
-        if load {
-            for w in 0..2 {
-                let (stop, embedded, client, url) = (stop.clone(), embedded.clone(), client.clone(), url.clone());
-                let batch: Vec<String> = abstracts.iter().skip(w * 32).cycle().take(32).cloned().collect();
-                loaders.push(tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let r = client
-                            .post(format!("{url}/embed"))
-                            .json(&json!({"inputs": batch, "truncate": true}))
-                            .send()
-                            .await;
-                        if r.is_ok_and(|r| r.status().is_success()) {
-                            embedded.fetch_add(batch.len(), Ordering::Relaxed);
-                        }
-                    }
-                }));
-            }
+        let bulk = if load {
+            let plan = LoadPlan {
+                url: url.clone(),
+                index: p.index.clone(),
+                queries: vec![],
+                searches: 0,
+                clients: 2,
+                bulk: abstracts.clone(),
+            };
+            let child = Child::spawn(&plan)?;
             tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            Some((child, Instant::now()))
+        } else {
+            None
+        };
         let (e, b) = (engine.clone(), bodies.clone());
         let direct = timed(n, clients, move |i| {
             let (e, body) = (e.clone(), b[i % b.len()].clone());
@@ -245,32 +388,33 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
             }
         })
         .await?;
-        let (c, u, q, index) = (client.clone(), url.clone(), queries.clone(), p.index.clone());
-        embedded.store(0, Ordering::Relaxed);
+        let plan = LoadPlan {
+            url: url.clone(),
+            index: p.index.clone(),
+            queries: queries.to_vec(),
+            searches: n,
+            clients,
+            bulk: vec![],
+        };
         let before = stage_sums(&probe.render());
+        let (own_before, busy_before) = (process_cpu_seconds(), machine_busy().unwrap_or(0.0));
         let started = Instant::now();
-        let sidecar = timed(n, clients, move |i| {
-            let (c, u) = (c.clone(), u.clone());
-            let body = json!({"index": index, "query": q[i % q.len()], "size": 10});
-            async move {
-                let r = c.post(format!("{u}/search")).json(&body).send().await?;
-                if !r.status().is_success() {
-                    bail!("/search answered {}", r.status());
-                }
-                let engine = engine_ms(r.headers()).context("/search sent no Server-Timing engine entry")?;
-                r.bytes().await?;
-                Ok(engine)
-            }
-        })
-        .await?;
+        let out = Child::spawn(&plan)?.finish().await?;
         let secs = started.elapsed().as_secs_f64();
+        let (own, busy) = (process_cpu_seconds() - own_before, machine_busy().unwrap_or(0.0) - busy_before);
         let stages = stage_means(&before, &stage_sums(&probe.render()));
-        stop.store(true, Ordering::Relaxed);
-        for l in loaders {
-            let _ = l.await;
-        }
+        let sidecar = Latencies { seen: sorted_ms(&out["seen"]), added: sorted_ms(&out["added"]) };
+        anyhow::ensure!(sidecar.seen.len() == n, "the load generator timed {} of {n} searches", sidecar.seen.len());
+        let (bulk_rate, bulk_share) = match bulk {
+            Some((child, since)) => {
+                let b = child.finish().await?;
+                let f = |k: &str| b[k].as_f64().unwrap_or(0.0);
+                (f("texts") / since.elapsed().as_secs_f64(), share(f("cpu_seconds"), f("seconds")))
+            }
+            None => (0.0, 0.0),
+        };
         let row = json!({
-            "measurement": label, "clients": clients, "searches": n, "bulk_texts_per_s": embedded.load(Ordering::Relaxed) as f64 / secs,
+            "measurement": label, "clients": clients, "searches": n, "bulk_texts_per_s": bulk_rate,
             "engine_p50_ms": pct(&direct.seen, 50.0), "engine_p99_ms": pct(&direct.seen, 99.0),
             "sidecar_p50_ms": pct(&sidecar.seen, 50.0), "sidecar_p99_ms": pct(&sidecar.seen, 99.0),
             "added_p50_ms": pct(&sidecar.added, 50.0),
@@ -278,6 +422,12 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
             "added_vs_direct_p50_ms": pct(&sidecar.seen, 50.0) - pct(&direct.seen, 50.0),
             "added_vs_direct_p99_ms": pct(&sidecar.seen, 99.0) - pct(&direct.seen, 99.0),
             "searches_per_s": n as f64 / secs,
+            "cpu_share_pct": {
+                "load_generator": share(out["cpu_seconds"].as_f64().unwrap_or(0.0), secs),
+                "bulk_load_generator": bulk_share,
+                "sidecar": share(own, secs),
+                "machine": share(busy, secs),
+            },
             "stage_mean_ms": stages,
         });
         println!("{row}");
@@ -285,7 +435,7 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
     }
     let _ = tx.send(());
     println!(
-        "\nindex `{}`: {docs_in_index} documents; {} queries × {} rounds; query cache {}\n\nadded = a request's latency at the client minus the engine round trip the sidecar made for it (`Server-Timing`); vs direct = /search percentile minus the percentile of the same `_msearch` sent straight to the engine before it\n\n| measurement | clients | engine direct p50 / p99 ms | /search p50 / p99 ms | added p50 / p99 ms | vs direct p50 / p99 ms | searches/s | bulk texts/s |\n|---|---|---|---|---|---|---|---|",
+        "\nindex `{}`: {docs_in_index} documents; {} queries × {} rounds; query cache {}\n\nadded = a request's latency at the client minus the engine round trip the sidecar made for it (`Server-Timing`); vs direct = /search percentile minus the percentile of the same `_msearch` sent straight to the engine before it\n\n| measurement | clients | engine direct p50 / p99 ms | /search p50 / p99 ms | added p50 / p99 ms | vs direct p50 / p99 ms | searches/s | bulk texts/s | CPU % load gen / sidecar / machine |\n|---|---|---|---|---|---|---|---|---|",
         p.index,
         queries.len(),
         o.rounds,
@@ -294,7 +444,7 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
     for r in &rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
         println!(
-            "| {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.1} | {} / {} / {} |",
             r["measurement"].as_str().unwrap_or(""),
             r["clients"],
             f("engine_p50_ms"),
@@ -306,7 +456,10 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
             f("added_vs_direct_p50_ms"),
             f("added_vs_direct_p99_ms"),
             f("searches_per_s"),
-            f("bulk_texts_per_s")
+            f("bulk_texts_per_s"),
+            r["cpu_share_pct"]["load_generator"],
+            r["cpu_share_pct"]["sidecar"],
+            r["cpu_share_pct"]["machine"]
         );
     }
     Ok(())

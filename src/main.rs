@@ -238,6 +238,9 @@ enum BenchCommand {
         #[arg(long, default_value_t = 32)]
         clients: usize,
     },
+    /// The load generator `bench search` runs in its own process: reads its plan (JSON) from stdin.
+    #[command(hide = true)]
+    SearchLoad,
     /// The load generator `bench encode` runs in its own process: concurrent clients posting 1–4
     /// texts at a time to an `/embed` URL; prints texts sent, seconds and its own CPU seconds.
     #[command(hide = true)]
@@ -329,6 +332,7 @@ fn main() -> ExitCode {
             };
             edge(semantic_sidecar::bench_search::bench_search(&settings, &o))
         }
+        Command::Bench { command: BenchCommand::SearchLoad } => edge(semantic_sidecar::bench_search::search_load()),
         Command::Bench { command: BenchCommand::Load { url, queries, max_queries, clients } } => {
             edge(semantic_sidecar::bench::bench_load(&url, &queries, max_queries, clients))
         }

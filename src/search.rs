@@ -288,7 +288,7 @@ impl Searcher {
         let resp = self.engine_send(req, times).await?;
         let started = Instant::now();
         let mut body: Value = resp.json()?;
-        let items = match body.get_mut("responses").map(Value::take) {
+        let mut items = match body.get_mut("responses").map(Value::take) {
             Some(Value::Array(items)) => items,
             _ => Vec::new(),
         };
@@ -301,7 +301,7 @@ impl Searcher {
             .into());
         }
         let mut legs = Vec::new();
-        for item in &items {
+        for item in &mut items {
             let status = item.get("status").and_then(Value::as_u64).unwrap_or(400) as u16;
             legs.push(leg_of(item).map_err(|(t, r)| rejected(status, t, r))?);
         }

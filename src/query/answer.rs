@@ -16,15 +16,19 @@ pub struct Leg {
     pub total: Option<Value>,
 }
 
-/// Reads a leg; an `error` item becomes its `(type, reason)`.
-pub fn leg_of(resp: &Value) -> Result<Leg, (String, String)> {
+/// Reads a leg, moving its hits out of `resp` (they are most of an answer's bytes: no copy of
+/// them is made); an `error` item becomes its `(type, reason)`.
+pub fn leg_of(resp: &mut Value) -> Result<Leg, (String, String)> {
     if let Some(e) = resp.get("error") {
         let root = e.get("root_cause").and_then(|r| r.get(0)).unwrap_or(e);
         let field = |k: &str| root.get(k).or_else(|| e.get(k)).and_then(Value::as_str).unwrap_or("").to_string();
         let reason = if field("reason").is_empty() { e.to_string() } else { field("reason") };
         return Err((field("type"), reason));
     }
-    let hits = resp.pointer("/hits/hits").and_then(Value::as_array).cloned().unwrap_or_default();
+    let hits = match resp.pointer_mut("/hits/hits").map(Value::take) {
+        Some(Value::Array(hits)) => hits,
+        _ => Vec::new(),
+    };
     Ok(Leg { hits, total: resp.pointer("/hits/total").cloned() })
 }
 
@@ -262,7 +266,7 @@ mod tests {
 
     #[test]
     fn an_error_item_names_its_type_and_reason() {
-        let item = json!({"error": {"root_cause": [{"type": "query_shard_exception", "reason": "no such field"}], "type": "search_phase_execution_exception", "reason": "all shards failed"}, "status": 400});
-        assert_eq!(leg_of(&item).unwrap_err(), ("query_shard_exception".into(), "no such field".into()));
+        let mut item = json!({"error": {"root_cause": [{"type": "query_shard_exception", "reason": "no such field"}], "type": "search_phase_execution_exception", "reason": "all shards failed"}, "status": 400});
+        assert_eq!(leg_of(&mut item).unwrap_err(), ("query_shard_exception".into(), "no such field".into()));
     }
 }
