@@ -152,10 +152,21 @@ async fn load_in_child(url: &str, queries: &Path, max: usize, clients: usize) ->
         .arg(queries)
         .stderr(std::process::Stdio::inherit());
     let out = tokio::task::spawn_blocking(move || cmd.output()).await?.context("running the load generator")?;
+    child_json(out)
+}
+
+/// The JSON line a load-generator child printed last, once it exited successfully.
+pub fn child_json(out: std::process::Output) -> anyhow::Result<Value> {
     anyhow::ensure!(out.status.success(), "the load generator failed: {}", out.status);
     let text = String::from_utf8_lossy(&out.stdout);
     let last = text.lines().last().unwrap_or_default();
     serde_json::from_str(last).with_context(|| format!("the load generator printed `{last}`"))
+}
+
+/// CPU seconds as a share (0–1) of every core of the machine over `secs` of wall time.
+pub fn cpu_share(cpu_seconds: f64, secs: f64) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    cpu_seconds / (secs * cores)
 }
 
 /// `semantic-sidecar bench load`: `clients` concurrent HTTP clients posting 1–4 of the texts at a
@@ -258,8 +269,7 @@ pub fn bench_encode(settings: &Settings, o: &BenchOptions) -> anyhow::Result<()>
         let after = batch_stats(&metrics_text);
         let (batches, inputs) = (after.0 - before.0, after.1 - before.1);
         let padding_efficiency = (after.2 - before.2) / (after.3 - before.3).max(1.0);
-        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
-        let share = |cpu: f64| cpu / (secs * cores);
+        let share = |cpu: f64| cpu_share(cpu, secs);
         let machine = machine_busy().zip(machine_before).map(|(a, b)| share(a - b));
         emit(json!({"measure": "queries_http_concurrent", "model": name, "clients": o.clients, "texts": total,
                     "seconds": secs, "texts_per_s": total as f64 / secs, "peak_rss_mb": peak_rss_mb(),

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::bench::{machine_busy, process_cpu_seconds};
+use crate::bench::{child_json, cpu_share, machine_busy, process_cpu_seconds};
 
 use crate::encoder::{EncodeOptions, Input, Lane, Pooled, TextKind};
 use crate::engine::path::EnginePath;
@@ -169,23 +169,15 @@ fn stage_means(
     Value::Object(m)
 }
 
-/// What a `bench search-load` child runs, sent as one JSON line on its stdin (so nothing of it,
-/// such as engine credentials, ever needs to be on a command line).
+/// What a `bench search-load` child runs, sent as one JSON line on its stdin (so nothing of it
+/// ever needs to be on a command line). `url` is the sidecar's base URL.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct LoadPlan {
-    /// The sidecar's base URL.
-    pub url: String,
-    pub index: String,
-    /// `/search` mode: `searches` requests over these query texts from `clients` concurrent clients.
-    #[serde(default)]
-    pub queries: Vec<String>,
-    #[serde(default)]
-    pub searches: usize,
-    pub clients: usize,
-    /// Bulk mode (when not empty): `clients` clients post these texts to `/embed`, 32 at a time,
-    /// until the child's stdin closes.
-    #[serde(default)]
-    pub bulk: Vec<String>,
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum LoadPlan {
+    /// `searches` `/search` requests over these query texts from `clients` concurrent clients.
+    Search { url: String, index: String, queries: Vec<String>, searches: usize, clients: usize },
+    /// `clients` clients post these texts to `/embed`, 32 at a time, until the child's stdin closes.
+    Bulk { url: String, texts: Vec<String>, clients: usize },
 }
 
 /// `semantic-sidecar bench search-load`: reads a [`LoadPlan`] line from stdin, runs it, and prints
@@ -195,15 +187,15 @@ pub fn search_load() -> anyhow::Result<()> {
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).context("reading the load plan from stdin")?;
     let plan: LoadPlan = serde_json::from_str(&line).context("parsing the load plan")?;
-    anyhow::ensure!(plan.clients > 0, "the load plan has no clients");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let cpu_before = process_cpu_seconds();
     let started = Instant::now();
     let mut out = rt.block_on(async move {
-        if plan.bulk.is_empty() {
-            search_clients(plan).await
-        } else {
-            bulk_clients(plan).await
+        match plan {
+            LoadPlan::Search { url, index, queries, searches, clients } => {
+                search_clients(&url, index, queries, searches, clients).await
+            }
+            LoadPlan::Bulk { url, texts, clients } => bulk_clients(&url, &texts, clients).await,
         }
     })?;
     out["seconds"] = json!(started.elapsed().as_secs_f64());
@@ -212,11 +204,17 @@ pub fn search_load() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn search_clients(plan: LoadPlan) -> anyhow::Result<Value> {
-    anyhow::ensure!(!plan.queries.is_empty(), "the load plan has no queries");
+async fn search_clients(
+    url: &str,
+    index: String,
+    queries: Vec<String>,
+    searches: usize,
+    clients: usize,
+) -> anyhow::Result<Value> {
+    anyhow::ensure!(!queries.is_empty() && clients > 0, "the load plan has no queries or no clients");
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-    let (queries, url, index) = (Arc::new(plan.queries), Arc::new(format!("{}/search", plan.url)), plan.index);
-    let lat = timed(plan.searches, plan.clients, move |i| {
+    let (queries, url) = (Arc::new(queries), Arc::new(format!("{url}/search")));
+    let lat = timed(searches, clients, move |i| {
         let (c, u) = (client.clone(), url.clone());
         let body = json!({"index": index, "query": queries[i % queries.len()], "size": 10});
         async move {
@@ -233,15 +231,16 @@ async fn search_clients(plan: LoadPlan) -> anyhow::Result<Value> {
     Ok(json!({"seen": lat.seen, "added": lat.added}))
 }
 
-async fn bulk_clients(plan: LoadPlan) -> anyhow::Result<Value> {
+async fn bulk_clients(url: &str, texts: &[String], clients: usize) -> anyhow::Result<Value> {
+    anyhow::ensure!(!texts.is_empty() && clients > 0, "the load plan has no texts or no clients");
     let stop = Arc::new(AtomicBool::new(false));
     let embedded = Arc::new(AtomicUsize::new(0));
     let client = reqwest::Client::new();
-    let url = format!("{}/embed", plan.url);
+    let url = format!("{url}/embed");
     let mut loaders = Vec::new();
-    for w in 0..plan.clients {
+    for w in 0..clients {
         let (stop, embedded, client, url) = (stop.clone(), embedded.clone(), client.clone(), url.clone());
-        let batch: Vec<String> = plan.bulk.iter().skip(w * 32).cycle().take(32).cloned().collect();
+        let batch: Vec<String> = texts.iter().skip(w * 32).cycle().take(32).cloned().collect();
         loaders.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let r = client.post(&url).json(&json!({"inputs": batch, "truncate": true})).send().await;
@@ -289,10 +288,7 @@ impl Child {
         let out = tokio::task::spawn_blocking(move || self.process.wait_with_output())
             .await?
             .context("waiting for the load generator")?;
-        anyhow::ensure!(out.status.success(), "the load generator failed: {}", out.status);
-        let text = String::from_utf8_lossy(&out.stdout);
-        let last = text.lines().last().unwrap_or_default();
-        serde_json::from_str(last).with_context(|| format!("the load generator printed `{last}`"))
+        child_json(out)
     }
 }
 
@@ -303,13 +299,9 @@ fn sorted_ms(v: &Value) -> Vec<f64> {
     out
 }
 
-fn cores() -> f64 {
-    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
-}
-
-/// CPU seconds as a share of every core over `secs`, in percent with one decimal.
+/// [`cpu_share`] in percent with one decimal.
 fn share(cpu_seconds: f64, secs: f64) -> f64 {
-    (cpu_seconds / (secs * cores()) * 1000.0).round() / 10.0
+    (cpu_share(cpu_seconds, secs) * 1000.0).round() / 10.0
 }
 
 pub fn bench_search(settings: &Settings, o: &SearchBenchOptions) -> anyhow::Result<()> {
@@ -365,14 +357,7 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
         [("1 client", 1, false), ("N clients", o.clients, false), ("N clients + bulk load", o.clients, true)]
     {
         let bulk = if load {
-            let plan = LoadPlan {
-                url: url.clone(),
-                index: p.index.clone(),
-                queries: vec![],
-                searches: 0,
-                clients: 2,
-                bulk: abstracts.clone(),
-            };
+            let plan = LoadPlan::Bulk { url: url.clone(), texts: abstracts.clone(), clients: 2 };
             let child = Child::spawn(&plan)?;
             tokio::time::sleep(Duration::from_millis(500)).await;
             Some((child, Instant::now()))
@@ -388,20 +373,20 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
             }
         })
         .await?;
-        let plan = LoadPlan {
+        let plan = LoadPlan::Search {
             url: url.clone(),
             index: p.index.clone(),
             queries: queries.to_vec(),
             searches: n,
             clients,
-            bulk: vec![],
         };
         let before = stage_sums(&probe.render());
-        let (own_before, busy_before) = (process_cpu_seconds(), machine_busy().unwrap_or(0.0));
+        let (own_before, busy_before) = (process_cpu_seconds(), machine_busy());
         let started = Instant::now();
         let out = Child::spawn(&plan)?.finish().await?;
         let secs = started.elapsed().as_secs_f64();
-        let (own, busy) = (process_cpu_seconds() - own_before, machine_busy().unwrap_or(0.0) - busy_before);
+        let own = process_cpu_seconds() - own_before;
+        let busy = machine_busy().zip(busy_before).map(|(a, b)| a - b);
         let stages = stage_means(&before, &stage_sums(&probe.render()));
         let sidecar = Latencies { seen: sorted_ms(&out["seen"]), added: sorted_ms(&out["added"]) };
         anyhow::ensure!(sidecar.seen.len() == n, "the load generator timed {} of {n} searches", sidecar.seen.len());
@@ -426,7 +411,7 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
                 "load_generator": share(out["cpu_seconds"].as_f64().unwrap_or(0.0), secs),
                 "bulk_load_generator": bulk_share,
                 "sidecar": share(own, secs),
-                "machine": share(busy, secs),
+                "machine": busy.map(|b| share(b, secs)),
             },
             "stage_mean_ms": stages,
         });
