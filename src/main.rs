@@ -6,12 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use semantic_sidecar::cli;
-use semantic_sidecar::encoder::{EncoderSet, TextKind};
-use semantic_sidecar::engine::EngineClient;
-use semantic_sidecar::http::{self, AppState};
+use semantic_sidecar::commands::{self, bench, eval};
+use semantic_sidecar::encoder::TextKind;
 use semantic_sidecar::settings::{LogFormat, Settings};
-use semantic_sidecar::telemetry::{self, Metrics};
+use semantic_sidecar::telemetry;
 
 #[derive(Parser)]
 #[command(name = "semantic-sidecar", version, about = "Semantic and hybrid search beside Elasticsearch / OpenSearch")]
@@ -298,7 +296,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Config { command: ConfigCommand::Check } => {
-            print!("{}", settings.to_redacted_toml());
+            commands::config::check(&settings);
             ExitCode::SUCCESS
         }
         Command::Embed { model, input, output, field, kind } => {
@@ -308,20 +306,22 @@ fn main() -> ExitCode {
                 KindArg::Passage => TextKind::Passage,
                 KindArg::Raw => TextKind::Raw,
             };
-            edge(cli::embed(&settings, &model, &input, &output, &field, kind))
+            edge(commands::embed::embed(&settings, &model, &input, &output, &field, kind))
         }
         Command::Index { command } => {
             telemetry::init_tracing(settings.log.format, "warn");
             edge(match command {
-                IndexCommand::Create { pipeline, dry_run } => cli::index_create(&settings, &pipeline, dry_run),
-                IndexCommand::Check { pipeline } => cli::index_check(&settings, &pipeline),
+                IndexCommand::Create { pipeline, dry_run } => {
+                    commands::index::index_create(&settings, &pipeline, dry_run)
+                }
+                IndexCommand::Check { pipeline } => commands::index::index_check(&settings, &pipeline),
             })
         }
         Command::Bench {
             command: BenchCommand::Search { pipeline, queries, docs, max_queries, clients, rounds, query_cache },
         } => {
             telemetry::init_tracing(settings.log.format, "warn");
-            let o = semantic_sidecar::bench_search::SearchBenchOptions {
+            let o = bench::search::SearchBenchOptions {
                 pipeline,
                 queries,
                 docs,
@@ -330,16 +330,16 @@ fn main() -> ExitCode {
                 rounds,
                 query_cache,
             };
-            edge(semantic_sidecar::bench_search::bench_search(&settings, &o))
+            edge(bench::search::bench_search(&settings, &o))
         }
-        Command::Bench { command: BenchCommand::SearchLoad } => edge(semantic_sidecar::bench_search::search_load()),
+        Command::Bench { command: BenchCommand::SearchLoad } => edge(bench::search::search_load()),
         Command::Bench { command: BenchCommand::Load { url, queries, max_queries, clients } } => {
-            edge(semantic_sidecar::bench::bench_load(&url, &queries, max_queries, clients))
+            edge(bench::bench_load(&url, &queries, max_queries, clients))
         }
         Command::Bench { command: BenchCommand::Encode { models, docs, queries, max_docs, max_queries, clients } } => {
             telemetry::init_tracing(settings.log.format, "warn");
-            let o = semantic_sidecar::bench::BenchOptions { models, docs, queries, max_docs, max_queries, clients };
-            edge(semantic_sidecar::bench::bench_encode(&settings, &o))
+            let o = bench::BenchOptions { models, docs, queries, max_docs, max_queries, clients };
+            edge(bench::bench_encode(&settings, &o))
         }
         Command::Eval {
             dataset,
@@ -362,7 +362,7 @@ fn main() -> ExitCode {
             let target = EvalTarget { pipeline, model, query_model, index, recreate };
             edge(run_eval(settings, dataset, split, &modes, target, max_docs, tune, out, quiet))
         }
-        Command::Compare { reports, out } => edge(run_compare(&reports, &out)),
+        Command::Compare { reports, out } => edge(eval::compare_files(&reports, &out)),
         Command::Reindex {
             pipeline,
             source,
@@ -399,7 +399,7 @@ fn main() -> ExitCode {
                 scroll,
                 resume,
             };
-            match cli::reindex(settings, req, file.as_deref(), quiet) {
+            match commands::reindex::reindex(settings, req, file.as_deref(), quiet) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -409,11 +409,11 @@ fn main() -> ExitCode {
         }
         Command::Whiten { command: WhitenCommand::Fit { model, input, field, dims } } => {
             telemetry::init_tracing(settings.log.format, "warn");
-            edge(cli::whiten_fit(&settings, &model, &input, &field, dims))
+            edge(commands::whiten::whiten_fit(&settings, &model, &input, &field, dims))
         }
         Command::Serve { url_file } => {
             telemetry::init_tracing(settings.log.format, &settings.log.level);
-            match run_server(settings, url_file.as_deref()) {
+            match commands::serve::run(settings, url_file.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "server failed");
@@ -444,20 +444,6 @@ struct EvalTarget {
     recreate: bool,
 }
 
-fn run_compare(reports: &[PathBuf], out: &Path) -> anyhow::Result<()> {
-    let mut all = Vec::new();
-    for r in reports {
-        let file = if r.is_dir() { r.join("eval.json") } else { r.clone() };
-        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-        all.push(serde_json::from_str(&text).with_context(|| format!("{} is not an eval report", file.display()))?);
-    }
-    let report = semantic_sidecar::eval::compare(&all)?;
-    semantic_sidecar::eval::write_report(&report, out)?;
-    println!("{}", report.markdown());
-    eprintln!("wrote {0}/eval.md, {0}/eval.json, {0}/eval.png", out.display());
-    Ok(())
-}
-
 #[allow(clippy::too_many_arguments)]
 fn run_eval(
     settings: Settings,
@@ -470,7 +456,7 @@ fn run_eval(
     out: PathBuf,
     quiet: bool,
 ) -> anyhow::Result<()> {
-    use semantic_sidecar::eval::{self, EvalMode, EvalOptions};
+    use semantic_sidecar::commands::eval::{EvalMode, EvalOptions};
     let modes =
         modes.split(',').filter(|m| !m.trim().is_empty()).map(EvalMode::parse).collect::<anyhow::Result<Vec<_>>>()?;
     let (folds, seed) = tune.unwrap_or((5, 13));
@@ -499,85 +485,4 @@ fn run_eval(
     }
     eprintln!("wrote {0}/eval.md, {0}/eval.json, {0}/eval.png", opts.out.display());
     Ok(())
-}
-
-fn run_server(settings: Settings, url_file: Option<&Path>) -> anyhow::Result<()> {
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let engine = EngineClient::new(&settings.engine).context("building the engine client")?;
-        let addr = settings.server.listen_addr();
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        let local = listener.local_addr()?;
-        let url = format!("http://{local}");
-        if let Some(path) = url_file {
-            write_atomically(path, &format!("{url}\n")).with_context(|| format!("writing {}", path.display()))?;
-        }
-        let urls: Vec<&str> = engine.urls().iter().map(|u| u.as_str()).collect();
-        tracing::info!(%url, engine = ?urls, version = env!("CARGO_PKG_VERSION"), "listening");
-        let keys = &settings.server.api_keys;
-        if keys.is_empty() && local.ip().is_loopback() {
-            tracing::warn!(%url, "no server.api_keys: serving on loopback only, every caller is admin; set keys to listen elsewhere");
-        } else if keys.is_empty() {
-            tracing::warn!(%url, "no server.api_keys and server.allow_anonymous = true: anyone who reaches this address is admin");
-        } else {
-            let names: Vec<String> =
-                keys.iter().enumerate().map(|(i, k)| format!("{} ({})", k.name(i), k.scope().as_str())).collect();
-            tracing::info!(keys = ?names, "API keys required");
-        }
-        match engine.probe().await {
-            Ok(info) => tracing::info!(flavor = %info.flavor, version = %info.version, "engine reachable"),
-            Err(e) => tracing::warn!(error = %e, "engine not reachable yet; /readyz reports 503 until it is"),
-        }
-        let metrics = Metrics::new();
-        let encoder_settings = settings.encoder.clone();
-        let encoder_metrics = metrics.encoder.clone();
-        let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&encoder_settings, &encoder_metrics))
-            .await
-            .context("loading models")?
-            .context("loading models")?;
-        let pipelines = settings
-            .ingest
-            .pipelines
-            .iter()
-            .map(|f| semantic_sidecar::ingest::pipeline::Pipeline::load(f))
-            .collect::<Result<Vec<_>, _>>()?;
-        let state = AppState::with_encoders(settings, engine, metrics, encoders).with_pipelines(pipelines)?;
-        http::serve(listener, state, shutdown_signal()).await.context("serving")?;
-        if let Some(path) = url_file {
-            let _ = std::fs::remove_file(path);
-        }
-        tracing::info!("stopped");
-        Ok(())
-    })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-}
-
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, path)
 }

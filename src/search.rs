@@ -14,17 +14,19 @@ use tokio::sync::OnceCell;
 
 use crate::encoder::{EncodeOptions, EncoderError, EncoderSet, Input, Lane, Pooled, TextKind};
 use crate::engine::dialect::Dialect;
-use crate::engine::path::{DocId, EnginePath, IndexName, IndexPattern, QueryString};
+use crate::engine::path::{EnginePath, QueryString};
 use crate::engine::{EngineClient, EngineError, EngineRequest, EngineResponse};
 use crate::error::ErrorCode;
-use crate::ingest::pipeline::Pipeline;
 use crate::query::answer::{engine_hits, leg_of, sidecar_page, Leg};
 use crate::query::build::{self, Capabilities};
 use crate::query::compat::{self, Rewrite, CONFLICTING_KEYS};
 use crate::query::fusion::Fusion;
-use crate::query::request::{self, EngineMethod, Mode, Plan, QueryError, Resolved, SearchRequest, Target};
+use crate::query::request::{self, Mode, Plan, QueryError, Resolved, SearchRequest, Target};
 use crate::settings::SearchSettings;
 use crate::telemetry::{SearchStage, StageTimes};
+use crate::types::name::{DocId, IndexName, IndexPattern};
+use crate::types::pipeline::Pipeline;
+use crate::types::search::EngineMethod;
 
 /// Why a search failed.
 #[derive(Debug, thiserror::Error)]

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
 
-pub use crate::encoder::Provider;
 use serde::{Deserialize, Serialize, Serializer};
 use url::Url;
 
@@ -487,7 +486,7 @@ impl Settings {
             }
             for p in &indices {
                 let plain = p.replace('*', "x");
-                if p != "*" && crate::engine::path::IndexName::try_from(plain.as_str()).is_err() {
+                if p != "*" && crate::types::name::IndexName::try_from(plain.as_str()).is_err() {
                     return Err(SettingsError::invalid(
                         format!("server.api_keys[{i}].indices"),
                         format!("`{p}` is not an index name or a `*` pattern"),
@@ -630,7 +629,7 @@ impl Settings {
             ));
         }
         for (i, file) in self.ingest.pipelines.iter().enumerate() {
-            crate::ingest::pipeline::Pipeline::load(file)
+            crate::types::pipeline::Pipeline::load(file)
                 .map_err(|e| SettingsError::invalid(format!("ingest.pipelines[{i}]"), e))?;
         }
         if !self.ingest.pipelines.is_empty() && enc.models.is_empty() {
@@ -681,6 +680,24 @@ fn positive(key: &str, d: Duration) -> Result<(), SettingsError> {
         Err(SettingsError::invalid(key, "must be longer than zero"))
     } else {
         Ok(())
+    }
+}
+
+/// An ONNX Runtime execution provider: what `encoder.execution_providers` lists and which one
+/// a session ended up on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Cuda,
+    Cpu,
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Provider::Cuda => "cuda",
+            Provider::Cpu => "cpu",
+        })
     }
 }
 

@@ -16,8 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::encoder::Provider;
-use crate::settings::LogFormat;
+use crate::settings::{LogFormat, Provider};
 
 /// Installs the global tracing subscriber. Call once, from `main`.
 pub fn init_tracing(format: LogFormat, level: &str) {

@@ -16,8 +16,8 @@ use semantic_sidecar::encoder::EncoderSet;
 use semantic_sidecar::engine::{EngineClient, EngineRequest};
 use semantic_sidecar::http::{self, AppState};
 use semantic_sidecar::ingest::mapping::{index_body, ModelShape};
-use semantic_sidecar::ingest::pipeline::Pipeline;
 use semantic_sidecar::telemetry::Metrics;
+use semantic_sidecar::types::pipeline::Pipeline;
 use serde_json::{json, Value};
 
 struct Fixture {

@@ -11,12 +11,12 @@ mod common;
 use std::path::PathBuf;
 
 use common::{encoder_settings, engine_url, unique_index};
-use semantic_sidecar::eval::{run, EvalMode, EvalOptions, Report};
-use semantic_sidecar::ingest::pipeline::Pipeline;
-use semantic_sidecar::query::request::FusionSpec;
+use semantic_sidecar::commands::eval::{run, EvalMode, EvalOptions, Report};
+use semantic_sidecar::types::pipeline::Pipeline;
+use semantic_sidecar::types::search::FusionSpec;
 use serde_json::Value;
 
-fn row<'a>(r: &'a Report, mode: &str) -> &'a semantic_sidecar::eval::Scores {
+fn row<'a>(r: &'a Report, mode: &str) -> &'a semantic_sidecar::commands::eval::Scores {
     &r.rows.iter().find(|x| x.mode == mode).unwrap().scores
 }
 

@@ -14,7 +14,7 @@ use semantic_sidecar::engine::dialect::detect;
 use semantic_sidecar::engine::Dialect;
 use semantic_sidecar::engine::{EngineClient, EngineRequest};
 use semantic_sidecar::ingest::mapping::{compare, index_body, ModelShape};
-use semantic_sidecar::ingest::pipeline::{Analyzer, IndexType, Pipeline};
+use semantic_sidecar::types::pipeline::{Analyzer, IndexType, Pipeline};
 use serde_json::{json, Value};
 
 fn pipelines_dir() -> PathBuf {

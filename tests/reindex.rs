@@ -18,8 +18,8 @@ use reqwest::Method;
 use semantic_sidecar::encoder::EncoderSet;
 use semantic_sidecar::engine::{EngineClient, EngineRequest};
 use semantic_sidecar::http::{self, AppState};
-use semantic_sidecar::ingest::pipeline::Pipeline;
 use semantic_sidecar::telemetry::Metrics;
+use semantic_sidecar::types::pipeline::Pipeline;
 use serde_json::{json, Value};
 
 /// Title-only embedding keeps thousands of documents quick on two cores.

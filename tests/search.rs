@@ -10,16 +10,16 @@ use std::path::PathBuf;
 
 use common::{embed_with, encoder_settings, engine_url, unique_index};
 use reqwest::Method;
+use semantic_sidecar::commands::eval::{score, Dataset};
 use semantic_sidecar::encoder::EncoderSet;
 use semantic_sidecar::engine::dialect::{detect, Dialect};
 use semantic_sidecar::engine::{EngineClient, EngineRequest};
-use semantic_sidecar::eval::{score, Dataset};
 use semantic_sidecar::http::{self, AppState};
 use semantic_sidecar::ingest::mapping::{index_body, ModelShape};
-use semantic_sidecar::ingest::pipeline::Pipeline;
 use semantic_sidecar::query::build::{self, Capabilities};
 use semantic_sidecar::query::request::{plan, Plan, SearchRequest, Target};
 use semantic_sidecar::telemetry::Metrics;
+use semantic_sidecar::types::pipeline::Pipeline;
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 

@@ -28,13 +28,13 @@ use tokio::sync::Semaphore;
 
 use crate::error::ErrorCode;
 use crate::settings::EncoderSettings;
+pub use crate::settings::Provider;
 use crate::telemetry::EncoderMetrics;
 use cache::{CacheKey, Cached, VectorCache};
 use manifest::{Manifest, ModelDir};
 pub use pooling::Pooled;
 pub use queue::Lane;
 use queue::{BatchLimits, BatchQueue, Job};
-pub use runtime::Provider;
 use tokenize::{Encoded, TextTokenizer};
 
 /// Why encoding failed, or a model could not be loaded.

@@ -25,6 +25,7 @@ use super::pooling::{self, LayerOutputs, Pooled};
 use super::queue::{Batch, BatchQueue, JobTimes};
 use super::whitening::Whitening;
 use super::EncoderError;
+use crate::settings::Provider;
 use crate::telemetry::EncoderMetrics;
 
 static ORT: OnceLock<Result<(Environment, String), String>> = OnceLock::new();
@@ -47,23 +48,6 @@ pub fn init_runtime(path: &Path) -> Result<Environment, EncoderError> {
             Err(EncoderError::Runtime(format!("ONNX Runtime is already loaded from {loaded}, not {wanted}")))
         }
         Err(e) => Err(EncoderError::Runtime(e.clone())),
-    }
-}
-
-/// Which execution provider a session ended up on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    Cuda,
-    Cpu,
-}
-
-impl std::fmt::Display for Provider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Provider::Cuda => "cuda",
-            Provider::Cpu => "cpu",
-        })
     }
 }
 

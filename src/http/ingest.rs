@@ -20,11 +20,12 @@ use serde_json::{json, Value};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::{engine_answer, AppState};
-use crate::engine::path::{DocId, EnginePath, IndexName, QueryString};
+use crate::engine::path::{EnginePath, QueryString};
 use crate::engine::EngineRequest;
 use crate::error::ErrorCode;
 use crate::ingest::bulk::{self, Action, BulkItem};
 use crate::ingest::writer::{send_bulk, BulkOutcome};
+use crate::types::name::{DocId, IndexName};
 
 fn invalid(reason: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidInput, reason)

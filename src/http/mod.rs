@@ -42,12 +42,12 @@ use tower_http::trace::TraceLayer;
 
 use crate::encoder::EncoderSet;
 use crate::engine::EngineClient;
-use crate::ingest::pipeline::Pipeline;
 use crate::ingest::writer::{IngestConfigError, Ingestor};
 use crate::reindex::{Jobs, Reindexer};
 use crate::search::Searcher;
 use crate::settings::Settings;
 use crate::telemetry::{EngineLabels, Metrics};
+use crate::types::pipeline::Pipeline;
 use auth::ApiKeys;
 use middleware::SidecarRequestId;
 

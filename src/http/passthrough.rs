@@ -21,9 +21,10 @@ use serde_json::Value;
 use super::auth::{self, Caller};
 use super::error::ApiError;
 use super::{engine_answer, AppState};
-use crate::engine::path::{DocId, EnginePath, IndexName, IndexPattern, PathError, QueryString};
+use crate::engine::path::{EnginePath, QueryString};
 use crate::engine::EngineRequest;
 use crate::error::ErrorCode;
+use crate::types::name::{DocId, IndexName, IndexPattern, PathError};
 
 impl From<PathError> for ApiError {
     fn from(e: PathError) -> Self {

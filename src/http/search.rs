@@ -16,12 +16,13 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::passthrough;
 use super::{engine_answer, AppState};
-use crate::engine::path::{EnginePath, IndexPattern, QueryString};
+use crate::engine::path::{EnginePath, QueryString};
 use crate::engine::EngineRequest;
 use crate::error::ErrorCode;
 use crate::query::request::SearchRequest;
 use crate::search::{EsAnswer, SearchError};
 use crate::telemetry::{SearchStage, StageTimes};
+use crate::types::name::IndexPattern;
 use std::time::Instant;
 
 impl From<SearchError> for ApiError {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use super::pipeline::{IndexType, KnnEngine, Pipeline, Similarity};
 use crate::engine::{Dialect, EngineInfo, Version};
+use crate::types::pipeline::{IndexType, KnnEngine, Pipeline, Similarity};
 
 /// The template files, by name.
 pub const TEMPLATES: &[(&str, &str)] = &[

@@ -8,6 +8,5 @@
 
 pub mod bulk;
 pub mod mapping;
-pub mod pipeline;
 pub mod resolve;
 pub mod writer;

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use axum::http::Method;
 use serde_json::Value;
 
-use crate::engine::path::{EnginePath, IndexName};
+use crate::engine::path::EnginePath;
+
 use crate::engine::{EngineClient, EngineError, EngineRequest};
+use crate::types::name::IndexName;
 
 /// How long a resolution is trusted (an alias moved by a reindex is seen after this).
 const TTL: Duration = Duration::from_secs(5);

@@ -23,11 +23,11 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::bulk::{self, Action, BulkItem, ItemFailure};
-use super::pipeline::Pipeline;
 use crate::encoder::manifest::Manifest;
 use crate::encoder::{EncodeOptions, EncoderError, EncoderSet, Input, Lane, Pooled, TextKind};
 use crate::engine::path::EnginePath;
 use crate::engine::{EngineClient, EngineError, EngineRequest, EngineResponse};
+use crate::types::pipeline::Pipeline;
 
 /// Why the ingest configuration was refused at startup.
 #[derive(Debug, thiserror::Error)]

@@ -203,7 +203,8 @@ pub fn engine_hits(plan: &Plan, resp: &Value, legs: Option<(&Leg, &Leg)>) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::request::{SearchRequest, SearchSpec, Target};
+    use crate::query::request::{SearchRequest, Target};
+    use crate::types::search::SearchSpec;
 
     fn plan(body: Value, passages: bool) -> Plan {
         let r: SearchRequest = serde_json::from_value(body).unwrap();

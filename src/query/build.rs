@@ -13,9 +13,10 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 
-use super::fusion::{Normalization, Weight};
-use super::request::{EngineMethod, Plan, QueryError, Resolved};
+use super::request::{Plan, QueryError, Resolved};
 use crate::engine::dialect::{Dialect, EngineInfo, Version};
+use crate::types::search::EngineMethod;
+use crate::types::search::{Normalization, Weight};
 
 /// What the sidecar knows about the cluster beyond `GET /`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,7 +15,9 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::request::{FusionSpec, Mode, QueryError, SearchRequest};
+use super::request::{Mode, QueryError, SearchRequest};
+
+use crate::types::search::FusionSpec;
 
 /// The sidecar clause.
 #[derive(Clone, Debug, Deserialize)]

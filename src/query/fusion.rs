@@ -13,45 +13,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use crate::types::search::{Normalization, Weight};
 
 /// One hit of one leg, in rank order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LegHit {
     pub id: String,
     pub score: f64,
-}
-
-/// A weight in `[0, 1]` (the BM25 share of a linear blend). Built with `TryFrom`, so holding one
-/// means it is valid.
-#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize, Deserialize)]
-#[serde(try_from = "f64", into = "f64")]
-pub struct Weight(f64);
-
-impl TryFrom<f64> for Weight {
-    type Error = String;
-    fn try_from(w: f64) -> Result<Self, String> {
-        if (0.0..=1.0).contains(&w) {
-            Ok(Weight(w))
-        } else {
-            Err(format!("weight {w} must be between 0 and 1 (the BM25 share)"))
-        }
-    }
-}
-
-impl From<Weight> for f64 {
-    fn from(w: Weight) -> f64 {
-        w.0
-    }
-}
-
-/// How a leg's scores are put on one scale.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Normalization {
-    Minmax,
-    Zscore,
-    L2,
 }
 
 /// A fusion method and its parameters.
@@ -151,7 +119,7 @@ pub fn fuse(bm25: &[LegHit], knn: &[LegHit], fusion: Fusion) -> Vec<FusedHit> {
                 }
             }
             Fusion::Linear { weight, .. } => {
-                let w = weight.0;
+                let w = f64::from(weight);
                 Some((w * nb.get(id).copied().unwrap_or(fb), (1.0 - w) * nk.get(id).copied().unwrap_or(fk)))
             }
         }
@@ -264,7 +232,7 @@ mod tests {
                 for id in all {
                     let b = nb.get(&id).cloned().unwrap_or(fb);
                     let k = nk.get(&id).cloned().unwrap_or(fk);
-                    out.insert(id, weight.0 * b + (1.0 - weight.0) * k);
+                    out.insert(id, f64::from(weight) * b + (1.0 - f64::from(weight)) * k);
                 }
             }
         }

@@ -41,14 +41,15 @@ use tokio::sync::mpsc;
 
 use crate::encoder::{EncoderError, EncoderSet};
 use crate::engine::dialect::Dialect;
-use crate::engine::path::{DocId, EnginePath, IndexName, PathError};
+use crate::engine::path::EnginePath;
 use crate::engine::{EngineClient, EngineError, EngineRequest};
 use crate::error::ErrorCode;
 use crate::ingest::bulk::{self, Action, BulkItem, ItemFailure};
 use crate::ingest::mapping::{index_body_with, ModelShape};
-use crate::ingest::pipeline::Pipeline;
 use crate::ingest::writer::Ingestor;
 use crate::telemetry::Metrics;
+use crate::types::name::{DocId, IndexName, PathError};
+use crate::types::pipeline::Pipeline;
 use sizer::BulkSizer;
 use source::{ReadSpec, Reader};
 

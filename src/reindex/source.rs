@@ -15,8 +15,9 @@ use axum::http::Method;
 use serde_json::{json, Value};
 
 use crate::engine::dialect::Dialect;
-use crate::engine::path::{EnginePath, IndexName};
+use crate::engine::path::EnginePath;
 use crate::engine::{EngineClient, EngineError, EngineRequest};
+use crate::types::name::IndexName;
 
 /// What to read.
 #[derive(Clone, Debug)]

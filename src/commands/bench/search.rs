@@ -24,17 +24,17 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::bench::{child_json, cpu_share, machine_busy, process_cpu_seconds};
+use super::{child_json, cpu_share, machine_busy, process_cpu_seconds};
 
 use crate::encoder::{EncodeOptions, Input, Lane, Pooled, TextKind};
 use crate::engine::path::EnginePath;
 use crate::engine::{EngineClient, EngineRequest};
 use crate::http::{self, AppState};
-use crate::ingest::pipeline::Pipeline;
 use crate::query::build;
 use crate::query::request::{plan, SearchRequest, Target};
 use crate::settings::Settings;
 use crate::telemetry::Metrics;
+use crate::types::pipeline::Pipeline;
 
 /// What to measure.
 pub struct SearchBenchOptions {
@@ -311,7 +311,7 @@ pub fn bench_search(settings: &Settings, o: &SearchBenchOptions) -> anyhow::Resu
 
 async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<()> {
     let p = Pipeline::load(&o.pipeline)?;
-    crate::cli::add_pipeline_model(&mut settings, &p)?;
+    crate::setup::add_pipeline_model(&mut settings, &p)?;
     settings.encoder.query_cache_entries = o.query_cache;
     let engine = EngineClient::new(&settings.engine)?;
     let info = engine.info().await?;
@@ -322,7 +322,7 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
     }
     let metrics = Metrics::new();
     let probe = metrics.clone();
-    let encoders = crate::cli::load_encoders(&settings, &metrics).await?;
+    let encoders = crate::setup::load_encoders(&settings, &metrics).await?;
     let encoder = encoders.get(Some(&p.model))?;
     let state =
         AppState::with_encoders(settings.clone(), engine.clone(), metrics, encoders).with_pipelines(vec![p.clone()])?;

@@ -16,6 +16,8 @@
 
 pub mod tune;
 
+pub mod chart;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -25,14 +27,16 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::engine::path::{EnginePath, IndexName};
+use crate::engine::path::EnginePath;
+
 use crate::engine::{EngineClient, EngineRequest};
 use crate::http::{self, AppState};
-use crate::ingest::pipeline::Pipeline;
-use crate::query::fusion::{LegHit, Normalization, Weight};
-use crate::query::request::{FusionSpec, LinearSpec};
+use crate::query::fusion::LegHit;
 use crate::settings::Settings;
 use crate::telemetry::Metrics;
+use crate::types::name::IndexName;
+use crate::types::pipeline::Pipeline;
+use crate::types::search::{FusionSpec, LinearSpec, Normalization, Weight};
 
 /// A BEIR dataset (or the subset of it the options ask for).
 pub struct Dataset {
@@ -437,7 +441,7 @@ pub fn write_fusion(pipeline: &Path, fusion: &FusionSpec) -> anyhow::Result<()> 
 async fn start(settings: Settings, pipeline: Pipeline) -> anyhow::Result<(Server, EngineClient)> {
     let engine = EngineClient::new(&settings.engine)?;
     let metrics = Metrics::new();
-    let encoders = crate::cli::load_encoders(&settings, &metrics).await?;
+    let encoders = crate::setup::load_encoders(&settings, &metrics).await?;
     let state = AppState::with_encoders(settings, engine.clone(), metrics, encoders).with_pipelines(vec![pipeline])?;
     let (url, tx) = http::serve_local(state).await?;
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(660)).build()?;
@@ -461,7 +465,7 @@ pub async fn run(mut settings: Settings, opts: &EvalOptions) -> anyhow::Result<R
         IndexName::try_from(i.as_str()).map_err(|e| anyhow::anyhow!("--index: {e}"))?;
         pipeline.index = i.clone();
     }
-    let model = crate::cli::add_pipeline_model(&mut settings, &pipeline)?;
+    let model = crate::setup::add_pipeline_model(&mut settings, &pipeline)?;
     // the in-process server is eval's own: a batch of long abstracts on a busy machine may take
     // longer than a service's request timeout
     settings.server.request_timeout = settings.server.request_timeout.max(std::time::Duration::from_secs(600));
@@ -477,7 +481,7 @@ pub async fn run(mut settings: Settings, opts: &EvalOptions) -> anyhow::Result<R
     if !exists || opts.recreate {
         let info = engine.info().await?;
         let shape = crate::ingest::mapping::ModelShape::of(&model.manifest);
-        let shape_of = |m: &str| crate::cli::vector_shape(&settings, m);
+        let shape_of = |m: &str| crate::setup::vector_shape(&settings, m);
         let body = crate::ingest::mapping::index_body_with(&info, &pipeline, shape, &shape_of)?;
         engine.send(EngineRequest::new(reqwest::Method::PUT, at.build()).json(&body)).await?;
         ingest(&server, &engine, &index, &data, opts.progress).await?;
@@ -606,7 +610,23 @@ pub fn write_report(report: &Report, out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("eval.md"), report.markdown())?;
     std::fs::write(out.join("eval.json"), serde_json::to_string_pretty(report)?)?;
-    crate::chart::bar_chart(report, &out.join("eval.png"))
+    chart::bar_chart(report, &out.join("eval.png"))
+}
+
+/// `semantic-sidecar compare`: reads `eval.json` files (or folders holding one), writes the
+/// side-by-side report into `out` and prints its table.
+pub fn compare_files(reports: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    let mut all = Vec::new();
+    for r in reports {
+        let file = if r.is_dir() { r.join("eval.json") } else { r.clone() };
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        all.push(serde_json::from_str(&text).with_context(|| format!("{} is not an eval report", file.display()))?);
+    }
+    let report = compare(&all)?;
+    write_report(&report, out)?;
+    println!("{}", report.markdown());
+    eprintln!("wrote {0}/eval.md, {0}/eval.json, {0}/eval.png", out.display());
+    Ok(())
 }
 
 /// Reports of the same dataset, split and queries side by side (stock against fine-tuned, fp32

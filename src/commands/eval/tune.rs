@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::score;
-use crate::query::fusion::{fuse, Fusion, LegHit, Normalization, Weight};
-use crate::query::request::{FusionSpec, LinearSpec, RrfSpec};
+use crate::query::fusion::{fuse, Fusion, LegHit};
+use crate::types::search::{FusionSpec, LinearSpec, Normalization, RrfSpec, Weight};
 
 /// The two fusion families the grid covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use font8x8::UnicodeFonts;
 
-use crate::eval::Report;
+use super::Report;
 
 const PALETTE: [[u8; 3]; 10] = [
     [76, 114, 176],

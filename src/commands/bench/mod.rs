@@ -9,6 +9,8 @@
 //! A benchmark, not a test: numbers vary with the machine and its load, which is why every ratio
 //! is taken against a baseline measured in the same run.
 
+pub mod search;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,11 +19,12 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use crate::cli::{read_corpus, resolve_model};
+use super::files::read_corpus;
 use crate::encoder::{EncodeOptions, Encoder, EncoderSet, Input, Lane, TextKind};
 use crate::engine::EngineClient;
 use crate::http::{self, AppState};
 use crate::settings::Settings;
+use crate::setup::resolve_model;
 use crate::telemetry::Metrics;
 
 /// What to measure.

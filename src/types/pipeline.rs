@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::path::IndexName;
-use crate::query::request::{check_field, SearchSpec};
+use super::name::IndexName;
+use super::search::{check_field, SearchSpec};
 
 /// Why a pipeline file was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -348,7 +348,7 @@ impl Pipeline {
             return bad("vector_index.ef_construction", format!("{} must be between 2 and 4096", v.ef_construction));
         }
         for (i, f) in self.search.fields.iter().enumerate() {
-            check_field(f).map_err(|e| (format!("search.fields[{i}]"), e.to_string()))?;
+            check_field(f).map_err(|e| (format!("search.fields[{i}]"), e))?;
         }
         if self.shards == 0 {
             return bad("shards", "must be at least 1".into());

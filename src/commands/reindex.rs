@@ -1,0 +1,103 @@
+//! `semantic-sidecar reindex`: one reindex job (`crate::reindex`) in this process, with a
+//! progress bar and Ctrl-C as a cancel at the next checkpoint. Owns the terminal side only.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::settings::Settings;
+use crate::setup::{add_pipeline_model, load_encoders};
+use crate::telemetry::Metrics;
+
+/// `semantic-sidecar reindex`: one job in this process, with a progress bar; Ctrl-C cancels it
+/// at a checkpoint (resume with `--resume`). Returns the process exit code: 0 done, 1 failed,
+/// 130 cancelled.
+pub fn reindex(
+    mut settings: Settings,
+    req: crate::reindex::JobRequest,
+    pipeline_file: Option<&Path>,
+    quiet: bool,
+) -> anyhow::Result<u8> {
+    use crate::reindex::{Reindexer, Status};
+    use crate::types::pipeline::Pipeline;
+    let mut pipelines: Vec<Pipeline> =
+        settings.ingest.pipelines.iter().map(|f| Pipeline::load(f)).collect::<Result<_, _>>()?;
+    let mut req = req;
+    if let Some(f) = pipeline_file.filter(|f| f.is_file()) {
+        let p = Pipeline::load(f)?;
+        req.pipeline = p.name.clone();
+        pipelines.retain(|x| x.name != p.name);
+        pipelines.push(p);
+    }
+    for p in &pipelines {
+        add_pipeline_model(&mut settings, p)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let engine = crate::engine::EngineClient::new(&settings.engine)?;
+        let metrics = Metrics::new();
+        let encoders = Arc::new(load_encoders(&settings, &metrics).await?);
+        let e = &settings.encoder;
+        let reindexer = Arc::new(
+            Reindexer::new(
+                engine,
+                encoders,
+                pipelines.into_iter().map(Arc::new).collect(),
+                e.max_input_chars,
+                e.max_inputs_per_request,
+                metrics,
+            )
+            .with_lease(settings.reindex.lease),
+        );
+        let state = reindexer.prepare(req).await?;
+        eprintln!(
+            "job {}: {} → {} ({} documents{}), resume with --resume {}",
+            state.id,
+            state.spec.source,
+            state.spec.target,
+            state.source_count,
+            state.spec.alias.as_ref().map(|a| format!(", alias {a} moves at the end")).unwrap_or_default(),
+            state.id
+        );
+        let control = reindexer.control(&state);
+        let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(state.source_count) };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} docs {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let run = {
+            let (r, c) = (reindexer.clone(), control.clone());
+            tokio::spawn(async move { r.run(state, c).await })
+        };
+        let ctrl_c = {
+            let c = control.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("cancelling at the next checkpoint…");
+                    c.cancel();
+                }
+            })
+        };
+        while !run.is_finished() {
+            let (_, p) = control.snapshot();
+            bar.set_position(p["read"].as_u64().unwrap_or(0));
+            bar.set_message(format!(
+                "{:.0} docs/s, eta {}, {} failed, bulk {}",
+                p["docs_per_s"].as_f64().unwrap_or(0.0),
+                p["eta_s"].as_f64().map(|s| format!("{s:.0}s")).unwrap_or_else(|| "?".into()),
+                p["failed"],
+                p["bulk_size"]
+            ));
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        ctrl_c.abort();
+        let done = run.await?;
+        bar.finish_and_clear();
+        let p = done.progress(None, 0);
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"job": done.id, "status": done.status, "counts": p, "bulk": done.bulk, "alias_swapped": done.alias_swapped, "error": done.error, "running_ms": done.running_ms}))?);
+        Ok(match done.status {
+            Status::Done => 0,
+            Status::Cancelled => 130,
+            _ => 1,
+        })
+    })
+}
