@@ -1,0 +1,64 @@
+//! Finishing a job: refresh the target, verify the counts (documents counted in the source at
+//! the start = read = written + failed) and move the alias to the target in one atomic
+//! `_aliases` call; the old index stays until deleted.
+
+use axum::http::Method;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::engine::path::EnginePath;
+use crate::engine::EngineRequest;
+use crate::types::name::IndexName;
+
+impl Reindexer {
+    /// Verifies the counts and moves the alias.
+    pub(super) async fn finish(&self, control: &JobControl) -> Result<(), ReindexError> {
+        let s = control.live.lock().expect("job state lock").clone();
+        self.engine
+            .send(
+                EngineRequest::new(Method::POST, EnginePath::at_index(&s.spec.target)?.api("_refresh").build())
+                    .idempotent(true),
+            )
+            .await?;
+        let (read, written, failed) = (s.total(|x| x.read), s.total(|x| x.written), s.total(|x| x.failed));
+        if read != written + failed || read != s.source_count {
+            return Err(ReindexError::Failed(format!(
+                "counts do not add up: source {} at the start, read {read}, written {written}, failed {failed}; the alias was not moved",
+                s.source_count
+            )));
+        }
+        let mut swapped = false;
+        if let Some(alias) = &s.spec.alias {
+            self.swap_alias(alias, &s.spec.target).await?;
+            swapped = true;
+        }
+        self.checkpoint(control, |x| {
+            x.status = Status::Done;
+            x.alias_swapped = swapped;
+        })
+        .await
+    }
+
+    /// Points `alias` at `target` alone, in one `_aliases` call.
+    pub async fn swap_alias(&self, alias: &str, target: &str) -> Result<(), ReindexError> {
+        let path = EnginePath::root().api("_alias").index(&IndexName::try_from(alias)?).build();
+        let r = self.engine.send(EngineRequest::new(Method::GET, path).passthrough()).await?;
+        let mut actions = Vec::new();
+        if r.status.is_success() {
+            let v: Value = r.json()?;
+            for index in v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+                if index != target {
+                    actions.push(json!({"remove": {"index": index, "alias": alias}}));
+                }
+            }
+        } else if self.exists(alias).await? {
+            return Err(ReindexError::Invalid(format!(
+                "`{alias}` is an index, not an alias: it cannot be moved to `{target}`"
+            )));
+        }
+        actions.push(json!({"add": {"index": target, "alias": alias}}));
+        self.engine.send(EngineRequest::new(Method::POST, "/_aliases").json(&json!({"actions": actions}))).await?;
+        tracing::info!(%alias, %target, "alias moved");
+        Ok(())
+    }
+}
