@@ -1,4 +1,6 @@
 //! The `semantic-sidecar` binary: command-line parsing and process edges (`anyhow` lives here).
+//! It turns flags into the options of a `commands::*` function and an exit code; the work itself
+//! must stay in the library, where tests reach it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
-//! Search: the I/O around the pure [`crate::query`] code. Resolves the index's pipeline, encodes
+//! Search: the I/O around the pure [`crate::query`] code (it must not build request bodies or
+//! fuse by itself: `query` does). Resolves the index's pipeline, encodes
 //! the query text (query prefix, interactive lane), sends the legs or the engine-fused request,
 //! and shapes the answer. One implementation behind `POST /search`, the ES-compatible `_search`
 //! and `semantic-sidecar eval`.

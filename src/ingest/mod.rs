@@ -1,10 +1,14 @@
-//! Ingest: pipelines (which fields become which vectors, in which index) and the index mappings
-//! they need on Elasticsearch and OpenSearch.
+//! Ingest: documents on their way into a pipeline index, with their vectors.
 //!
-//! Owns the pipeline files and the mapping templates; must not do raw HTTP (the engine client
-//! does) nor run models (the encoder does).
-//! Also: the bulk parser and writer (passages, the content-hash skip, item-level 429 retries),
-//! and the resolution of aliases and date math to pipeline indices ([`resolve`]).
+//! - [`mapping`]: the index mappings a pipeline needs on Elasticsearch and OpenSearch (from the
+//!   templates in `mappings/`), and the comparison with an existing index;
+//! - [`bulk`]: the `_bulk` NDJSON parser and the merging of engine answers (pure);
+//! - [`writer`]: embedding documents (passages, the content-hash skip) and writing them, with
+//!   item-level 429 retries;
+//! - [`resolve`]: which pipeline index an alias or date-math name writes to.
+//!
+//! Reads the pipeline type (`crate::types::pipeline`), which it does not own. Must not do raw
+//! HTTP (the engine client does), run models directly (the encoder does) or know HTTP routes.
 
 pub mod bulk;
 pub mod mapping;

@@ -1,6 +1,7 @@
 //! Engine request bodies for a [`Plan`]: the BM25 and kNN legs (for sidecar fusion over one
 //! `_msearch`, or a single-leg search), and the engine-fused shapes of each dialect. Pure; golden
-//! JSON of every combination is in `tests/snapshots/query__*.snap`.
+//! JSON of every dialect and licence is in `tests/snapshots/search__goldens_*.snap`
+//! (`tests/search.rs`).
 //!
 //! | method | Elasticsearch 8/9 | OpenSearch 2/3 |
 //! |---|---|---|

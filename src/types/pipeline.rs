@@ -1,6 +1,9 @@
 //! Declarative pipeline files (`pipelines/*.toml`): which index, which model, which source
 //! fields become which vector fields, passage chunking, content hashing, and how vectors are
 //! indexed. Parsed strictly; every error names the file, the key and the problem.
+//!
+//! Plain data (a `types` file): settings check pipeline files with it at load, ingest and query
+//! read it. It must not build mappings (`ingest::mapping`) or requests (`query`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -249,6 +252,23 @@ impl Pipeline {
 
     /// Checks what types cannot; returns (key, reason) of the first problem.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        self.check_names()?;
+        let vectors = self.check_fields()?;
+        self.check_search()?;
+        self.check_analyzers()?;
+        self.check_chunking(&vectors)?;
+        self.check_layout()?;
+        for (i, f) in self.search.fields.iter().enumerate() {
+            check_field(f).map_err(|e| (format!("search.fields[{i}]"), e))?;
+        }
+        if self.shards == 0 {
+            return Err(("shards".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// `name`, `index`, `model` and that `[[fields]]` is not empty.
+    fn check_names(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, r: String| Err((k.to_string(), r));
         if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
             return bad("name", format!("`{}` must be ASCII letters, digits, - or _", self.name));
@@ -262,6 +282,12 @@ impl Pipeline {
         if self.fields.is_empty() {
             return bad("fields", "at least one [[fields]] entry is required".into());
         }
+        Ok(())
+    }
+
+    /// Every `[[fields]]` entry; returns the vector fields they write.
+    fn check_fields(&self) -> Result<std::collections::BTreeSet<String>, (String, String)> {
+        let bad = |k: &str, r: String| Err((k.to_string(), r));
         let mut vectors = std::collections::BTreeSet::new();
         for (i, f) in self.fields.iter().enumerate() {
             if f.source.is_empty() {
@@ -288,6 +314,12 @@ impl Pipeline {
                 );
             }
         }
+        Ok(vectors)
+    }
+
+    /// `[search]`: the live vector field and the query model.
+    fn check_search(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, r: String| Err((k.to_string(), r));
         if let Some(v) = &self.search.vector {
             let Some(i) = self.fields.iter().position(|f| &f.vector == v) else {
                 return bad("search.vector", format!("`{v}` is not the vector of a [[fields]] entry"));
@@ -310,6 +342,12 @@ impl Pipeline {
                 "name a static int8 copy of the live field's model, or leave the key out".into(),
             );
         }
+        Ok(())
+    }
+
+    /// `field_analyzers` name source fields.
+    fn check_analyzers(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, r: String| Err((k.to_string(), r));
         for field in self.field_analyzers.keys() {
             if !self.fields.iter().any(|f| f.source.contains(field)) {
                 return bad(
@@ -318,6 +356,12 @@ impl Pipeline {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// `[chunking]`, given the vector fields the entries write.
+    fn check_chunking(&self, vectors: &std::collections::BTreeSet<String>) -> Result<(), (String, String)> {
+        let bad = |k: &str, r: String| Err((k.to_string(), r));
         if let Some(c) = &self.chunking {
             if c.max_tokens < 8 {
                 return bad("chunking.max_tokens", "must be at least 8".into());
@@ -335,6 +379,12 @@ impl Pipeline {
                 return bad("chunking.passages_field", format!("`{}` is also a vector field", c.passages_field));
             }
         }
+        Ok(())
+    }
+
+    /// `hash_field` and the HNSW parameters of `[vector_index]`.
+    fn check_layout(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, r: String| Err((k.to_string(), r));
         if let Some(h) = &self.hash_field {
             if let Err(r) = check_field_name(h) {
                 return bad("hash_field", r);
@@ -346,12 +396,6 @@ impl Pipeline {
         }
         if !(2..=4096).contains(&v.ef_construction) {
             return bad("vector_index.ef_construction", format!("{} must be between 2 and 4096", v.ef_construction));
-        }
-        for (i, f) in self.search.fields.iter().enumerate() {
-            check_field(f).map_err(|e| (format!("search.fields[{i}]"), e))?;
-        }
-        if self.shards == 0 {
-            return bad("shards", "must be at least 1".into());
         }
         Ok(())
     }

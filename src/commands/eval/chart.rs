@@ -1,4 +1,4 @@
-//! A PNG bar chart of an eval report: one group per metric, one bar per mode, values on the
+//! A PNG bar chart of an eval report (drawing only; must not compute metrics): one group per metric, one bar per mode, values on the
 //! bars, a legend. Drawn on an RGB buffer with the 8×8 bitmap font of `font8x8` (no system fonts
 //! needed), encoded with `png`.
 

@@ -13,10 +13,13 @@
 //! each query ranked with the parameters tuned on the *other* folds (`scored_on` says so), and the
 //! parameters tuned on all queries, of the family with the better held-out score, are written into
 //! the pipeline file's `[search] fusion`.
-
-pub mod tune;
+//!
+//! Owns the BEIR reader, the metrics and the run; must not rank or fuse itself (`/search` and
+//! `query::fusion` do). Over 600 lines because the dataset, the in-process server and the run
+//! share private types; the pure parts already live apart ([`tune`], [`chart`]).
 
 pub mod chart;
+pub mod tune;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
