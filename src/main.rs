@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use semantic_sidecar::commands::{self, bench, eval};
 use semantic_sidecar::encoder::TextKind;
 use semantic_sidecar::settings::{LogFormat, Settings};
@@ -73,51 +73,7 @@ enum Command {
     },
     /// Retrieval quality on a BEIR-format folder, through the sidecar's own ingest and /search:
     /// nDCG@10, Recall@100 and MRR@10 per mode, as a markdown table and a PNG bar chart.
-    Eval {
-        /// Folder with corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv.
-        #[arg(long, value_name = "DIR")]
-        dataset: PathBuf,
-        #[arg(long, default_value = "test")]
-        split: String,
-        /// Comma-separated: bm25, knn, hybrid-rrf, hybrid-linear, hybrid-engine.
-        #[arg(long, default_value = "bm25,knn,hybrid-rrf,hybrid-linear")]
-        modes: String,
-        /// The pipeline file (index, model, fields); `--tune` writes its [search] fusion.
-        #[arg(long, value_name = "FILE")]
-        pipeline: PathBuf,
-        /// Use this model instead of the pipeline's (give it its own --index).
-        #[arg(long)]
-        model: Option<String>,
-        /// Embed the queries with this model (a static int8 copy of the field's model,
-        /// `[search] query_model`); the index and its vectors stay the same, so it can be reused.
-        #[arg(long)]
-        query_model: Option<String>,
-        /// Use this index instead of the pipeline's.
-        #[arg(long)]
-        index: Option<String>,
-        /// Delete and rebuild the index even when it exists (otherwise an existing one is reused).
-        #[arg(long)]
-        recreate: bool,
-        /// Index a deterministic subset: the judged documents of as many queries as fit, then others.
-        #[arg(long, value_name = "N")]
-        max_docs: Option<usize>,
-        /// Grid-search the fusion parameters on this split with k-fold cross-validation: the hybrid
-        /// rows are scored on held-out folds; the best (tuned on all queries) is written into the pipeline.
-        #[arg(long)]
-        tune: bool,
-        /// Folds of --tune's cross-validation.
-        #[arg(long, default_value_t = 5, value_name = "K")]
-        folds: usize,
-        /// Seed of --tune's fold assignment.
-        #[arg(long, default_value_t = 13)]
-        seed: u64,
-        /// Where eval.md, eval.json and eval.png go.
-        #[arg(long, value_name = "DIR", default_value = ".run/eval")]
-        out: PathBuf,
-        /// No progress bars.
-        #[arg(long)]
-        quiet: bool,
-    },
+    Eval(EvalArgs),
     /// Eval reports of the same queries side by side (stock against fine-tuned, fp32 against
     /// int8): one table and one chart whose rows are `model: mode`.
     Compare {
@@ -129,48 +85,98 @@ enum Command {
     },
     /// Reindex an existing index into a vector index through a pipeline: resumable (checkpoints in
     /// the engine), sliced, backpressured, failures logged in an error index, alias moved at the end.
-    Reindex {
-        /// A pipeline file, or the name of a pipeline in ingest.pipelines.
-        #[arg(long)]
-        pipeline: Option<String>,
-        /// Default: the pipeline's index.
-        #[arg(long)]
-        source: Option<String>,
-        /// Default: `{source}-{unix time}`; created when missing.
-        #[arg(long)]
-        target: Option<String>,
-        /// Reindex a subset: a query DSL object as JSON.
-        #[arg(long, value_name = "JSON")]
-        query: Option<String>,
-        #[arg(long, default_value_t = 1)]
-        slices: u32,
-        /// Continue a job from its checkpoints.
-        #[arg(long, value_name = "JOB_ID")]
-        resume: Option<String>,
-        /// Move this alias to the target when done (blue/green).
-        #[arg(long)]
-        alias: Option<String>,
-        /// Documents per read.
-        #[arg(long)]
-        page_size: Option<usize>,
-        /// Largest bulk request; the size adapts below it.
-        #[arg(long)]
-        bulk_size: Option<usize>,
-        /// Comma-separated `_source` includes of the read.
-        #[arg(long)]
-        source_includes: Option<String>,
-        /// Read with scroll instead of a point in time.
-        #[arg(long)]
-        scroll: bool,
-        /// No progress bar.
-        #[arg(long)]
-        quiet: bool,
-    },
+    Reindex(ReindexArgs),
     /// BERT-whitening.
     Whiten {
         #[command(subcommand)]
         command: WhitenCommand,
     },
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Folder with corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv.
+    #[arg(long, value_name = "DIR")]
+    dataset: PathBuf,
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Comma-separated: bm25, knn, hybrid-rrf, hybrid-linear, hybrid-engine.
+    #[arg(long, default_value = "bm25,knn,hybrid-rrf,hybrid-linear")]
+    modes: String,
+    /// The pipeline file (index, model, fields); `--tune` writes its [search] fusion.
+    #[arg(long, value_name = "FILE")]
+    pipeline: PathBuf,
+    /// Use this model instead of the pipeline's (give it its own --index).
+    #[arg(long)]
+    model: Option<String>,
+    /// Embed the queries with this model (a static int8 copy of the field's model,
+    /// `[search] query_model`); the index and its vectors stay the same, so it can be reused.
+    #[arg(long)]
+    query_model: Option<String>,
+    /// Use this index instead of the pipeline's.
+    #[arg(long)]
+    index: Option<String>,
+    /// Delete and rebuild the index even when it exists (otherwise an existing one is reused).
+    #[arg(long)]
+    recreate: bool,
+    /// Index a deterministic subset: the judged documents of as many queries as fit, then others.
+    #[arg(long, value_name = "N")]
+    max_docs: Option<usize>,
+    /// Grid-search the fusion parameters on this split with k-fold cross-validation: the hybrid
+    /// rows are scored on held-out folds; the best (tuned on all queries) is written into the pipeline.
+    #[arg(long)]
+    tune: bool,
+    /// Folds of --tune's cross-validation.
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    folds: usize,
+    /// Seed of --tune's fold assignment.
+    #[arg(long, default_value_t = 13)]
+    seed: u64,
+    /// Where eval.md, eval.json and eval.png go.
+    #[arg(long, value_name = "DIR", default_value = ".run/eval")]
+    out: PathBuf,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ReindexArgs {
+    /// A pipeline file, or the name of a pipeline in ingest.pipelines.
+    #[arg(long)]
+    pipeline: Option<String>,
+    /// Default: the pipeline's index.
+    #[arg(long)]
+    source: Option<String>,
+    /// Default: `{source}-{unix time}`; created when missing.
+    #[arg(long)]
+    target: Option<String>,
+    /// Reindex a subset: a query DSL object as JSON.
+    #[arg(long, value_name = "JSON")]
+    query: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    slices: u32,
+    /// Continue a job from its checkpoints.
+    #[arg(long, value_name = "JOB_ID")]
+    resume: Option<String>,
+    /// Move this alias to the target when done (blue/green).
+    #[arg(long)]
+    alias: Option<String>,
+    /// Documents per read.
+    #[arg(long)]
+    page_size: Option<usize>,
+    /// Largest bulk request; the size adapts below it.
+    #[arg(long)]
+    bulk_size: Option<usize>,
+    /// Comma-separated `_source` includes of the read.
+    #[arg(long)]
+    source_includes: Option<String>,
+    /// Read with scroll instead of a point in time.
+    #[arg(long)]
+    scroll: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -343,71 +349,14 @@ fn main() -> ExitCode {
             let o = bench::BenchOptions { models, docs, queries, max_docs, max_queries, clients };
             edge(bench::bench_encode(&settings, &o))
         }
-        Command::Eval {
-            dataset,
-            split,
-            modes,
-            pipeline,
-            model,
-            query_model,
-            index,
-            recreate,
-            max_docs,
-            tune,
-            folds,
-            seed,
-            out,
-            quiet,
-        } => {
+        Command::Eval(args) => {
             telemetry::init_tracing(settings.log.format, "warn");
-            let tune = tune.then_some((folds, seed));
-            let target = EvalTarget { pipeline, model, query_model, index, recreate };
-            edge(run_eval(settings, dataset, split, &modes, target, max_docs, tune, out, quiet))
+            edge(run_eval(settings, args))
         }
         Command::Compare { reports, out } => edge(eval::compare_files(&reports, &out)),
-        Command::Reindex {
-            pipeline,
-            source,
-            target,
-            query,
-            slices,
-            resume,
-            alias,
-            page_size,
-            bulk_size,
-            source_includes,
-            scroll,
-            quiet,
-        } => {
+        Command::Reindex(args) => {
             telemetry::init_tracing(settings.log.format, "warn");
-            let query = match query.map(|q| serde_json::from_str::<serde_json::Value>(&q)).transpose() {
-                Ok(q) => q,
-                Err(e) => {
-                    eprintln!("error: --query is not JSON: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let file = pipeline.as_deref().map(Path::new).filter(|p| p.is_file()).map(Path::to_path_buf);
-            let req = semantic_sidecar::reindex::JobRequest {
-                pipeline: pipeline.unwrap_or_default(),
-                source,
-                target,
-                query,
-                slices,
-                alias,
-                source_includes: source_includes.map(|s| s.split(',').map(String::from).collect()),
-                page_size,
-                bulk_size,
-                scroll,
-                resume,
-            };
-            match commands::reindex::reindex(settings, req, file.as_deref(), quiet) {
-                Ok(code) => ExitCode::from(code),
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_reindex(settings, args)
         }
         Command::Whiten { command: WhitenCommand::Fit { model, input, field, dims } } => {
             telemetry::init_tracing(settings.log.format, "warn");
@@ -436,47 +385,27 @@ fn edge(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-/// Which pipeline, model and index an eval runs on.
-struct EvalTarget {
-    pipeline: PathBuf,
-    model: Option<String>,
-    query_model: Option<String>,
-    index: Option<String>,
-    recreate: bool,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_eval(
-    settings: Settings,
-    dataset: PathBuf,
-    split: String,
-    modes: &str,
-    target: EvalTarget,
-    max_docs: Option<usize>,
-    tune: Option<(usize, u64)>,
-    out: PathBuf,
-    quiet: bool,
-) -> anyhow::Result<()> {
+/// `eval`: the flags as [`EvalOptions`]; prints the table (and what `--tune` wrote).
+fn run_eval(settings: Settings, a: EvalArgs) -> anyhow::Result<()> {
     use semantic_sidecar::commands::eval::{EvalMode, EvalOptions};
     let modes =
-        modes.split(',').filter(|m| !m.trim().is_empty()).map(EvalMode::parse).collect::<anyhow::Result<Vec<_>>>()?;
-    let (folds, seed) = tune.unwrap_or((5, 13));
+        a.modes.split(',').filter(|m| !m.trim().is_empty()).map(EvalMode::parse).collect::<anyhow::Result<Vec<_>>>()?;
     let opts = EvalOptions {
-        dataset,
-        split,
+        dataset: a.dataset,
+        split: a.split,
         modes,
-        pipeline: target.pipeline,
-        model: target.model,
-        query_model: target.query_model,
-        index: target.index,
-        recreate: target.recreate,
-        max_docs,
-        tune: tune.is_some(),
-        folds,
-        seed,
-        out,
-        progress: !quiet,
+        pipeline: a.pipeline,
+        model: a.model,
+        query_model: a.query_model,
+        index: a.index,
+        recreate: a.recreate,
+        max_docs: a.max_docs,
+        tune: a.tune,
+        // without --tune the folds and seed are unused; the defaults keep the report the same
+        folds: if a.tune { a.folds } else { 5 },
+        seed: if a.tune { a.seed } else { 13 },
+        out: a.out,
+        progress: !a.quiet,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
@@ -487,4 +416,50 @@ fn run_eval(
     }
     eprintln!("wrote {0}/eval.md, {0}/eval.json, {0}/eval.png", opts.out.display());
     Ok(())
+}
+
+/// `reindex`: the flags as a job request; exit 0 done, 1 failed, 2 bad flags, 130 cancelled.
+fn run_reindex(settings: Settings, args: ReindexArgs) -> ExitCode {
+    let ReindexArgs {
+        pipeline,
+        source,
+        target,
+        query,
+        slices,
+        resume,
+        alias,
+        page_size,
+        bulk_size,
+        source_includes,
+        scroll,
+        quiet,
+    } = args;
+    let query = match query.map(|q| serde_json::from_str::<serde_json::Value>(&q)).transpose() {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("error: --query is not JSON: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let file = pipeline.as_deref().map(Path::new).filter(|p| p.is_file()).map(Path::to_path_buf);
+    let req = semantic_sidecar::reindex::JobRequest {
+        pipeline: pipeline.unwrap_or_default(),
+        source,
+        target,
+        query,
+        slices,
+        alias,
+        source_includes: source_includes.map(|s| s.split(',').map(String::from).collect()),
+        page_size,
+        bulk_size,
+        scroll,
+        resume,
+    };
+    match commands::reindex::reindex(settings, req, file.as_deref(), quiet) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
