@@ -1,14 +1,12 @@
 //! Engine URLs built from typed, encoded segments: the only way a value that came from a client
 //! (an index name, a document id, a query string) becomes part of an engine request path.
 //!
-//! Pure. Owns: the index-name rules Elasticsearch and OpenSearch share ([`IndexName`], and
-//! [`IndexPattern`] for the read APIs that take comma lists and wildcards), document ids
-//! ([`DocId`]), the percent-encoding of every segment ([`EnginePath`]), and re-encoding a
-//! client's query string from parsed, bounded pairs ([`QueryString`]). It must not know routes or
-//! scopes: callers decide which API a request may reach; this module makes sure the path names
-//! exactly that API and nothing smuggled in with `/`, `?`, `#` or `..`.
-//!
-//! Not supported: date math in index names (`<logs-{now/d}>`) is refused, not resolved.
+//! Pure. Owns the percent-encoding of every segment ([`EnginePath`]) and re-encoding a client's
+//! query string from parsed, bounded pairs ([`QueryString`]); the names it encodes are checked
+//! by their own types in `crate::types::name` ([`IndexName`], [`IndexPattern`], [`DocId`]),
+//! which it imports. It must not know routes or scopes: callers decide which API a request may
+//! reach; this module makes sure the path names exactly that API and nothing smuggled in with
+//! `/`, `?`, `#` or `..`. (Date math in index names is refused by `IndexName`, not resolved.)
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
