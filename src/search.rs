@@ -20,7 +20,7 @@ use crate::engine::{EngineClient, EngineError, EngineRequest, EngineResponse};
 use crate::error::ErrorCode;
 use crate::query::answer::{engine_hits, leg_of, sidecar_page, Leg};
 use crate::query::build::{self, Capabilities};
-use crate::query::compat::{self, Rewrite, CONFLICTING_KEYS};
+use crate::query::compat::{self, HybridClause, Rewrite, CONFLICTING_KEYS};
 use crate::query::fusion::Fusion;
 use crate::query::request::{self, Mode, Plan, QueryError, Resolved, SearchRequest, Target};
 use crate::settings::SearchSettings;
@@ -508,86 +508,110 @@ impl Searcher {
         match rewrite {
             Rewrite::Passthrough => Ok(EsAnswer::Raw(self.engine_send(passthrough(body), times).await?)),
             Rewrite::Nested { clauses } => {
-                let mut v = parsed.unwrap_or_default();
-                let caps = self.capabilities().await?;
-                let p = self.pipeline_or_err(index)?;
-                let target = target.unwrap_or_else(|| Target::of(p));
-                if clauses.len() > MAX_NESTED_HYBRID {
-                    return Err(QueryError::Limit(format!(
-                        "the body has {} hybrid clauses, more than {MAX_NESTED_HYBRID}",
-                        clauses.len()
-                    ))
-                    .into());
-                }
-                // every clause is checked before anything is encoded or sent
-                let mut plans = Vec::with_capacity(clauses.len());
-                for (ptr, clause) in clauses {
-                    let plan =
-                        request::plan(clause.to_request(index, &Map::new())?, target.clone(), &p.search, &self.limits)?;
-                    if !matches!(plan.fusion, Resolved::Engine { method: EngineMethod::Auto | EngineMethod::Boost, .. })
-                        && clause.fusion.is_some()
-                    {
-                        return Err(QueryError::Invalid(format!(
-                            "the hybrid clause at {ptr} is nested, so the engine scores it (bool.should, boosts): give it no fusion or {{\"engine\": {{\"method\": \"boost\"}}}}; rrf and linear need the clause as the whole query"
-                        ))
-                        .into());
-                    }
-                    plans.push((ptr, plan));
-                }
-                // all their texts in one encoder batch (one pipeline, so one model)
-                let texts: Vec<String> = plans.iter().map(|(_, p)| p.text.clone()).collect();
-                let vectors = self.encode_queries(&target.query_model, texts, times).await?;
-                for ((ptr, plan), vector) in plans.iter().zip(&vectors) {
-                    let replacement = build::nested_hybrid(plan, vector, caps)?;
-                    if let Some(slot) = v.pointer_mut(ptr) {
-                        *slot = replacement;
-                    }
-                }
-                Ok(EsAnswer::Raw(self.engine_send(passthrough(Bytes::from(v.to_string())), times).await?))
+                let body = self.nested_hybrid(index, target, parsed.unwrap_or_default(), clauses, times).await?;
+                Ok(EsAnswer::Raw(self.engine_send(passthrough(Bytes::from(body.to_string())), times).await?))
             }
-            Rewrite::TopLevel { clause, mut rest } => {
-                self.pipeline_or_err(index)?;
-                if let Some(k) = CONFLICTING_KEYS.iter().find(|k| rest.contains_key(**k)) {
-                    return Err(QueryError::Invalid(format!(
-                        "`{k}` cannot be combined with a hybrid query (the hits are ordered by the fused score)"
-                    ))
-                    .into());
-                }
-                let plan = self.plan(clause.to_request(index, &rest)?, times)?;
-                for k in ["size", "from", "_source", "highlight"] {
-                    rest.remove(k);
-                }
-                let caps = self.capabilities().await?;
-                let vector = self.query_vector(caps, &plan, times).await?;
-                if let (Mode::Hybrid, Resolved::Engine { .. }, Some(v)) = (plan.mode, plan.fusion, vector.as_deref()) {
-                    let (mut resp, _) =
-                        self.engine_fused(&plan, v, caps, Some(&rest), Some(query_string), times).await?;
-                    let hits = times.time(SearchStage::Fusion, || engine_hits(&plan, &resp, None));
-                    if let Some(h) = resp.pointer_mut("/hits/hits") {
-                        *h = Value::Array(hits);
-                    }
-                    return Ok(EsAnswer::Json(resp));
-                }
-                let (bm25, knn, first) =
-                    self.legs(&plan, vector.as_deref(), caps.info.dialect, Some(&rest), times).await?;
-                let page = times.time(SearchStage::Fusion, || sidecar_page(&plan, bm25.as_ref(), knn.as_ref(), plan.k));
-                let mut resp = first;
-                if let Some(m) = resp.as_object_mut() {
-                    m.remove("status");
-                    m.insert("took".into(), json!(started.elapsed().as_millis() as u64));
-                }
-                if let Some(h) = resp.get_mut("hits").and_then(Value::as_object_mut) {
-                    h.insert("max_score".into(), json!(page.max_score));
-                    h.insert("hits".into(), Value::Array(page.hits));
-                    if plan.mode == Mode::Knn {
-                        h.insert(
-                            "total".into(),
-                            json!({"value": page.total, "relation": if page.truncated { "gte" } else { "eq" }}),
-                        );
-                    }
-                }
+            Rewrite::TopLevel { clause, rest } => {
+                let resp = self.top_level_hybrid(index, clause, rest, query_string, started, times).await?;
                 Ok(EsAnswer::Json(resp))
             }
         }
+    }
+
+    /// The search body with each hybrid clause nested in it (by JSON pointer) replaced by its
+    /// engine-scored form; every clause is checked before anything is encoded or sent.
+    async fn nested_hybrid(
+        &self,
+        index: &str,
+        target: Option<Target>,
+        mut body: Value,
+        clauses: Vec<(String, HybridClause)>,
+        times: &mut StageTimes,
+    ) -> Result<Value, SearchError> {
+        let caps = self.capabilities().await?;
+        let p = self.pipeline_or_err(index)?;
+        let target = target.unwrap_or_else(|| Target::of(p));
+        if clauses.len() > MAX_NESTED_HYBRID {
+            return Err(QueryError::Limit(format!(
+                "the body has {} hybrid clauses, more than {MAX_NESTED_HYBRID}",
+                clauses.len()
+            ))
+            .into());
+        }
+        let mut plans = Vec::with_capacity(clauses.len());
+        for (ptr, clause) in clauses {
+            let plan = request::plan(clause.to_request(index, &Map::new())?, target.clone(), &p.search, &self.limits)?;
+            if !matches!(plan.fusion, Resolved::Engine { method: EngineMethod::Auto | EngineMethod::Boost, .. })
+                && clause.fusion.is_some()
+            {
+                return Err(QueryError::Invalid(format!(
+                    "the hybrid clause at {ptr} is nested, so the engine scores it (bool.should, boosts): give it no fusion or {{\"engine\": {{\"method\": \"boost\"}}}}; rrf and linear need the clause as the whole query"
+                ))
+                .into());
+            }
+            plans.push((ptr, plan));
+        }
+        // all their texts in one encoder batch (one pipeline, so one model)
+        let texts: Vec<String> = plans.iter().map(|(_, p)| p.text.clone()).collect();
+        let vectors = self.encode_queries(&target.query_model, texts, times).await?;
+        for ((ptr, plan), vector) in plans.iter().zip(&vectors) {
+            let replacement = build::nested_hybrid(plan, vector, caps)?;
+            if let Some(slot) = body.pointer_mut(ptr) {
+                *slot = replacement;
+            }
+        }
+        Ok(body)
+    }
+
+    /// A search whose whole query is a hybrid clause (or rewritten into one): the engine fuses
+    /// where the plan says so, else the sidecar fuses the two legs into an `_search` answer.
+    async fn top_level_hybrid(
+        &self,
+        index: &str,
+        clause: HybridClause,
+        mut rest: Map<String, Value>,
+        query_string: &QueryString,
+        started: Instant,
+        times: &mut StageTimes,
+    ) -> Result<Value, SearchError> {
+        self.pipeline_or_err(index)?;
+        if let Some(k) = CONFLICTING_KEYS.iter().find(|k| rest.contains_key(**k)) {
+            return Err(QueryError::Invalid(format!(
+                "`{k}` cannot be combined with a hybrid query (the hits are ordered by the fused score)"
+            ))
+            .into());
+        }
+        let plan = self.plan(clause.to_request(index, &rest)?, times)?;
+        for k in ["size", "from", "_source", "highlight"] {
+            rest.remove(k);
+        }
+        let caps = self.capabilities().await?;
+        let vector = self.query_vector(caps, &plan, times).await?;
+        if let (Mode::Hybrid, Resolved::Engine { .. }, Some(v)) = (plan.mode, plan.fusion, vector.as_deref()) {
+            let (mut resp, _) = self.engine_fused(&plan, v, caps, Some(&rest), Some(query_string), times).await?;
+            let hits = times.time(SearchStage::Fusion, || engine_hits(&plan, &resp, None));
+            if let Some(h) = resp.pointer_mut("/hits/hits") {
+                *h = Value::Array(hits);
+            }
+            return Ok(resp);
+        }
+        let (bm25, knn, first) = self.legs(&plan, vector.as_deref(), caps.info.dialect, Some(&rest), times).await?;
+        let page = times.time(SearchStage::Fusion, || sidecar_page(&plan, bm25.as_ref(), knn.as_ref(), plan.k));
+        let mut resp = first;
+        if let Some(m) = resp.as_object_mut() {
+            m.remove("status");
+            m.insert("took".into(), json!(started.elapsed().as_millis() as u64));
+        }
+        if let Some(h) = resp.get_mut("hits").and_then(Value::as_object_mut) {
+            h.insert("max_score".into(), json!(page.max_score));
+            h.insert("hits".into(), Value::Array(page.hits));
+            if plan.mode == Mode::Knn {
+                h.insert(
+                    "total".into(),
+                    json!({"value": page.total, "relation": if page.truncated { "gte" } else { "eq" }}),
+                );
+            }
+        }
+        Ok(resp)
     }
 }

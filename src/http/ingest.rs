@@ -9,6 +9,7 @@
 //!
 //! [`Ingestor`]: crate::ingest::writer::Ingestor
 
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -26,6 +27,7 @@ use crate::error::ErrorCode;
 use crate::ingest::bulk::{self, Action, BulkItem};
 use crate::ingest::writer::{send_bulk, BulkOutcome};
 use crate::types::name::{DocId, IndexName};
+use crate::types::pipeline::Pipeline;
 
 fn invalid(reason: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidInput, reason)
@@ -269,55 +271,14 @@ pub async fn update(
         let req = EngineRequest::new(Method::POST, path).passthrough().json_bytes(body);
         return Ok(engine_answer(state.engine.send(req).await?));
     };
-    if req.contains_key("script") {
-        return Err(invalid(format!(
-            "scripted updates are refused on `{index}` (pipeline `{}`): the sidecar cannot embed what a script changes; send the changed fields as a partial `doc`",
-            pipeline.name
-        )));
-    }
-    if let Some(k) = req.keys().find(|k| !UPDATE_KEYS.contains(&k.as_str())) {
-        return Err(invalid(format!(
-            "`{k}` is not accepted in an update of `{index}` (accepted: {})",
-            UPDATE_KEYS.join(", ")
-        )));
-    }
-    let partial = match req.get("doc") {
-        None => None,
-        Some(Value::Object(m)) => Some(m.clone()),
-        Some(_) => return Err(invalid("`doc` must be a JSON object")),
-    };
-    let upsert = match req.get("upsert") {
-        None => None,
-        Some(Value::Object(m)) => Some(m.clone()),
-        Some(_) => return Err(invalid("`upsert` must be a JSON object")),
-    };
-    let doc_as_upsert = req.get("doc_as_upsert").and_then(Value::as_bool).unwrap_or(false);
-    let detect_noop = req.get("detect_noop").and_then(Value::as_bool).unwrap_or(true);
-    if partial.is_none() && upsert.is_none() {
-        return Err(invalid("an update needs a partial `doc` (or an `upsert`)"));
-    }
-    let retries: u32 = match q.get("retry_on_conflict") {
-        None => 0,
-        Some(n) => {
-            n.parse().ok().filter(|n| *n <= 100).ok_or_else(|| invalid("`retry_on_conflict` must be 0 to 100"))?
-        }
-    };
-    let client_version = (q.get("if_seq_no").map(String::from), q.get("if_primary_term").map(String::from));
-    // parameters of the write that follows (refresh, routing, timeout, …), minus the update's own
-    let mut write_q = q.clone();
-    for k in ["retry_on_conflict", "if_seq_no", "if_primary_term", "_source", "_source_includes", "_source_excludes"] {
-        write_q.remove(k);
-    }
-    if let (Some(p), None) = (pipeline.engine_pipeline.as_ref(), write_q.get("pipeline")) {
-        write_q.push("pipeline", p);
-    }
+    let update = Update::parse(&req, &q, &index, &pipeline)?;
     let doc_path = EnginePath::root().index(&name).api("_doc").id(&doc_id);
+    let mut get_q = QueryString::default();
+    if let Some(r) = q.get("routing") {
+        get_q.push("routing", r);
+    }
     let mut attempt = 0;
     loop {
-        let mut get_q = QueryString::default();
-        if let Some(r) = q.get("routing") {
-            get_q.push("routing", r);
-        }
         let got = state
             .engine
             .send(EngineRequest::new(Method::GET, doc_path.clone().query(&get_q).build()).passthrough())
@@ -327,62 +288,19 @@ pub async fn update(
             return Ok(engine_answer(got));
         }
         let stored: Value = if found { got.json()? } else { Value::Null };
-        let (source, created) = match (found, &partial, &upsert) {
-            (true, Some(p), _) => {
-                let mut s = stored["_source"].as_object().cloned().unwrap_or_default();
-                let before = s.clone();
-                merge_into(&mut s, p);
-                if detect_noop && s == before {
-                    let mut v = json!({"_index": stored["_index"], "_id": stored["_id"], "_version": stored["_version"],
-                        "result": "noop", "_shards": {"total": 0, "successful": 0, "failed": 0}});
-                    for k in ["_seq_no", "_primary_term"] {
-                        v[k] = stored[k].clone();
-                    }
-                    return Ok(axum::Json(v).into_response());
-                }
-                (s, false)
-            }
-            (true, None, _) => {
-                // only an upsert and the document exists: nothing to change
-                let v = json!({"_index": stored["_index"], "_id": stored["_id"], "_version": stored["_version"],
-                    "result": "noop", "_seq_no": stored["_seq_no"], "_primary_term": stored["_primary_term"],
-                    "_shards": {"total": 0, "successful": 0, "failed": 0}});
-                return Ok(axum::Json(v).into_response());
-            }
-            (false, Some(p), _) if doc_as_upsert => (p.clone(), true),
-            (false, _, Some(u)) => (u.clone(), true),
-            (false, _, None) => {
-                let body = json!({"error": {"type": "document_missing_exception", "reason": format!("[{id}]: document missing"),
-                    "index": index}, "status": 404});
-                return Ok((StatusCode::NOT_FOUND, axum::Json(body)).into_response());
-            }
+        let (source, created) = match update.apply(found.then_some(&stored), &id, &index) {
+            Continue(merged) => merged,
+            Break(answer) => return Ok(answer),
         };
-        let mut meta = serde_json::Map::new();
-        meta.insert("_id".into(), Value::from(id.clone()));
-        let mut items = vec![BulkItem { action: Action::Index, meta, source: Some(Value::Object(source)), line: 1 }];
-        let prepared = state.ingestor.prepare(&mut items, Some(&index), &state.engine).await?;
-        if let Some(f) = prepared.failures.first() {
-            let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST);
-            let body = json!({"error": {"type": f.error_type, "reason": f.reason}, "status": f.status});
-            return Ok((status, axum::Json(body)).into_response());
-        }
-        let doc = items.pop().and_then(|i| i.source).unwrap_or_default();
-        let mut put_q = write_q.clone();
-        match (&client_version, created) {
-            ((Some(s), Some(t)), _) => {
-                put_q.push("if_seq_no", s);
-                put_q.push("if_primary_term", t);
-            }
-            (_, true) => put_q.push("op_type", "create"),
-            (_, false) => {
-                put_q.push("if_seq_no", &stored["_seq_no"].to_string());
-                put_q.push("if_primary_term", &stored["_primary_term"].to_string());
-            }
-        }
+        let doc = match embed_one(&state, &index, &id, source).await? {
+            Ok(doc) => doc,
+            Err(refused) => return Ok(refused),
+        };
+        let put_q = update.write_query(&stored, created);
         let put = EngineRequest::new(Method::PUT, doc_path.clone().query(&put_q).build()).json(&doc).passthrough();
         let resp = state.engine.send(put).await?;
         let conflict = resp.status.as_u16() == 409;
-        if conflict && attempt < retries && client_version.0.is_none() {
+        if conflict && attempt < update.retries && update.client_version.0.is_none() {
             attempt += 1;
             continue;
         }
@@ -394,4 +312,145 @@ pub async fn update(
         let status = if created { StatusCode::CREATED } else { StatusCode::OK };
         return Ok((status, axum::Json(v)).into_response());
     }
+}
+
+/// A checked `_update` of a pipeline index: what to merge, what to create, how to write it.
+struct Update {
+    partial: Option<serde_json::Map<String, Value>>,
+    upsert: Option<serde_json::Map<String, Value>>,
+    doc_as_upsert: bool,
+    detect_noop: bool,
+    /// `retry_on_conflict`: more tries when someone else wrote the document meanwhile.
+    retries: u32,
+    /// The client's own `if_seq_no` / `if_primary_term`, which a retry must not override.
+    client_version: (Option<String>, Option<String>),
+    /// Parameters of the write that follows (refresh, routing, timeout, …), minus the update's own.
+    write_q: QueryString,
+}
+
+impl Update {
+    fn parse(
+        req: &serde_json::Map<String, Value>,
+        q: &QueryString,
+        index: &str,
+        pipeline: &Pipeline,
+    ) -> Result<Self, ApiError> {
+        if req.contains_key("script") {
+            return Err(invalid(format!(
+                "scripted updates are refused on `{index}` (pipeline `{}`): the sidecar cannot embed what a script changes; send the changed fields as a partial `doc`",
+                pipeline.name
+            )));
+        }
+        if let Some(k) = req.keys().find(|k| !UPDATE_KEYS.contains(&k.as_str())) {
+            return Err(invalid(format!(
+                "`{k}` is not accepted in an update of `{index}` (accepted: {})",
+                UPDATE_KEYS.join(", ")
+            )));
+        }
+        let object = |key: &str| match req.get(key) {
+            None => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(m.clone())),
+            Some(_) => Err(invalid(format!("`{key}` must be a JSON object"))),
+        };
+        let partial = object("doc")?;
+        let upsert = object("upsert")?;
+        let doc_as_upsert = req.get("doc_as_upsert").and_then(Value::as_bool).unwrap_or(false);
+        let detect_noop = req.get("detect_noop").and_then(Value::as_bool).unwrap_or(true);
+        if partial.is_none() && upsert.is_none() {
+            return Err(invalid("an update needs a partial `doc` (or an `upsert`)"));
+        }
+        let retries: u32 = match q.get("retry_on_conflict") {
+            None => 0,
+            Some(n) => {
+                n.parse().ok().filter(|n| *n <= 100).ok_or_else(|| invalid("`retry_on_conflict` must be 0 to 100"))?
+            }
+        };
+        let client_version = (q.get("if_seq_no").map(String::from), q.get("if_primary_term").map(String::from));
+        let mut write_q = q.clone();
+        for k in
+            ["retry_on_conflict", "if_seq_no", "if_primary_term", "_source", "_source_includes", "_source_excludes"]
+        {
+            write_q.remove(k);
+        }
+        if let (Some(p), None) = (pipeline.engine_pipeline.as_ref(), write_q.get("pipeline")) {
+            write_q.push("pipeline", p);
+        }
+        Ok(Update { partial, upsert, doc_as_upsert, detect_noop, retries, client_version, write_q })
+    }
+
+    /// The document to write and whether it is new, from the stored one (`None`: missing); or the
+    /// answer to give instead: a noop, or `document_missing_exception`.
+    fn apply(
+        &self,
+        stored: Option<&Value>,
+        id: &str,
+        index: &str,
+    ) -> ControlFlow<Response, (serde_json::Map<String, Value>, bool)> {
+        match (stored, &self.partial, &self.upsert) {
+            (Some(stored), Some(p), _) => {
+                let mut s = stored["_source"].as_object().cloned().unwrap_or_default();
+                let before = s.clone();
+                merge_into(&mut s, p);
+                if self.detect_noop && s == before {
+                    Break(noop(stored))
+                } else {
+                    Continue((s, false))
+                }
+            }
+            // only an upsert and the document exists: nothing to change
+            (Some(stored), None, _) => Break(noop(stored)),
+            (None, Some(p), _) if self.doc_as_upsert => Continue((p.clone(), true)),
+            (None, _, Some(u)) => Continue((u.clone(), true)),
+            (None, _, None) => {
+                let body = json!({"error": {"type": "document_missing_exception", "reason": format!("[{id}]: document missing"),
+                    "index": index}, "status": 404});
+                Break((StatusCode::NOT_FOUND, axum::Json(body)).into_response())
+            }
+        }
+    }
+
+    /// The write's parameters: the client's version, or `op_type=create` for a new document, or
+    /// the version that was read, so a concurrent change is a conflict and not lost.
+    fn write_query(&self, stored: &Value, created: bool) -> QueryString {
+        let mut put_q = self.write_q.clone();
+        match (&self.client_version, created) {
+            ((Some(s), Some(t)), _) => {
+                put_q.push("if_seq_no", s);
+                put_q.push("if_primary_term", t);
+            }
+            (_, true) => put_q.push("op_type", "create"),
+            (_, false) => {
+                put_q.push("if_seq_no", &stored["_seq_no"].to_string());
+                put_q.push("if_primary_term", &stored["_primary_term"].to_string());
+            }
+        }
+        put_q
+    }
+}
+
+/// The update answer for a document left as it was.
+fn noop(stored: &Value) -> Response {
+    let v = json!({"_index": stored["_index"], "_id": stored["_id"], "_version": stored["_version"],
+        "result": "noop", "_seq_no": stored["_seq_no"], "_primary_term": stored["_primary_term"],
+        "_shards": {"total": 0, "successful": 0, "failed": 0}});
+    axum::Json(v).into_response()
+}
+
+/// Embeds one document as a write of `index` would: the stored form, or the refusal to answer.
+async fn embed_one(
+    state: &AppState,
+    index: &str,
+    id: &str,
+    source: serde_json::Map<String, Value>,
+) -> Result<Result<Value, Response>, ApiError> {
+    let mut meta = serde_json::Map::new();
+    meta.insert("_id".into(), Value::from(id));
+    let mut items = vec![BulkItem { action: Action::Index, meta, source: Some(Value::Object(source)), line: 1 }];
+    let prepared = state.ingestor.prepare(&mut items, Some(index), &state.engine).await?;
+    if let Some(f) = prepared.failures.first() {
+        let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let body = json!({"error": {"type": f.error_type, "reason": f.reason}, "status": f.status});
+        return Ok(Err((status, axum::Json(body)).into_response()));
+    }
+    Ok(Ok(items.pop().and_then(|i| i.source).unwrap_or_default()))
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use crate::engine::{Dialect, EngineInfo, Version};
-use crate::types::pipeline::{IndexType, KnnEngine, Pipeline, Similarity};
+use crate::types::pipeline::{Analyzer, IndexType, KnnEngine, Pipeline, Similarity, VectorIndexSpec};
 
 /// The template files, by name.
 pub const TEMPLATES: &[(&str, &str)] = &[
@@ -122,7 +122,64 @@ pub fn index_body_with(
     let v = &p.vector_index;
     let similarity = p.similarity(model.normalized);
     let analyzer = p.analyzer.resolve(model.language);
-    let index_type = match (info.dialect, v.index_type) {
+    let index_type = index_type_name(info, v)?;
+    let mut vars: BTreeMap<&str, Value> = BTreeMap::new();
+    vars.insert("shards", json!(p.shards));
+    vars.insert("replicas", json!(p.replicas));
+    vars.insert("analyzer", json!(analyzer.engine_name()));
+    vars.insert("dims", json!(model.dims));
+    vars.insert("similarity", json!(es_similarity(similarity)));
+    // OpenSearch keeps cosinesimil for `auto`: the same ranking as innerproduct on unit vectors,
+    // with scores in [0, 1] whatever the vectors, and the default the k-NN docs lead with.
+    let os_similarity = match v.similarity {
+        Similarity::Auto => Similarity::Cosine,
+        s => s,
+    };
+    vars.insert("space_type", json!(os_space_type(os_similarity)));
+    vars.insert("index_type", json!(index_type));
+    vars.insert("m", json!(v.m));
+    vars.insert("ef_construction", json!(v.ef_construction));
+    vars.insert("knn_engine", json!(if v.engine == KnnEngine::Faiss { "faiss" } else { "lucene" }));
+    let r = |name: &str, vars: &BTreeMap<&str, Value>| {
+        render(&part(&t, name, info.dialect)?, vars).map_err(|e| MappingError::Template(name.into(), e))
+    };
+    let text_field = r("text_field", &vars)?;
+    let vector_part = match (info.dialect, v.index_type) {
+        (Dialect::Elasticsearch, IndexType::Flat) => "vector_field_flat",
+        (Dialect::Opensearch, IndexType::Int8Hnsw) => "vector_field_int8",
+        _ => "vector_field",
+    };
+    let vector_field = r(vector_part, &vars)?;
+    vars.insert("text_field", text_field.clone());
+    vars.insert("vector_field", vector_field.clone());
+
+    let parts = FieldParts { vars: &vars, text_field: &text_field, vector_field: &vector_field, vector_part };
+    let mut props = properties(p, model, analyzer, &parts, other, &r)?;
+    if let Some(h) = &p.hash_field {
+        insert_path(&mut props, h, r("hash_field", &vars)?);
+    }
+    if let Some(c) = &p.chunking {
+        insert_path(&mut props, &c.passages_field, r("passages_field", &vars)?);
+    }
+    let mut index_settings = r("index_settings", &vars)?;
+    if info.dialect == Dialect::Elasticsearch && info.version >= Version::new(9, 2, 0) {
+        // 9.2+ leaves vectors out of `_source` by default; the sidecar keeps them there, as on
+        // 8.x and OpenSearch: clients read the vectors they wrote, and the content-hash skip
+        // reuses stored vectors (without them it would embed every unchanged document again)
+        if let Some(m) = index_settings.as_object_mut() {
+            m.insert("mapping".into(), json!({"exclude_source_vectors": false}));
+        }
+    }
+    Ok(json!({
+        "settings": {"index": index_settings},
+        "mappings": {"properties": props},
+    }))
+}
+
+/// The engine's name for the pipeline's `vector_index.index_type`, or why this cluster cannot
+/// hold it.
+fn index_type_name(info: &EngineInfo, v: &VectorIndexSpec) -> Result<&'static str, MappingError> {
+    let name = match (info.dialect, v.index_type) {
         (Dialect::Elasticsearch, IndexType::Int8Hnsw) if info.version < Version::new(8, 12, 0) => {
             return Err(MappingError::Unsupported(format!(
                 "int8_hnsw needs Elasticsearch 8.12+, the cluster is {}",
@@ -158,84 +215,61 @@ pub fn index_body_with(
     if info.dialect == Dialect::Elasticsearch && v.engine == KnnEngine::Faiss {
         return Err(MappingError::Unsupported("vector_index.engine faiss is an OpenSearch option".into()));
     }
-    let mut vars: BTreeMap<&str, Value> = BTreeMap::new();
-    vars.insert("shards", json!(p.shards));
-    vars.insert("replicas", json!(p.replicas));
-    vars.insert("analyzer", json!(analyzer.engine_name()));
-    vars.insert("dims", json!(model.dims));
-    vars.insert("similarity", json!(es_similarity(similarity)));
-    // OpenSearch keeps cosinesimil for `auto`: the same ranking as innerproduct on unit vectors,
-    // with scores in [0, 1] whatever the vectors, and the default the k-NN docs lead with.
-    let os_similarity = match v.similarity {
-        Similarity::Auto => Similarity::Cosine,
-        s => s,
-    };
-    vars.insert("space_type", json!(os_space_type(os_similarity)));
-    vars.insert("index_type", json!(index_type));
-    vars.insert("m", json!(v.m));
-    vars.insert("ef_construction", json!(v.ef_construction));
-    vars.insert("knn_engine", json!(if v.engine == KnnEngine::Faiss { "faiss" } else { "lucene" }));
-    let r = |name: &str, vars: &BTreeMap<&str, Value>| {
-        render(&part(&t, name, info.dialect)?, vars).map_err(|e| MappingError::Template(name.into(), e))
-    };
-    let text_field = r("text_field", &vars)?;
-    let vector_part = match (info.dialect, v.index_type) {
-        (Dialect::Elasticsearch, IndexType::Flat) => "vector_field_flat",
-        (Dialect::Opensearch, IndexType::Int8Hnsw) => "vector_field_int8",
-        _ => "vector_field",
-    };
-    let vector_field = r(vector_part, &vars)?;
-    vars.insert("text_field", text_field.clone());
-    vars.insert("vector_field", vector_field.clone());
+    Ok(name)
+}
 
+/// The mapping's field parts rendered once for the pipeline's own model and analyzer.
+struct FieldParts<'a> {
+    vars: &'a BTreeMap<&'a str, Value>,
+    text_field: &'a Value,
+    vector_field: &'a Value,
+    /// The template part vector fields are rendered from.
+    vector_part: &'a str,
+}
+
+/// Renders one template part with its variables.
+type Render<'a> = dyn Fn(&str, &BTreeMap<&str, Value>) -> Result<Value, MappingError> + 'a;
+
+/// The `properties` of every `[[fields]]` entry: each source a text field (its own analyzer
+/// where `field_analyzers` says so), each vector field sized for the model it holds.
+fn properties(
+    p: &Pipeline,
+    model: ModelShape,
+    analyzer: Analyzer,
+    parts: &FieldParts,
+    other: &dyn Fn(&str) -> Option<(usize, bool)>,
+    r: &Render<'_>,
+) -> Result<Map<String, Value>, MappingError> {
     let mut props = Map::new();
     for (i, f) in p.fields.iter().enumerate() {
         let field_model = p.field_model(i);
         let vector_field = if field_model == p.model {
-            vector_field.clone()
+            parts.vector_field.clone()
         } else {
             let (dims, normalized) = other(field_model).ok_or_else(|| {
                 MappingError::Unsupported(format!(
                     "fields[{i}] holds model `{field_model}`, whose dims are not known here: add it to encoder.models"
                 ))
             })?;
-            let mut own = vars.clone();
+            let mut own = parts.vars.clone();
             own.insert("dims", json!(dims));
             own.insert("similarity", json!(es_similarity(p.similarity(normalized))));
-            r(vector_part, &own)?
+            r(parts.vector_part, &own)?
         };
         for s in &f.source {
             let field = match p.field_analyzers.get(s).map(|a| a.resolve(model.language)) {
                 Some(a) if a != analyzer => {
-                    let mut own = vars.clone();
+                    let mut own = parts.vars.clone();
                     own.insert("analyzer", json!(a.engine_name()));
                     r("text_field", &own)?
                 }
-                _ => text_field.clone(),
+                _ => parts.text_field.clone(),
             };
             insert_path(&mut props, s, field);
         }
         insert_path(&mut props, &f.vector, vector_field);
     }
-    if let Some(h) = &p.hash_field {
-        insert_path(&mut props, h, r("hash_field", &vars)?);
-    }
-    if let Some(c) = &p.chunking {
-        insert_path(&mut props, &c.passages_field, r("passages_field", &vars)?);
-    }
-    let mut index_settings = r("index_settings", &vars)?;
-    if info.dialect == Dialect::Elasticsearch && info.version >= Version::new(9, 2, 0) {
-        // 9.2+ leaves vectors out of `_source` by default; the sidecar keeps them there, as on
-        // 8.x and OpenSearch: clients read the vectors they wrote, and the content-hash skip
-        // reuses stored vectors (without them it would embed every unchanged document again)
-        if let Some(m) = index_settings.as_object_mut() {
-            m.insert("mapping".into(), json!({"exclude_source_vectors": false}));
-        }
-    }
-    Ok(json!({
-        "settings": {"index": index_settings},
-        "mappings": {"properties": props},
-    }))
+    Ok(props)
 }
 
 /// Looks up a dotted field in a `properties` tree.

@@ -16,7 +16,7 @@
 //! nested `{text, vector}` objects in `passages_field`, so long documents are searchable past
 //! the model's max_seq_len.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -135,6 +135,28 @@ enum Target {
     Passage(usize),
 }
 
+/// A document whose `fields[0]` text is split into passages.
+struct ToChunk {
+    position: usize,
+    /// The pipeline's model, whose tokenizer counts the passage tokens.
+    model: String,
+    text: String,
+    max_tokens: usize,
+    overlap: usize,
+}
+
+/// What a batch needs done, from [`Ingestor::collect_work`].
+#[derive(Default)]
+struct Work {
+    /// Model name -> texts to embed with it.
+    work: BTreeMap<String, Vec<Pending>>,
+    to_chunk: Vec<ToChunk>,
+    /// The content hash of each document of a pipeline with `hash_field`: the sources do not
+    /// change while vectors are added, so it is computed once, for the skip and for the write.
+    hashes: BTreeMap<usize, String>,
+    failures: Vec<ItemFailure>,
+}
+
 /// Whether queries embedded by `query` may search vectors written by `field`: only a static int8
 /// copy of the same model (dynamic int8 gives a text another vector depending on its batch-mates,
 /// any other model another space).
@@ -228,34 +250,54 @@ impl Ingestor {
         default_index: Option<&str>,
         engine: &EngineClient,
     ) -> Result<Prepared, EncoderError> {
-        let mut failures = Vec::new();
         // The pipeline's engine ingest pipeline, unless the item names its own.
         for item in items.iter_mut() {
             if let Some(name) = self.pipeline_of(item, default_index).and_then(|p| p.engine_pipeline.clone()) {
                 item.meta.entry("pipeline").or_insert(Value::String(name));
             }
         }
-        // model name -> texts to embed with it
-        let mut work: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
-        // (position, model, text of fields[0], max_tokens, overlap)
-        let mut to_chunk: Vec<(usize, String, String, usize, usize)> = Vec::new();
-        // The content hash of each document of a pipeline with `hash_field`: the sources do not
-        // change while vectors are added, so it is computed once, for the skip and for the write.
-        let mut hashes: BTreeMap<usize, String> = BTreeMap::new();
+        let Work { mut work, mut to_chunk, mut hashes, failures } = self.collect_work(items, default_index);
+        let failed: BTreeSet<usize> = failures.iter().map(|f| f.position).collect();
+        let skipped = self.keep_unchanged(items, default_index, &mut work, &failed, &hashes, engine).await;
+        let still: BTreeSet<usize> = work.values().flatten().map(|p| p.position).collect();
+        to_chunk.retain(|c| still.contains(&c.position) && !failed.contains(&c.position));
+        if !to_chunk.is_empty() {
+            self.chunk_documents(items, default_index, to_chunk, &mut work).await?;
+        }
+        let embedded = self.embed_work(items, default_index, work, &failed).await?;
+        for pos in embedded {
+            let field = self.pipeline_of(&items[pos], default_index).and_then(|p| p.hash_field.clone());
+            if let (Some(field), Some(hash), Some(doc)) = (field, hashes.remove(&pos), items[pos].doc_mut()) {
+                doc.insert(field, Value::from(hash));
+            }
+        }
+        Ok(Prepared { failures, skipped })
+    }
+
+    /// What the items of pipeline indices need embedded, per model; the documents to chunk; the
+    /// content hashes; the documents refused.
+    fn collect_work(&self, items: &[BulkItem], default_index: Option<&str>) -> Work {
+        let mut w = Work::default();
         for (position, item) in items.iter().enumerate() {
             let Some(p) = self.pipeline_of(item, default_index) else { continue };
             // scripted updates and upserts without `doc` pass through
             let Some(doc) = item.doc() else { continue };
             if p.hash_field.is_some() {
-                hashes.insert(position, content_hash(&p, doc));
+                w.hashes.insert(position, content_hash(&p, doc));
             }
             match self.texts_for(&p, doc, item.action == Action::Update) {
                 Ok(texts) => {
                     if let (Some(c), Some((0, text))) = (&p.chunking, texts.first()) {
-                        to_chunk.push((position, p.model.clone(), text.clone(), c.max_tokens, c.overlap));
+                        w.to_chunk.push(ToChunk {
+                            position,
+                            model: p.model.clone(),
+                            text: text.clone(),
+                            max_tokens: c.max_tokens,
+                            overlap: c.overlap,
+                        });
                     }
                     for (spec, text) in texts {
-                        work.entry(p.field_model(spec).to_string()).or_default().push(Pending {
+                        w.work.entry(p.field_model(spec).to_string()).or_default().push(Pending {
                             position,
                             target: Target::Field(spec),
                             text,
@@ -263,45 +305,63 @@ impl Ingestor {
                     }
                 }
                 Err((status, error_type, reason)) => {
-                    failures.push(ItemFailure { position, status, error_type, reason })
+                    w.failures.push(ItemFailure { position, status, error_type, reason })
                 }
             }
         }
-        let failed: std::collections::BTreeSet<usize> = failures.iter().map(|f| f.position).collect();
-        let skipped = self.keep_unchanged(items, default_index, &mut work, &failed, &hashes, engine).await;
-        let still: std::collections::BTreeSet<usize> = work.values().flatten().map(|p| p.position).collect();
-        to_chunk.retain(|(pos, ..)| still.contains(pos) && !failed.contains(pos));
-        if !to_chunk.is_empty() {
-            // Tokenizing whole documents is CPU work: off the async workers.
-            let encoders = self.encoders.clone();
-            let chunked = tokio::task::spawn_blocking(move || {
-                to_chunk
-                    .into_iter()
-                    .map(|(pos, model, text, max, overlap)| {
-                        let passages = encoders.get(Some(&model))?.chunk(&text, max, overlap)?;
-                        Ok((pos, model, passages))
-                    })
-                    .collect::<Result<Vec<_>, EncoderError>>()
-            })
-            .await
-            .map_err(|e| EncoderError::Tokenizer(e.to_string()))??;
-            for (pos, model, passages) in chunked {
-                let Some(p) = self.pipeline_of(&items[pos], default_index) else { continue };
-                let Some(c) = &p.chunking else { continue };
-                if let Some(doc) = items[pos].doc_mut() {
-                    let list: Vec<Value> = passages.iter().map(|t| serde_json::json!({"text": t})).collect();
-                    doc.insert(c.passages_field.clone(), Value::Array(list));
-                }
-                for (k, text) in passages.into_iter().enumerate() {
-                    work.entry(model.clone()).or_default().push(Pending {
-                        position: pos,
-                        target: Target::Passage(k),
-                        text,
-                    });
-                }
+        w
+    }
+
+    /// Splits each document of `to_chunk` into passages: written into its `passages_field`, and
+    /// each passage's text added to `work`.
+    async fn chunk_documents(
+        &self,
+        items: &mut [BulkItem],
+        default_index: Option<&str>,
+        to_chunk: Vec<ToChunk>,
+        work: &mut BTreeMap<String, Vec<Pending>>,
+    ) -> Result<(), EncoderError> {
+        // Tokenizing whole documents is CPU work: off the async workers.
+        let encoders = self.encoders.clone();
+        let chunked = tokio::task::spawn_blocking(move || {
+            to_chunk
+                .into_iter()
+                .map(|c| {
+                    let passages = encoders.get(Some(&c.model))?.chunk(&c.text, c.max_tokens, c.overlap)?;
+                    Ok((c.position, c.model, passages))
+                })
+                .collect::<Result<Vec<_>, EncoderError>>()
+        })
+        .await
+        .map_err(|e| EncoderError::Tokenizer(e.to_string()))??;
+        for (pos, model, passages) in chunked {
+            let Some(p) = self.pipeline_of(&items[pos], default_index) else { continue };
+            let Some(c) = &p.chunking else { continue };
+            if let Some(doc) = items[pos].doc_mut() {
+                let list: Vec<Value> = passages.iter().map(|t| serde_json::json!({"text": t})).collect();
+                doc.insert(c.passages_field.clone(), Value::Array(list));
+            }
+            for (k, text) in passages.into_iter().enumerate() {
+                work.entry(model.clone()).or_default().push(Pending {
+                    position: pos,
+                    target: Target::Passage(k),
+                    text,
+                });
             }
         }
-        let mut embedded = std::collections::BTreeSet::new();
+        Ok(())
+    }
+
+    /// Embeds `work` on the bulk lane, model by model, and writes each vector where it goes;
+    /// returns the positions that got one.
+    async fn embed_work(
+        &self,
+        items: &mut [BulkItem],
+        default_index: Option<&str>,
+        work: BTreeMap<String, Vec<Pending>>,
+        failed: &BTreeSet<usize>,
+    ) -> Result<BTreeSet<usize>, EncoderError> {
+        let mut embedded = BTreeSet::new();
         for (model, pending) in work {
             let pending: Vec<Pending> = pending.into_iter().filter(|p| !failed.contains(&p.position)).collect();
             let encoder = self.encoders.get(Some(&model))?;
@@ -337,13 +397,7 @@ impl Ingestor {
                 }
             }
         }
-        for pos in embedded {
-            let field = self.pipeline_of(&items[pos], default_index).and_then(|p| p.hash_field.clone());
-            if let (Some(field), Some(hash), Some(doc)) = (field, hashes.remove(&pos), items[pos].doc_mut()) {
-                doc.insert(field, Value::from(hash));
-            }
-        }
-        Ok(Prepared { failures, skipped })
+        Ok(embedded)
     }
 
     /// The content-hash skip: documents whose embedded text hashes the same as the stored copy

@@ -38,6 +38,18 @@ pub(super) struct Batch {
     pub(super) last_sort: Option<Value>,
 }
 
+/// What one batch's write did.
+#[derive(Default)]
+pub(super) struct Written {
+    pub(super) written: u64,
+    pub(super) failed: u64,
+    /// Items the engine pushed back with a 429 (and that were tried again).
+    pub(super) item_429s: u64,
+}
+
+/// A document that was not written: (position in the batch, status, error type, reason).
+pub(super) type ItemError = (usize, u16, String, String);
+
 pub(super) fn retryable(e: &ReindexError) -> bool {
     match e {
         ReindexError::Engine(e) => match e {
@@ -100,31 +112,11 @@ impl Reindexer {
         }
     }
 
+    /// One try at a slice: opens its reader at the checkpoint, runs the read → embed → write
+    /// stages until the slice ends or the job is cancelled, and marks it done.
     pub(super) async fn run_slice_once(&self, run: &SliceRun<'_>) -> Result<(), ReindexError> {
-        let SliceRun { job, spec, dialect, slice, ingestor, sizer, control } = *run;
-        let after = control.live.lock().expect("job state lock").slices[slice as usize].search_after.clone();
-        let read_spec = ReadSpec {
-            index: IndexName::try_from(spec.source.as_str())?,
-            query: spec.query.clone(),
-            source_includes: spec.source_includes.clone(),
-            source_excludes: spec.source_excludes.clone(),
-            page_size: spec.page_size,
-            slice,
-            slices: spec.slices,
-        };
-        let (mut reader, resumed) = Reader::open(&self.engine, dialect, read_spec, after.clone(), spec.scroll).await?;
-        let kind = reader.kind();
-        let restart = after.is_some() && !resumed;
-        self.checkpoint(control, |s| {
-            s.reader = Some(kind.to_string());
-            if restart {
-                // the keys do not carry over to a new cursor: read the slice again from its start
-                let sl = &mut s.slices[slice as usize];
-                *sl = SliceState { id: slice, restarts: sl.restarts + 1, outages: sl.outages, ..SliceState::default() };
-            }
-        })
-        .await?;
-
+        let SliceRun { job, spec, slice, ingestor, sizer, control, .. } = *run;
+        let mut reader = self.open_reader(run).await?;
         let (page_tx, mut page_rx) = mpsc::channel::<source::Page>(2);
         let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(2);
         let target = spec.target.clone();
@@ -149,30 +141,7 @@ impl Reindexer {
         let embed = async {
             let r = async {
                 while let Some(page) = page_rx.recv().await {
-                    let read = page.hits.len();
-                    let mut items: Vec<BulkItem> = page
-                        .hits
-                        .iter()
-                        .map(|h| {
-                            let mut meta = Map::new();
-                            meta.insert("_index".into(), json!(target));
-                            meta.insert("_id".into(), h["_id"].clone());
-                            BulkItem {
-                                action: Action::Index,
-                                meta,
-                                source: Some(h.get("_source").cloned().unwrap_or(json!({}))),
-                                line: 0,
-                            }
-                        })
-                        .collect();
-                    let prepared = ingestor.prepare(&mut items, Some(&target), &self.engine).await?;
-                    let batch = Batch {
-                        items,
-                        failures: prepared.failures,
-                        unchanged: prepared.skipped,
-                        read,
-                        last_sort: page.last_sort,
-                    };
+                    let batch = self.embed_page(page, &target, ingestor).await?;
                     if batch_tx.send(batch).await.is_err() {
                         break;
                     }
@@ -185,32 +154,8 @@ impl Reindexer {
         };
         let write = async {
             while let Some(batch) = batch_rx.recv().await {
-                let (written, failed, item_429s) = self.write_batch(job, spec, &batch, sizer).await?;
-                let (size, low, shrinks, grows) = {
-                    let z = sizer.lock().expect("sizer lock");
-                    (z.size, z.low_water, z.shrinks, z.grows)
-                };
-                self.metrics.reindex_docs.get_or_create(&outcome("read")).inc_by(batch.read as u64);
-                self.metrics.reindex_docs.get_or_create(&outcome("written")).inc_by(written);
-                self.metrics.reindex_docs.get_or_create(&outcome("failed")).inc_by(failed);
-                self.metrics.reindex_docs.get_or_create(&outcome("unchanged")).inc_by(batch.unchanged as u64);
-                self.metrics.reindex_bulk_size.set(size as i64);
-                self.checkpoint(control, |s| {
-                    let sl = &mut s.slices[slice as usize];
-                    sl.read += batch.read as u64;
-                    sl.written += written;
-                    sl.failed += failed;
-                    sl.unchanged += batch.unchanged as u64;
-                    if batch.last_sort.is_some() {
-                        sl.search_after = batch.last_sort.clone();
-                    }
-                    s.bulk.size = size;
-                    s.bulk.low_water = low;
-                    s.bulk.shrinks = shrinks;
-                    s.bulk.grows = grows;
-                    s.bulk.item_429s += item_429s;
-                })
-                .await?;
+                let counts = self.write_batch(job, spec, &batch, sizer).await?;
+                self.record_batch(run, &batch, counts).await?;
             }
             Ok::<(), ReindexError>(())
         };
@@ -223,83 +168,111 @@ impl Reindexer {
         Ok(())
     }
 
-    /// Writes one embedded page with the adaptive bulk size; returns (written, failed, item 429s).
+    /// The slice's reader, resumed at its checkpoint where the cursor allows; a slice whose
+    /// cursor cannot resume is checkpointed as restarted from its start.
+    async fn open_reader(&self, run: &SliceRun<'_>) -> Result<Reader, ReindexError> {
+        let SliceRun { spec, dialect, slice, control, .. } = *run;
+        let after = control.live.lock().expect("job state lock").slices[slice as usize].search_after.clone();
+        let read_spec = ReadSpec {
+            index: IndexName::try_from(spec.source.as_str())?,
+            query: spec.query.clone(),
+            source_includes: spec.source_includes.clone(),
+            source_excludes: spec.source_excludes.clone(),
+            page_size: spec.page_size,
+            slice,
+            slices: spec.slices,
+        };
+        let (reader, resumed) = Reader::open(&self.engine, dialect, read_spec, after.clone(), spec.scroll).await?;
+        let kind = reader.kind();
+        let restart = after.is_some() && !resumed;
+        self.checkpoint(control, |s| {
+            s.reader = Some(kind.to_string());
+            if restart {
+                // the keys do not carry over to a new cursor: read the slice again from its start
+                let sl = &mut s.slices[slice as usize];
+                *sl = SliceState { id: slice, restarts: sl.restarts + 1, outages: sl.outages, ..SliceState::default() };
+            }
+        })
+        .await?;
+        Ok(reader)
+    }
+
+    /// A read page as `index` items into `target`, embedded through the ingest code.
+    async fn embed_page(&self, page: source::Page, target: &str, ingestor: &Ingestor) -> Result<Batch, ReindexError> {
+        let read = page.hits.len();
+        let mut items: Vec<BulkItem> = page
+            .hits
+            .iter()
+            .map(|h| {
+                let mut meta = Map::new();
+                meta.insert("_index".into(), json!(target));
+                meta.insert("_id".into(), h["_id"].clone());
+                BulkItem {
+                    action: Action::Index,
+                    meta,
+                    source: Some(h.get("_source").cloned().unwrap_or(json!({}))),
+                    line: 0,
+                }
+            })
+            .collect();
+        let prepared = ingestor.prepare(&mut items, Some(target), &self.engine).await?;
+        Ok(Batch { items, failures: prepared.failures, unchanged: prepared.skipped, read, last_sort: page.last_sort })
+    }
+
+    /// Counts a written batch in the metrics and checkpoints the slice past it, with the bulk
+    /// sizer's state.
+    async fn record_batch(&self, run: &SliceRun<'_>, batch: &Batch, counts: Written) -> Result<(), ReindexError> {
+        let SliceRun { slice, sizer, control, .. } = *run;
+        let Written { written, failed, item_429s } = counts;
+        let (size, low, shrinks, grows) = {
+            let z = sizer.lock().expect("sizer lock");
+            (z.size, z.low_water, z.shrinks, z.grows)
+        };
+        self.metrics.reindex_docs.get_or_create(&outcome("read")).inc_by(batch.read as u64);
+        self.metrics.reindex_docs.get_or_create(&outcome("written")).inc_by(written);
+        self.metrics.reindex_docs.get_or_create(&outcome("failed")).inc_by(failed);
+        self.metrics.reindex_docs.get_or_create(&outcome("unchanged")).inc_by(batch.unchanged as u64);
+        self.metrics.reindex_bulk_size.set(size as i64);
+        self.checkpoint(control, |s| {
+            let sl = &mut s.slices[slice as usize];
+            sl.read += batch.read as u64;
+            sl.written += written;
+            sl.failed += failed;
+            sl.unchanged += batch.unchanged as u64;
+            if batch.last_sort.is_some() {
+                sl.search_after = batch.last_sort.clone();
+            }
+            s.bulk.size = size;
+            s.bulk.low_water = low;
+            s.bulk.shrinks = shrinks;
+            s.bulk.grows = grows;
+            s.bulk.item_429s += item_429s;
+        })
+        .await
+    }
+
+    /// Writes one embedded page with the adaptive bulk size: items the engine pushed back are
+    /// tried again (up to [`MAX_ITEM_ROUNDS`]), the others that failed go to the error log.
     pub(super) async fn write_batch(
         &self,
         job: &str,
         spec: &JobSpec,
         batch: &Batch,
         sizer: &Mutex<BulkSizer>,
-    ) -> Result<(u64, u64, u64), ReindexError> {
-        let mut errors: Vec<(usize, u16, String, String)> =
+    ) -> Result<Written, ReindexError> {
+        let mut errors: Vec<ItemError> =
             batch.failures.iter().map(|f| (f.position, f.status, f.error_type.to_string(), f.reason.clone())).collect();
         let failed: std::collections::HashSet<usize> = batch.failures.iter().map(|f| f.position).collect();
         let mut pending: Vec<usize> = (0..batch.items.len()).filter(|p| !failed.contains(p)).collect();
-        let (mut written, mut item_429s, mut round) = (0u64, 0u64, 0u32);
+        let mut counts = Written::default();
+        let mut round = 0u32;
         let policy = self.engine.retry_policy().clone();
         let started = Instant::now();
         while !pending.is_empty() {
             let size = sizer.lock().expect("sizer lock").size;
             let mut again = Vec::new();
             for chunk in pending.chunks(size) {
-                let items: Vec<&BulkItem> = chunk.iter().map(|&p| &batch.items[p]).collect();
-                let req = EngineRequest::new(Method::POST, "/_bulk").ndjson(bulk::write(&items)).passthrough();
-                let resp = match self.engine.send(req).await {
-                    Ok(r) => r,
-                    Err(EngineError::Overloaded { .. } | EngineError::Timeout { .. }) => {
-                        sizer.lock().expect("sizer lock").pressure();
-                        again.extend_from_slice(chunk);
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                match resp.status.as_u16() {
-                    200..=299 => {}
-                    429 | 413 => {
-                        sizer.lock().expect("sizer lock").pressure();
-                        again.extend_from_slice(chunk);
-                        continue;
-                    }
-                    s => return Err(EngineError::from_answer(s, &resp.body).into()),
-                }
-                let v: Value = resp.json()?;
-                let results = v["items"].as_array().cloned().unwrap_or_default();
-                if results.len() != chunk.len() {
-                    return Err(EngineError::InvalidResponse(format!(
-                        "_bulk answered {} of {} items",
-                        results.len(),
-                        chunk.len()
-                    ))
-                    .into());
-                }
-                let mut pushed_back = false;
-                for (&pos, r) in chunk.iter().zip(&results) {
-                    let body = r.as_object().and_then(|o| o.values().next()).cloned().unwrap_or_default();
-                    let status = body["status"].as_u64().unwrap_or(500) as u16;
-                    match status {
-                        200..=299 => written += 1,
-                        429 => {
-                            item_429s += 1;
-                            pushed_back = true;
-                            again.push(pos);
-                        }
-                        _ => errors.push((
-                            pos,
-                            status,
-                            body.pointer("/error/type").and_then(Value::as_str).unwrap_or("error").to_string(),
-                            body.pointer("/error/reason")
-                                .and_then(Value::as_str)
-                                .map(String::from)
-                                .unwrap_or_else(|| body["error"].to_string()),
-                        )),
-                    }
-                }
-                let mut z = sizer.lock().expect("sizer lock");
-                if pushed_back {
-                    z.pressure();
-                } else {
-                    z.healthy();
-                }
+                self.send_chunk(batch, chunk, sizer, &mut counts, &mut again, &mut errors).await?;
             }
             pending = again;
             if pending.is_empty() {
@@ -323,12 +296,86 @@ impl Reindexer {
             tracing::debug!(job, items = pending.len(), round, "bulk items pushed back, retrying them");
             tokio::time::sleep(delay.min(Duration::from_secs(5))).await;
         }
-        let failed = errors.len() as u64;
+        counts.failed = errors.len() as u64;
         if !errors.is_empty() {
             self.log_errors(job, spec, batch, &errors).await?;
         }
+        let (written, failed) = (counts.written, counts.failed);
         tracing::trace!(job, took_ms = started.elapsed().as_millis() as u64, written, failed, "batch written");
-        Ok((written, failed, item_429s))
+        Ok(counts)
+    }
+
+    /// One `_bulk` of the batch's items at `chunk`: the written are counted, the pushed back
+    /// (a 429 or 413 of the whole request, an item's 429) go to `again` and shrink the bulk size,
+    /// the others that failed go to `errors`.
+    async fn send_chunk(
+        &self,
+        batch: &Batch,
+        chunk: &[usize],
+        sizer: &Mutex<BulkSizer>,
+        counts: &mut Written,
+        again: &mut Vec<usize>,
+        errors: &mut Vec<ItemError>,
+    ) -> Result<(), ReindexError> {
+        let items: Vec<&BulkItem> = chunk.iter().map(|&p| &batch.items[p]).collect();
+        let req = EngineRequest::new(Method::POST, "/_bulk").ndjson(bulk::write(&items)).passthrough();
+        let resp = match self.engine.send(req).await {
+            Ok(r) => r,
+            Err(EngineError::Overloaded { .. } | EngineError::Timeout { .. }) => {
+                sizer.lock().expect("sizer lock").pressure();
+                again.extend_from_slice(chunk);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match resp.status.as_u16() {
+            200..=299 => {}
+            429 | 413 => {
+                sizer.lock().expect("sizer lock").pressure();
+                again.extend_from_slice(chunk);
+                return Ok(());
+            }
+            s => return Err(EngineError::from_answer(s, &resp.body).into()),
+        }
+        let v: Value = resp.json()?;
+        let results = v["items"].as_array().cloned().unwrap_or_default();
+        if results.len() != chunk.len() {
+            return Err(EngineError::InvalidResponse(format!(
+                "_bulk answered {} of {} items",
+                results.len(),
+                chunk.len()
+            ))
+            .into());
+        }
+        let mut pushed_back = false;
+        for (&pos, r) in chunk.iter().zip(&results) {
+            let body = r.as_object().and_then(|o| o.values().next()).cloned().unwrap_or_default();
+            let status = body["status"].as_u64().unwrap_or(500) as u16;
+            match status {
+                200..=299 => counts.written += 1,
+                429 => {
+                    counts.item_429s += 1;
+                    pushed_back = true;
+                    again.push(pos);
+                }
+                _ => errors.push((
+                    pos,
+                    status,
+                    body.pointer("/error/type").and_then(Value::as_str).unwrap_or("error").to_string(),
+                    body.pointer("/error/reason")
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                        .unwrap_or_else(|| body["error"].to_string()),
+                )),
+            }
+        }
+        let mut z = sizer.lock().expect("sizer lock");
+        if pushed_back {
+            z.pressure();
+        } else {
+            z.healthy();
+        }
+        Ok(())
     }
 
     /// Stores failed documents in the error index (one per job and document: a replay overwrites).
@@ -337,7 +384,7 @@ impl Reindexer {
         job: &str,
         spec: &JobSpec,
         batch: &Batch,
-        errors: &[(usize, u16, String, String)],
+        errors: &[ItemError],
     ) -> Result<(), ReindexError> {
         let mut body = String::new();
         for (pos, status, t, reason) in errors {

@@ -330,41 +330,90 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
 
     let queries = texts(&o.queries, o.max_queries, false)?;
     let abstracts = texts(&o.docs, 512, true)?;
-    // the exact _msearch bodies /search sends, from the same vectors
-    let mut bodies = Vec::new();
-    for q in &queries {
-        let req: SearchRequest = serde_json::from_value(json!({"index": p.index, "query": q, "size": 10}))?;
-        let pl = plan(req, Target::of(&p), &p.search, &settings.search)?;
-        let opts = EncodeOptions { kind: TextKind::Query, lane: Lane::Interactive, ..EncodeOptions::default() };
-        let out = encoder.encode(vec![Input::Text(q.clone())], opts).await?;
-        let Some(Pooled::Vector(v)) = out.outputs.into_iter().next() else { bail!("no vector") };
-        let legs = [build::bm25_leg(&pl, pl.k), build::knn_leg(&pl, &v, info.dialect, pl.k)];
-        bodies.push(Bytes::from(build::msearch(&pl, &legs)));
-    }
-    let bodies = Arc::new(bodies);
-    let queries = Arc::new(queries);
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-    let n = queries.len() * o.rounds;
-    // warm-up, untimed: the engine's caches and JIT, the sessions' first runs
-    for i in 0..queries.len() {
-        let body = json!({"index": p.index, "query": queries[i], "size": 10});
-        client.post(format!("{url}/search")).json(&body).send().await?.bytes().await?;
-        let req = EngineRequest::new(reqwest::Method::POST, "/_msearch").ndjson(bodies[i].clone()).idempotent(true);
-        engine.send(req).await?;
-    }
+    let bodies = msearch_bodies(&queries, &p, &encoder, &settings, info.dialect).await?;
+    let searches = queries.len() * o.rounds;
+    let index = p.index.clone();
+    let (bodies, queries) = (Arc::new(bodies), Arc::new(queries));
+    let bench = Bench { url, engine, index, bodies, queries, abstracts, probe, searches };
+    bench.warm_up().await?;
     let mut rows = Vec::new();
     for (label, clients, load) in
         [("1 client", 1, false), ("N clients", o.clients, false), ("N clients + bulk load", o.clients, true)]
     {
+        let row = bench.measure(label, clients, load).await?;
+        println!("{row}");
+        rows.push(row);
+    }
+    let _ = tx.send(());
+    print_table(&rows, &p.index, docs_in_index, bench.queries.len(), o);
+    Ok(())
+}
+
+/// The exact `_msearch` bodies `/search` sends for `queries`, built by the same code from the
+/// same query vectors: the engine-direct baseline.
+async fn msearch_bodies(
+    queries: &[String],
+    p: &Pipeline,
+    encoder: &crate::encoder::Encoder,
+    settings: &Settings,
+    dialect: crate::engine::Dialect,
+) -> anyhow::Result<Vec<Bytes>> {
+    let mut bodies = Vec::new();
+    for q in queries {
+        let req: SearchRequest = serde_json::from_value(json!({"index": p.index, "query": q, "size": 10}))?;
+        let pl = plan(req, Target::of(p), &p.search, &settings.search)?;
+        let opts = EncodeOptions { kind: TextKind::Query, lane: Lane::Interactive, ..EncodeOptions::default() };
+        let out = encoder.encode(vec![Input::Text(q.clone())], opts).await?;
+        let Some(Pooled::Vector(v)) = out.outputs.into_iter().next() else { bail!("no vector") };
+        let legs = [build::bm25_leg(&pl, pl.k), build::knn_leg(&pl, &v, dialect, pl.k)];
+        bodies.push(Bytes::from(build::msearch(&pl, &legs)));
+    }
+    Ok(bodies)
+}
+
+/// One benchmark run's fixed parts: the in-process sidecar, the engine, the queries and their
+/// engine-direct bodies.
+struct Bench {
+    url: String,
+    engine: EngineClient,
+    index: String,
+    bodies: Arc<Vec<Bytes>>,
+    queries: Arc<Vec<String>>,
+    /// What the bulk load embeds.
+    abstracts: Vec<String>,
+    /// The sidecar's metrics, read for the per-stage means.
+    probe: Metrics,
+    /// Searches per measurement (queries × rounds).
+    searches: usize,
+}
+
+impl Bench {
+    /// Untimed: the engine's caches and JIT, the sessions' first runs.
+    async fn warm_up(&self) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+        for i in 0..self.queries.len() {
+            let body = json!({"index": self.index, "query": self.queries[i], "size": 10});
+            client.post(format!("{}/search", self.url)).json(&body).send().await?.bytes().await?;
+            let req =
+                EngineRequest::new(reqwest::Method::POST, "/_msearch").ndjson(self.bodies[i].clone()).idempotent(true);
+            self.engine.send(req).await?;
+        }
+        Ok(())
+    }
+
+    /// One row: the engine-direct baseline, then `/search` from a child process, at `clients`
+    /// concurrent clients, with the bulk load running beside it when `load`.
+    async fn measure(&self, label: &str, clients: usize, load: bool) -> anyhow::Result<Value> {
+        let n = self.searches;
         let bulk = if load {
-            let plan = LoadPlan::Bulk { url: url.clone(), texts: abstracts.clone(), clients: 2 };
+            let plan = LoadPlan::Bulk { url: self.url.clone(), texts: self.abstracts.clone(), clients: 2 };
             let child = Child::spawn(&plan)?;
             tokio::time::sleep(Duration::from_millis(500)).await;
             Some((child, Instant::now()))
         } else {
             None
         };
-        let (e, b) = (engine.clone(), bodies.clone());
+        let (e, b) = (self.engine.clone(), self.bodies.clone());
         let direct = timed(n, clients, move |i| {
             let (e, body) = (e.clone(), b[i % b.len()].clone());
             async move {
@@ -374,20 +423,20 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
         })
         .await?;
         let plan = LoadPlan::Search {
-            url: url.clone(),
-            index: p.index.clone(),
-            queries: queries.to_vec(),
+            url: self.url.clone(),
+            index: self.index.clone(),
+            queries: self.queries.to_vec(),
             searches: n,
             clients,
         };
-        let before = stage_sums(&probe.render());
+        let before = stage_sums(&self.probe.render());
         let (own_before, busy_before) = (process_cpu_seconds(), machine_busy());
         let started = Instant::now();
         let out = Child::spawn(&plan)?.finish().await?;
         let secs = started.elapsed().as_secs_f64();
         let own = process_cpu_seconds() - own_before;
         let busy = machine_busy().zip(busy_before).map(|(a, b)| a - b);
-        let stages = stage_means(&before, &stage_sums(&probe.render()));
+        let stages = stage_means(&before, &stage_sums(&self.probe.render()));
         let sidecar = Latencies { seen: sorted_ms(&out["seen"]), added: sorted_ms(&out["added"]) };
         anyhow::ensure!(sidecar.seen.len() == n, "the load generator timed {} of {n} searches", sidecar.seen.len());
         let (bulk_rate, bulk_share) = match bulk {
@@ -398,7 +447,7 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
             }
             None => (0.0, 0.0),
         };
-        let row = json!({
+        Ok(json!({
             "measurement": label, "clients": clients, "searches": n, "bulk_texts_per_s": bulk_rate,
             "engine_p50_ms": pct(&direct.seen, 50.0), "engine_p99_ms": pct(&direct.seen, 99.0),
             "sidecar_p50_ms": pct(&sidecar.seen, 50.0), "sidecar_p99_ms": pct(&sidecar.seen, 99.0),
@@ -414,19 +463,20 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
                 "machine": busy.map(|b| share(b, secs)),
             },
             "stage_mean_ms": stages,
-        });
-        println!("{row}");
-        rows.push(row);
+        }))
     }
-    let _ = tx.send(());
+}
+
+/// The markdown table of the rows, under a line saying what was measured.
+fn print_table(rows: &[Value], index: &str, docs_in_index: u64, queries: usize, o: &SearchBenchOptions) {
     println!(
         "\nindex `{}`: {docs_in_index} documents; {} queries × {} rounds; query cache {}\n\nadded = a request's latency at the client minus the engine round trip the sidecar made for it (`Server-Timing`); vs direct = /search percentile minus the percentile of the same `_msearch` sent straight to the engine before it\n\n| measurement | clients | engine direct p50 / p99 ms | /search p50 / p99 ms | added p50 / p99 ms | vs direct p50 / p99 ms | searches/s | bulk texts/s | CPU % load gen / sidecar / machine |\n|---|---|---|---|---|---|---|---|---|",
-        p.index,
-        queries.len(),
+        index,
+        queries,
         o.rounds,
         if o.query_cache == 0 { "off".to_string() } else { format!("{} entries", o.query_cache) }
     );
-    for r in &rows {
+    for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
         println!(
             "| {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.1} | {} / {} / {} |",
@@ -447,5 +497,4 @@ async fn run(mut settings: Settings, o: &SearchBenchOptions) -> anyhow::Result<(
             r["cpu_share_pct"]["machine"]
         );
     }
-    Ok(())
 }
