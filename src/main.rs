@@ -288,20 +288,9 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let env: HashMap<String, String> = std::env::vars().collect();
-    let mut settings = match Settings::load(cli.config.as_deref(), &env) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(settings) = settings_of(&cli) else {
+        return ExitCode::from(2);
     };
-    if let Some(f) = cli.log_format {
-        settings.log.format = match f {
-            LogFormatArg::Json => LogFormat::Json,
-            LogFormatArg::Pretty => LogFormat::Pretty,
-        };
-    }
     match cli.command {
         Command::Config { command: ConfigCommand::Check } => {
             commands::config::check(&settings);
@@ -373,6 +362,26 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The settings from `--config` and the environment, with `--log-format` applied; `None` (the
+/// error printed) when they do not load.
+fn settings_of(cli: &Cli) -> Option<Settings> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let mut settings = match Settings::load(cli.config.as_deref(), &env) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return None;
+        }
+    };
+    if let Some(f) = cli.log_format {
+        settings.log.format = match f {
+            LogFormatArg::Json => LogFormat::Json,
+            LogFormatArg::Pretty => LogFormat::Pretty,
+        };
+    }
+    Some(settings)
 }
 
 fn edge(result: anyhow::Result<()>) -> ExitCode {

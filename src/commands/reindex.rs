@@ -18,19 +18,8 @@ pub fn reindex(
     quiet: bool,
 ) -> anyhow::Result<u8> {
     use crate::reindex::{Reindexer, Status};
-    use crate::types::pipeline::Pipeline;
-    let mut pipelines: Vec<Pipeline> =
-        settings.ingest.pipelines.iter().map(|f| Pipeline::load(f)).collect::<Result<_, _>>()?;
     let mut req = req;
-    if let Some(f) = pipeline_file.filter(|f| f.is_file()) {
-        let p = Pipeline::load(f)?;
-        req.pipeline = p.name.clone();
-        pipelines.retain(|x| x.name != p.name);
-        pipelines.push(p);
-    }
-    for p in &pipelines {
-        add_pipeline_model(&mut settings, p)?;
-    }
+    let pipelines = pipelines_for(&mut settings, &mut req, pipeline_file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let engine = crate::engine::EngineClient::new(&settings.engine)?;
@@ -59,11 +48,7 @@ pub fn reindex(
             state.id
         );
         let control = reindexer.control(&state);
-        let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(state.source_count) };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} docs {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
+        let bar = progress_bar(quiet, state.source_count);
         let run = {
             let (r, c) = (reindexer.clone(), control.clone());
             tokio::spawn(async move { r.run(state, c).await })
@@ -100,4 +85,36 @@ pub fn reindex(
             _ => 1,
         })
     })
+}
+
+/// The configured pipelines, with `pipeline_file` (when it is a file) replacing the one of its
+/// name and named by `req`; each pipeline's model added to the encoder settings.
+fn pipelines_for(
+    settings: &mut Settings,
+    req: &mut crate::reindex::JobRequest,
+    pipeline_file: Option<&Path>,
+) -> anyhow::Result<Vec<crate::types::pipeline::Pipeline>> {
+    use crate::types::pipeline::Pipeline;
+    let mut pipelines: Vec<Pipeline> =
+        settings.ingest.pipelines.iter().map(|f| Pipeline::load(f)).collect::<Result<_, _>>()?;
+    if let Some(f) = pipeline_file.filter(|f| f.is_file()) {
+        let p = Pipeline::load(f)?;
+        req.pipeline = p.name.clone();
+        pipelines.retain(|x| x.name != p.name);
+        pipelines.push(p);
+    }
+    for p in &pipelines {
+        add_pipeline_model(settings, p)?;
+    }
+    Ok(pipelines)
+}
+
+/// The documents-read bar on stderr (hidden with `--quiet`).
+fn progress_bar(quiet: bool, documents: u64) -> indicatif::ProgressBar {
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(documents) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} docs {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }

@@ -207,6 +207,39 @@ pub struct ModelInfo {
     pub provider: Provider,
 }
 
+/// The model's whitening transform, when its manifest names one, checked against its dims.
+fn load_whitening(model: &ModelDir) -> Result<Option<Arc<whitening::Whitening>>, EncoderError> {
+    let Some(spec) = &model.manifest.whitening else {
+        return Ok(None);
+    };
+    let path = model.path(&spec.file);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| EncoderError::Whitening(format!("{}: {e}", path.display())))?;
+    let file: whitening::WhiteningFile =
+        serde_json::from_str(&text).map_err(|e| EncoderError::Whitening(format!("{}: {e}", path.display())))?;
+    let w = whitening::Whitening::from_file(&file, spec.dims)?;
+    if w.input_dims() != model.manifest.dims {
+        return Err(EncoderError::Whitening(format!(
+            "{} was fitted on {}-dim vectors, the model makes {}",
+            path.display(),
+            w.input_dims(),
+            model.manifest.dims
+        )));
+    }
+    Ok(Some(Arc::new(w)))
+}
+
+/// Name, ONNX file and output dims: what the query-vector cache keys on.
+fn identity(model: &ModelDir) -> Arc<str> {
+    format!(
+        "{}\u{0}{}\u{0}{}",
+        model.manifest.name,
+        model.path(&model.manifest.onnx).display(),
+        model.manifest.output_dims()
+    )
+    .into()
+}
+
 impl Encoder {
     /// Loads `dir`, builds `settings.sessions_per_model` sessions and starts their threads.
     /// Blocking (reads files, builds sessions): call it outside async workers.
@@ -231,26 +264,7 @@ impl Encoder {
             .ok_or_else(|| EncoderError::Runtime("encoder.ort_library is not set (nor ORT_DYLIB_PATH)".into()))?;
         let env = runtime::init_runtime(ort_path)?;
         let tokenizer = Arc::new(TextTokenizer::load(&model)?);
-        let whitening = match &model.manifest.whitening {
-            None => None,
-            Some(spec) => {
-                let path = model.path(&spec.file);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| EncoderError::Whitening(format!("{}: {e}", path.display())))?;
-                let file: whitening::WhiteningFile = serde_json::from_str(&text)
-                    .map_err(|e| EncoderError::Whitening(format!("{}: {e}", path.display())))?;
-                let w = whitening::Whitening::from_file(&file, spec.dims)?;
-                if w.input_dims() != model.manifest.dims {
-                    return Err(EncoderError::Whitening(format!(
-                        "{} was fitted on {}-dim vectors, the model makes {}",
-                        path.display(),
-                        w.input_dims(),
-                        model.manifest.dims
-                    )));
-                }
-                Some(Arc::new(w))
-            }
-        };
+        let whitening = load_whitening(&model)?;
         // With several session threads, the first never takes bulk work: queries do not wait
         // behind it. It runs with fewer intra-op threads (sized for one short query, leaving the
         // other cores to the engine and HTTP); the others with `intra_threads` for throughput.
@@ -301,16 +315,9 @@ impl Encoder {
             model = %model.manifest.name, provider = %provider, sessions = settings.sessions_per_model,
             dims = model.manifest.output_dims(), pooling = %model.manifest.pooling, "model loaded"
         );
-        let identity: Arc<str> = format!(
-            "{}\u{0}{}\u{0}{}",
-            model.manifest.name,
-            model.path(&model.manifest.onnx).display(),
-            model.manifest.output_dims()
-        )
-        .into();
         Ok(Encoder {
+            identity: identity(&model),
             manifest: model.manifest,
-            identity,
             cache: None,
             tokenizer,
             queue,

@@ -138,8 +138,30 @@ pub async fn msearch(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let invalid = |r: String| ApiError::new(ErrorCode::InvalidInput, r);
-    let text = std::str::from_utf8(&body).map_err(|_| invalid("the _msearch body is not UTF-8".into()))?;
+    let items = msearch_items(&body, index, caller)?;
+    if !items.iter().any(|i| i.target.as_deref().is_some_and(|t| state.searcher.rewrites(t, &i.body))) {
+        return forward_msearch(state, index, query, &items, body.len()).await;
+    }
+    let responses: Vec<Value> =
+        futures_util::stream::iter(items).map(|item| msearch_one(state, item)).buffered(8).collect().await;
+    Ok(Json(json!({"took": started.elapsed().as_millis() as u64, "responses": responses})).into_response())
+}
+
+/// One search of an `_msearch`: the index it names (the path's without one), its header and body.
+struct MsearchItem {
+    target: Option<String>,
+    header: serde_json::Map<String, Value>,
+    body: Value,
+}
+
+fn msearch_invalid(reason: String) -> ApiError {
+    ApiError::new(ErrorCode::InvalidInput, reason)
+}
+
+/// The `_msearch` body's pairs of lines, parsed, bounded, each index checked against the key.
+fn msearch_items(body: &[u8], index: Option<&String>, caller: &Caller) -> Result<Vec<MsearchItem>, ApiError> {
+    let invalid = msearch_invalid;
+    let text = std::str::from_utf8(body).map_err(|_| invalid("the _msearch body is not UTF-8".into()))?;
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     if lines.len() % 2 != 0 {
         return Err(invalid(
@@ -170,62 +192,73 @@ pub async fn msearch(
             None => index.cloned(),
         };
         caller.check_index(target.as_deref())?;
-        items.push((target, header, Value::Object(search)));
+        items.push(MsearchItem { target, header, body: Value::Object(search) });
     }
-    let rewrite = items.iter().any(|(t, _, b)| t.as_deref().is_some_and(|t| state.searcher.rewrites(t, b)));
-    if !rewrite {
-        let mut nd = String::with_capacity(body.len());
-        for (_, h, b) in &items {
-            nd.push_str(&Value::Object(h.clone()).to_string());
-            nd.push('\n');
-            nd.push_str(&b.to_string());
-            nd.push('\n');
-        }
-        let mut path = EnginePath::root();
-        if let Some(i) = index {
-            path = path.pattern(&IndexPattern::try_from(i.as_str())?);
-        }
-        let req = EngineRequest::new(Method::POST, path.api("_msearch").query(query).build())
-            .ndjson(nd)
-            .passthrough()
-            .idempotent(true)
-            .from_client();
-        return Ok(engine_answer(state.engine.send(req).await?));
+    Ok(items)
+}
+
+/// The parsed lines, written out again, as one `_msearch` of the engine.
+async fn forward_msearch(
+    state: &AppState,
+    index: Option<&String>,
+    query: &QueryString,
+    items: &[MsearchItem],
+    size_hint: usize,
+) -> Result<Response, ApiError> {
+    let mut nd = String::with_capacity(size_hint);
+    for i in items {
+        nd.push_str(&Value::Object(i.header.clone()).to_string());
+        nd.push('\n');
+        nd.push_str(&i.body.to_string());
+        nd.push('\n');
     }
-    let one = |(target, header, search): (Option<String>, serde_json::Map<String, Value>, Value)| async move {
-        let answer = async {
-            let target = target.ok_or_else(|| invalid("this search names no index".into()))?;
-            let pattern = IndexPattern::try_from(target.as_str())?;
-            let q = {
-                let mut params = form_urlencoded::Serializer::new(String::new());
-                for (k, v) in header.iter().filter(|(k, _)| k.as_str() != "index") {
-                    let v = match v {
-                        Value::String(s) => s.clone(),
-                        Value::Number(_) | Value::Bool(_) => v.to_string(),
-                        _ => return Err(invalid(format!("_msearch header `{k}` must be a string, number or boolean"))),
-                    };
-                    params.append_pair(k, &v);
-                }
-                QueryString::parse(Some(&params.finish()))?
-            };
-            let body = Bytes::from(search.to_string());
-            Ok::<_, ApiError>(state.searcher.es_search(&pattern, &q, body).await?)
+    let mut path = EnginePath::root();
+    if let Some(i) = index {
+        path = path.pattern(&IndexPattern::try_from(i.as_str())?);
+    }
+    let req = EngineRequest::new(Method::POST, path.api("_msearch").query(query).build())
+        .ndjson(nd)
+        .passthrough()
+        .idempotent(true)
+        .from_client();
+    Ok(engine_answer(state.engine.send(req).await?))
+}
+
+/// One item run as its own `_search` (rewritten where it needs to be), answered in the shape of
+/// an `_msearch` response: the search's answer or its error, with its `status`.
+async fn msearch_one(state: &AppState, item: MsearchItem) -> Value {
+    let invalid = msearch_invalid;
+    let MsearchItem { target, header, body: search } = item;
+    let answer = async {
+        let target = target.ok_or_else(|| invalid("this search names no index".into()))?;
+        let pattern = IndexPattern::try_from(target.as_str())?;
+        let q = {
+            let mut params = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in header.iter().filter(|(k, _)| k.as_str() != "index") {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(_) | Value::Bool(_) => v.to_string(),
+                    _ => return Err(invalid(format!("_msearch header `{k}` must be a string, number or boolean"))),
+                };
+                params.append_pair(k, &v);
+            }
+            QueryString::parse(Some(&params.finish()))?
         };
-        match answer.await {
-            Ok(EsAnswer::Json(mut v)) => {
-                v["status"] = json!(200);
-                v
-            }
-            Ok(EsAnswer::Raw(resp)) => {
-                let mut v: Value = serde_json::from_slice(&resp.body).unwrap_or_else(
-                    |_| json!({"error": {"type": "engine_failed", "reason": "the engine's answer is not JSON"}}),
-                );
-                v["status"] = json!(resp.status.as_u16());
-                v
-            }
-            Err(e) => json!({"error": {"type": e.code, "reason": e.reason}, "status": e.status().as_u16()}),
-        }
+        let body = Bytes::from(search.to_string());
+        Ok::<_, ApiError>(state.searcher.es_search(&pattern, &q, body).await?)
     };
-    let responses: Vec<Value> = futures_util::stream::iter(items).map(one).buffered(8).collect().await;
-    Ok(Json(json!({"took": started.elapsed().as_millis() as u64, "responses": responses})).into_response())
+    match answer.await {
+        Ok(EsAnswer::Json(mut v)) => {
+            v["status"] = json!(200);
+            v
+        }
+        Ok(EsAnswer::Raw(resp)) => {
+            let mut v: Value = serde_json::from_slice(&resp.body).unwrap_or_else(
+                |_| json!({"error": {"type": "engine_failed", "reason": "the engine's answer is not JSON"}}),
+            );
+            v["status"] = json!(resp.status.as_u16());
+            v
+        }
+        Err(e) => json!({"error": {"type": e.code, "reason": e.reason}, "status": e.status().as_u16()}),
+    }
 }

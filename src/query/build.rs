@@ -375,33 +375,7 @@ pub fn engine_query(plan: &Plan, vector: &[f32], caps: &Capabilities) -> Result<
             body.insert("knn".into(), es_knn_section(plan, vector, Some(1.0 - w), true));
         }
         (Dialect::Elasticsearch, EngineMethod::Rrf) => {
-            if !caps.info.supports_rrf_retriever() {
-                return Err(QueryError::Invalid(format!(
-                    "retriever.rrf needs Elasticsearch 8.16+ (this cluster: {version}); use fusion {{\"rrf\": {{...}}}}, computed by the sidecar on any version"
-                )));
-            }
-            if !caps.rrf_module() {
-                return Err(QueryError::Invalid(
-                    "retriever.rrf needs Elasticsearch's rank-rrf module, which this cluster lacks; use fusion {\"rrf\": {...}}, computed by the sidecar".into(),
-                ));
-            }
-            if !caps.rrf_licensed {
-                return Err(QueryError::Invalid(format!(
-                    "retriever.rrf needs an enterprise or trial licence and this cluster's is `{}`; use fusion {{\"rrf\": {{...}}}}, computed by the sidecar on any licence",
-                    caps.license.as_deref().unwrap_or("unknown")
-                )));
-            }
-            body.insert(
-                "retriever".into(),
-                json!({"rrf": {
-                    "retrievers": [
-                        {"standard": {"query": bm25_query(plan, None)}},
-                        {"knn": es_knn_section(plan, vector, None, false)},
-                    ],
-                    "rank_constant": rank_constant,
-                    "rank_window_size": plan.k,
-                }}),
-            );
+            body.insert("retriever".into(), es_rrf_retriever(plan, vector, caps, rank_constant)?);
         }
         (Dialect::Elasticsearch, EngineMethod::Linear) => {
             return Err(QueryError::Invalid(
@@ -418,46 +392,90 @@ pub fn engine_query(plan: &Plan, vector: &[f32], caps: &Capabilities) -> Result<
             );
         }
         (Dialect::Opensearch, EngineMethod::Rrf) => {
-            if !caps.neural_search {
-                return Err(neural_search_missing("rrf"));
-            }
-            if version < Version::new(2, 19, 0) {
-                return Err(QueryError::Invalid(format!(
-                    "RRF in an OpenSearch search pipeline needs 2.19+ (this cluster: {version}); use fusion {{\"rrf\": {{...}}}}, computed by the sidecar"
-                )));
-            }
+            pipeline = Some(os_rrf_pipeline(caps, rank_constant)?);
             body.insert("query".into(), hybrid_query(plan, vector));
-            pipeline = Some((
-                format!("semantic-sidecar-rrf-{rank_constant}"),
-                json!({
-                    "description": "semantic-sidecar: reciprocal rank fusion of the BM25 and kNN sub-queries",
-                    "phase_results_processors": [{"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": rank_constant}}}],
-                }),
-            ));
         }
         (Dialect::Opensearch, EngineMethod::Linear) => {
-            if !caps.neural_search {
-                return Err(neural_search_missing("linear"));
-            }
-            let technique = os_technique(normalization, version)?;
+            pipeline = Some(os_linear_pipeline(caps, normalization, w)?);
             body.insert("query".into(), hybrid_query(plan, vector));
-            let permille = (w * 1000.0).round() as u32;
-            pipeline = Some((
-                format!("semantic-sidecar-linear-{technique}-{permille}"),
-                json!({
-                    "description": "semantic-sidecar: normalised linear blend of the BM25 and kNN sub-queries",
-                    "phase_results_processors": [{"normalization-processor": {
-                        "normalization": {"technique": technique},
-                        "combination": {"technique": "arithmetic_mean", "parameters": {"weights": [w, 1.0 - w]}},
-                    }}],
-                }),
-            ));
         }
     }
     body.insert("size".into(), json!(plan.size));
     body.insert("from".into(), json!(plan.from));
     common(&mut body, plan, plan.highlight.clone());
     Ok(EngineQuery { method, body: Value::Object(body), pipeline, note })
+}
+
+/// Elasticsearch `retriever.rrf` over the BM25 and kNN legs, where this cluster can run it.
+fn es_rrf_retriever(plan: &Plan, vector: &[f32], caps: &Capabilities, rank_constant: u32) -> Result<Value, QueryError> {
+    if !caps.info.supports_rrf_retriever() {
+        return Err(QueryError::Invalid(format!(
+            "retriever.rrf needs Elasticsearch 8.16+ (this cluster: {}); use fusion {{\"rrf\": {{...}}}}, computed by the sidecar on any version",
+            caps.info.version
+        )));
+    }
+    if !caps.rrf_module() {
+        return Err(QueryError::Invalid(
+            "retriever.rrf needs Elasticsearch's rank-rrf module, which this cluster lacks; use fusion {\"rrf\": {...}}, computed by the sidecar".into(),
+        ));
+    }
+    if !caps.rrf_licensed {
+        return Err(QueryError::Invalid(format!(
+            "retriever.rrf needs an enterprise or trial licence and this cluster's is `{}`; use fusion {{\"rrf\": {{...}}}}, computed by the sidecar on any licence",
+            caps.license.as_deref().unwrap_or("unknown")
+        )));
+    }
+    Ok(json!({"rrf": {
+        "retrievers": [
+            {"standard": {"query": bm25_query(plan, None)}},
+            {"knn": es_knn_section(plan, vector, None, false)},
+        ],
+        "rank_constant": rank_constant,
+        "rank_window_size": plan.k,
+    }}))
+}
+
+/// The OpenSearch search pipeline (name, body) that fuses the hybrid legs by RRF.
+fn os_rrf_pipeline(caps: &Capabilities, rank_constant: u32) -> Result<(String, Value), QueryError> {
+    if !caps.neural_search {
+        return Err(neural_search_missing("rrf"));
+    }
+    let version = caps.info.version;
+    if version < Version::new(2, 19, 0) {
+        return Err(QueryError::Invalid(format!(
+            "RRF in an OpenSearch search pipeline needs 2.19+ (this cluster: {version}); use fusion {{\"rrf\": {{...}}}}, computed by the sidecar"
+        )));
+    }
+    Ok((
+        format!("semantic-sidecar-rrf-{rank_constant}"),
+        json!({
+            "description": "semantic-sidecar: reciprocal rank fusion of the BM25 and kNN sub-queries",
+            "phase_results_processors": [{"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": rank_constant}}}],
+        }),
+    ))
+}
+
+/// The OpenSearch search pipeline (name, body) that blends the normalised hybrid legs, `w` on BM25.
+fn os_linear_pipeline(
+    caps: &Capabilities,
+    normalization: Normalization,
+    w: f64,
+) -> Result<(String, Value), QueryError> {
+    if !caps.neural_search {
+        return Err(neural_search_missing("linear"));
+    }
+    let technique = os_technique(normalization, caps.info.version)?;
+    let permille = (w * 1000.0).round() as u32;
+    Ok((
+        format!("semantic-sidecar-linear-{technique}-{permille}"),
+        json!({
+            "description": "semantic-sidecar: normalised linear blend of the BM25 and kNN sub-queries",
+            "phase_results_processors": [{"normalization-processor": {
+                "normalization": {"technique": technique},
+                "combination": {"technique": "arithmetic_mean", "parameters": {"weights": [w, 1.0 - w]}},
+            }}],
+        }),
+    ))
 }
 
 /// OpenSearch `hybrid`: the two legs as sub-queries, each filtered.

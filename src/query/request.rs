@@ -319,55 +319,56 @@ pub fn check_fusion(f: &FusionSpec, limits: &SearchSettings) -> Result<(), Query
     Ok(())
 }
 
-/// Validates `req` and resolves it against `target` and the pipeline's search defaults.
-pub fn plan(
-    req: SearchRequest,
-    target: Target,
-    defaults: &SearchSpec,
-    limits: &SearchSettings,
-) -> Result<Plan, QueryError> {
-    check_text(&req.query, limits)?;
-    let size = req.size.unwrap_or(10);
-    if size > limits.max_size {
-        return Err(QueryError::Limit(format!("`size` {size} is more than search.max_size ({})", limits.max_size)));
-    }
-    let from = req.from.unwrap_or(0);
-    let page_end = from.saturating_add(size);
-    let k = match req.k {
-        Some(0) => return Err(QueryError::Invalid("`k` must be at least 1".into())),
-        Some(k) => k,
-        None => limits.default_k.max(page_end),
-    };
-    if k > limits.max_k {
-        return Err(QueryError::Limit(format!("`k` {k} is more than search.max_k ({})", limits.max_k)));
-    }
-    if page_end > k {
-        return Err(QueryError::Limit(format!(
-            "`from` + `size` ({page_end}) is beyond `k` ({k}): each leg returns k hits; raise k or page less deep"
-        )));
-    }
-    let num_candidates = match req.num_candidates {
-        Some(n) if n < k => {
-            return Err(QueryError::Invalid(format!("`num_candidates` {n} must be at least `k` ({k})")));
+/// How deep a search reads: the page (`size` from `from`), each leg's `k`, kNN's candidates.
+struct Depths {
+    size: usize,
+    from: usize,
+    k: usize,
+    num_candidates: usize,
+}
+
+impl Depths {
+    /// The request's depths, defaulted and checked against the limits and each other.
+    fn of(req: &SearchRequest, limits: &SearchSettings) -> Result<Self, QueryError> {
+        let size = req.size.unwrap_or(10);
+        if size > limits.max_size {
+            return Err(QueryError::Limit(format!("`size` {size} is more than search.max_size ({})", limits.max_size)));
         }
-        Some(n) if n > limits.max_num_candidates => {
+        let from = req.from.unwrap_or(0);
+        let page_end = from.saturating_add(size);
+        let k = match req.k {
+            Some(0) => return Err(QueryError::Invalid("`k` must be at least 1".into())),
+            Some(k) => k,
+            None => limits.default_k.max(page_end),
+        };
+        if k > limits.max_k {
+            return Err(QueryError::Limit(format!("`k` {k} is more than search.max_k ({})", limits.max_k)));
+        }
+        if page_end > k {
             return Err(QueryError::Limit(format!(
-                "`num_candidates` {n} is more than search.max_num_candidates ({})",
-                limits.max_num_candidates
+                "`from` + `size` ({page_end}) is beyond `k` ({k}): each leg returns k hits; raise k or page less deep"
             )));
         }
-        Some(n) => n,
-        None => k.saturating_mul(limits.num_candidates_factor).clamp(k, limits.max_num_candidates),
-    };
-    let fields = req.fields.unwrap_or_else(|| target.text_fields.clone());
-    if fields.is_empty() {
-        return Err(QueryError::Invalid("`fields` is empty: name at least one text field".into()));
+        let num_candidates = match req.num_candidates {
+            Some(n) if n < k => {
+                return Err(QueryError::Invalid(format!("`num_candidates` {n} must be at least `k` ({k})")));
+            }
+            Some(n) if n > limits.max_num_candidates => {
+                return Err(QueryError::Limit(format!(
+                    "`num_candidates` {n} is more than search.max_num_candidates ({})",
+                    limits.max_num_candidates
+                )));
+            }
+            Some(n) => n,
+            None => k.saturating_mul(limits.num_candidates_factor).clamp(k, limits.max_num_candidates),
+        };
+        Ok(Depths { size, from, k, num_candidates })
     }
-    fields.iter().try_for_each(|f| check_field(f).map_err(QueryError::Invalid))?;
-    let filters = filters_of(req.filter)?;
-    let spec = req.fusion.or_else(|| defaults.fusion.clone()).unwrap_or_default();
-    check_fusion(&spec, limits)?;
-    let fusion = match spec {
+}
+
+/// The fusion a plan runs: computed by the sidecar (RRF within `k`, linear) or by the engine.
+fn resolve_fusion(spec: FusionSpec, k: usize) -> Result<Resolved, QueryError> {
+    Ok(match spec {
         FusionSpec::Rrf(r) => {
             let window = r.window.unwrap_or(k);
             if window > k {
@@ -382,7 +383,27 @@ pub fn plan(
             rank_constant: e.rank_constant,
             normalization: e.normalization,
         },
-    };
+    })
+}
+
+/// Validates `req` and resolves it against `target` and the pipeline's search defaults.
+pub fn plan(
+    req: SearchRequest,
+    target: Target,
+    defaults: &SearchSpec,
+    limits: &SearchSettings,
+) -> Result<Plan, QueryError> {
+    check_text(&req.query, limits)?;
+    let Depths { size, from, k, num_candidates } = Depths::of(&req, limits)?;
+    let fields = req.fields.unwrap_or_else(|| target.text_fields.clone());
+    if fields.is_empty() {
+        return Err(QueryError::Invalid("`fields` is empty: name at least one text field".into()));
+    }
+    fields.iter().try_for_each(|f| check_field(f).map_err(QueryError::Invalid))?;
+    let filters = filters_of(req.filter)?;
+    let spec = req.fusion.or_else(|| defaults.fusion.clone()).unwrap_or_default();
+    check_fusion(&spec, limits)?;
+    let fusion = resolve_fusion(spec, k)?;
     let source = match req.source {
         Some(s) => s,
         None if target.hidden.is_empty() => Value::Bool(true),

@@ -26,43 +26,16 @@ pub(super) fn stale_vectors(p: &Pipeline, props: &Map<String, Value>) -> Vec<Str
         .collect()
 }
 
-impl Reindexer {
-    /// Validates a request and stores a new job (or loads the one to resume); creates the target.
-    pub async fn prepare(&self, req: JobRequest) -> Result<JobState, ReindexError> {
-        if let Some(id) = &req.resume {
-            // a malformed id is refused before anything is created on the engine
-            job_doc(id)?;
-        }
-        self.ensure_state_indices().await?;
-        if let Some(id) = &req.resume {
-            let (mut s, mut version) = self.load_versioned(id).await?;
-            if s.status == Status::Done {
-                return Err(ReindexError::Invalid(format!("job `{id}` is already done")));
-            }
-            // leased by a replica that may still be alive: wait for the lease to run out
-            let give_up = Instant::now() + self.lease + Duration::from_secs(5);
-            while let Some(l) = s.lease.as_ref().filter(|l| s.status == Status::Running && l.owner != self.owner) {
-                let left = l.until_ms.saturating_sub(now_ms());
-                if left == 0 {
-                    break;
-                }
-                if Instant::now() > give_up {
-                    return Err(ReindexError::LeaseLost { id: id.clone(), owner: l.owner.clone() });
-                }
-                tracing::info!(job = %id, owner = %l.owner, wait_ms = left, "the job is leased; waiting for the lease to run out");
-                tokio::time::sleep(Duration::from_millis(left.min(1000) + 50)).await;
-                (s, version) = self.load_versioned(id).await?;
-            }
-            if s.status == Status::Done {
-                return Err(ReindexError::Invalid(format!("job `{id}` is already done")));
-            }
-            self.adopt(id, version).await;
-            s.status = Status::Running;
-            s.error = None;
-            self.pipeline(&s.spec.pipeline)?;
-            return Ok(s);
-        }
-        let p = self.pipeline(&req.pipeline)?;
+/// The names and sizes of a new job, checked before anything is asked of the engine.
+struct Checked {
+    source: String,
+    target: String,
+    page_size: usize,
+    bulk_size: usize,
+}
+
+impl Checked {
+    fn of(req: &JobRequest, p: &Pipeline) -> Result<Self, ReindexError> {
         let source = req.source.clone().unwrap_or_else(|| p.index.clone());
         let target = req.target.clone().unwrap_or_else(|| format!("{source}-{}", now_ms() / 1000));
         let names = [("source", Some(&source)), ("target", Some(&target)), ("alias", req.alias.as_ref())];
@@ -87,6 +60,23 @@ impl Reindexer {
                 return Err(ReindexError::Invalid("`query` must be a query DSL object".into()));
             }
         }
+        Ok(Checked { source, target, page_size, bulk_size })
+    }
+}
+
+impl Reindexer {
+    /// Validates a request and stores a new job (or loads the one to resume); creates the target.
+    pub async fn prepare(&self, req: JobRequest) -> Result<JobState, ReindexError> {
+        if let Some(id) = &req.resume {
+            // a malformed id is refused before anything is created on the engine
+            job_doc(id)?;
+        }
+        self.ensure_state_indices().await?;
+        if let Some(id) = &req.resume {
+            return self.resume(id).await;
+        }
+        let p = self.pipeline(&req.pipeline)?;
+        let Checked { source, target, page_size, bulk_size } = Checked::of(&req, &p)?;
         if !self.exists(&source).await? {
             return Err(ReindexError::Invalid(format!("the source index `{source}` does not exist")));
         }
@@ -95,20 +85,7 @@ impl Reindexer {
         if !self.exists(&target).await? {
             self.create_target(&p, source_props, &target, &source_excludes).await?;
         }
-        let count_body = match &req.query {
-            Some(q) => json!({"query": q}),
-            None => json!({}),
-        };
-        let c: Value = self
-            .engine
-            .send(
-                EngineRequest::new(Method::POST, EnginePath::at_index(&source)?.api("_count").build())
-                    .json(&count_body)
-                    .idempotent(true),
-            )
-            .await?
-            .json()?;
-        let source_count = c["count"].as_u64().unwrap_or(0);
+        let source_count = self.count(&source, req.query.as_ref()).await?;
         let now = now_ms();
         let id = format!("rx-{now}-{:04x}", rand::random::<u16>());
         let state = JobState {
@@ -140,6 +117,54 @@ impl Reindexer {
         };
         self.save(&state).await?;
         Ok(state)
+    }
+
+    /// Loads job `id` to run it again here, once no live replica holds its lease.
+    async fn resume(&self, id: &str) -> Result<JobState, ReindexError> {
+        let (mut s, mut version) = self.load_versioned(id).await?;
+        if s.status == Status::Done {
+            return Err(ReindexError::Invalid(format!("job `{id}` is already done")));
+        }
+        // leased by a replica that may still be alive: wait for the lease to run out
+        let give_up = Instant::now() + self.lease + Duration::from_secs(5);
+        while let Some(l) = s.lease.as_ref().filter(|l| s.status == Status::Running && l.owner != self.owner) {
+            let left = l.until_ms.saturating_sub(now_ms());
+            if left == 0 {
+                break;
+            }
+            if Instant::now() > give_up {
+                return Err(ReindexError::LeaseLost { id: id.to_string(), owner: l.owner.clone() });
+            }
+            tracing::info!(job = %id, owner = %l.owner, wait_ms = left, "the job is leased; waiting for the lease to run out");
+            tokio::time::sleep(Duration::from_millis(left.min(1000) + 50)).await;
+            (s, version) = self.load_versioned(id).await?;
+        }
+        if s.status == Status::Done {
+            return Err(ReindexError::Invalid(format!("job `{id}` is already done")));
+        }
+        self.adopt(id, version).await;
+        s.status = Status::Running;
+        s.error = None;
+        self.pipeline(&s.spec.pipeline)?;
+        Ok(s)
+    }
+
+    /// How many documents of `source` the job's `query` (all, without one) matches.
+    async fn count(&self, source: &str, query: Option<&Value>) -> Result<u64, ReindexError> {
+        let body = match query {
+            Some(q) => json!({"query": q}),
+            None => json!({}),
+        };
+        let c: Value = self
+            .engine
+            .send(
+                EngineRequest::new(Method::POST, EnginePath::at_index(source)?.api("_count").build())
+                    .json(&body)
+                    .idempotent(true),
+            )
+            .await?
+            .json()?;
+        Ok(c["count"].as_u64().unwrap_or(0))
     }
 
     /// The top-level properties of the source's mapping.
