@@ -3,7 +3,8 @@
 //! and nothing calls up (the library never calls the commands). Reads `src/`; no engine needed.
 //!
 //! A new top-level module must be placed in [`LAYERS`]; a change that makes a module use one
-//! above it fails here with both files named.
+//! above it fails here with both files named. A function of `src/` longer than
+//! [`MAX_FN_LINES`] fails here too, named with its file and line.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -110,4 +111,69 @@ fn top_level_modules_only_use_modules_below_them() {
     }
     assert!(seen > 50, "the check found only {seen} crate:: uses: is it still reading src/?");
     assert!(wrong.is_empty(), "layering broken (bottom first: {LAYERS:?}):\n{wrong:#?}");
+}
+
+/// Longest a function of `src/` may run (its signature to its closing brace), tests left out:
+/// past this, split it where a name explains the piece.
+const MAX_FN_LINES: usize = 80;
+
+/// `(name, first line, lines)` of every function in a source text up to its `#[cfg(test)]`;
+/// a function ends at the first `}` line at its own indentation.
+fn functions(text: &str) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = text.lines().take_while(|l| l.trim_end() != "#[cfg(test)]").collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        let mut rest = trimmed;
+        for word in ["pub(crate) ", "pub(super) ", "pub ", "const ", "async ", "unsafe "] {
+            rest = rest.strip_prefix(word).unwrap_or(rest);
+        }
+        let Some(sig) = rest.strip_prefix("fn ") else { continue };
+        let name: String = sig.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        // the body opens on the first line ending in `{` (a one-line body ends in `}`); a
+        // declaration without a body (a trait's) ends in `;`
+        let ends = |j: usize| lines[j].trim_end().ends_with(['{', '}', ';']);
+        let Some(open) = (i..lines.len()).find(|&j| ends(j)) else { continue };
+        if lines[open].trim_end().ends_with(';') {
+            continue;
+        }
+        let close = if lines[open].trim_end().ends_with('}') {
+            open
+        } else {
+            (open + 1..lines.len()).find(|&j| lines[j].trim_end() == format!("{indent}}}")).unwrap_or(lines.len() - 1)
+        };
+        out.push((name, i + 1, close - i + 1));
+    }
+    out
+}
+
+#[test]
+fn the_function_scan_sees_bodies_and_skips_declarations_and_tests() {
+    let text = "pub fn a(\n    x: u8,\n) -> u8 {\n    x\n}\ntrait T {\n    fn b(&self);\n}\nimpl S {\n    pub(crate) async fn c(&self) {\n        if x {\n        }\n    }\n    fn e() -> u8 { 1 }\n}\n#[cfg(test)]\nfn d() {\n}\n";
+    let found: Vec<(String, usize, usize)> = functions(text);
+    assert_eq!(found, [("a".to_string(), 1, 5), ("c".to_string(), 10, 4), ("e".to_string(), 14, 1)]);
+}
+
+#[test]
+fn no_function_runs_past_the_limit() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut long = Vec::new();
+    let mut seen = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (name, line, n) in functions(&text) {
+            seen += 1;
+            if n > MAX_FN_LINES {
+                long.push(format!("{}:{line} `{name}` runs {n} lines", file.display()));
+            }
+        }
+    }
+    assert!(seen > 300, "the scan found only {seen} functions: is it still reading src/?");
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FN_LINES} lines; split them where a name explains the piece:\n{long:#?}"
+    );
 }
