@@ -14,14 +14,9 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error::ApiError;
+use super::error::{invalid, ApiError};
 use super::AppState;
 use crate::encoder::{EncodeOptions, Encoder, Input, Lane, Pooled, TextKind};
-use crate::error::ErrorCode;
-
-fn invalid(reason: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::InvalidInput, reason)
-}
 
 /// A string or a list of strings.
 #[derive(Deserialize)]

@@ -54,6 +54,11 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
 }
 
+/// A 400 `invalid_input`: the request itself is wrong, and `reason` says how.
+pub fn invalid(reason: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidInput, reason)
+}
+
 impl ApiError {
     pub fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
         ApiError { code, reason: reason.into(), status: None, retry_after: None }

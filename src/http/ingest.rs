@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{invalid, ApiError};
 use super::{engine_answer, AppState};
 use crate::engine::path::{EnginePath, QueryString};
 use crate::engine::EngineRequest;
@@ -28,10 +28,6 @@ use crate::ingest::bulk::{self, Action, BulkItem};
 use crate::ingest::writer::{send_bulk, BulkOutcome};
 use crate::types::name::{DocId, IndexName};
 use crate::types::pipeline::Pipeline;
-
-fn invalid(reason: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::InvalidInput, reason)
-}
 
 pub async fn bulk_all(
     state: State<AppState>,

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{invalid, ApiError};
 use super::passthrough;
 use super::{engine_answer, AppState};
 use crate::engine::path::{EnginePath, QueryString};
@@ -154,19 +154,12 @@ struct MsearchItem {
     body: Value,
 }
 
-fn msearch_invalid(reason: String) -> ApiError {
-    ApiError::new(ErrorCode::InvalidInput, reason)
-}
-
 /// The `_msearch` body's pairs of lines, parsed, bounded, each index checked against the key.
 fn msearch_items(body: &[u8], index: Option<&String>, caller: &Caller) -> Result<Vec<MsearchItem>, ApiError> {
-    let invalid = msearch_invalid;
-    let text = std::str::from_utf8(body).map_err(|_| invalid("the _msearch body is not UTF-8".into()))?;
+    let text = std::str::from_utf8(body).map_err(|_| invalid("the _msearch body is not UTF-8"))?;
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     if lines.len() % 2 != 0 {
-        return Err(invalid(
-            "the _msearch body must be pairs of header and body lines; the last header has no body".into(),
-        ));
+        return Err(invalid("the _msearch body must be pairs of header and body lines; the last header has no body"));
     }
     if lines.len() / 2 > MAX_MSEARCH_ITEMS {
         return Err(invalid(format!(
@@ -227,10 +220,9 @@ async fn forward_msearch(
 /// One item run as its own `_search` (rewritten where it needs to be), answered in the shape of
 /// an `_msearch` response: the search's answer or its error, with its `status`.
 async fn msearch_one(state: &AppState, item: MsearchItem) -> Value {
-    let invalid = msearch_invalid;
     let MsearchItem { target, header, body: search } = item;
     let answer = async {
-        let target = target.ok_or_else(|| invalid("this search names no index".into()))?;
+        let target = target.ok_or_else(|| invalid("this search names no index"))?;
         let pattern = IndexPattern::try_from(target.as_str())?;
         let q = {
             let mut params = form_urlencoded::Serializer::new(String::new());

@@ -118,7 +118,7 @@ pub fn index_body_with(
     model: ModelShape,
     other: &dyn Fn(&str) -> Option<(usize, bool)>,
 ) -> Result<Value, MappingError> {
-    let t = template(info.dialect)?;
+    let t = Template { parts: template(info.dialect)?, dialect: info.dialect };
     let v = &p.vector_index;
     let similarity = p.similarity(model.normalized);
     let analyzer = p.analyzer.resolve(model.language);
@@ -140,28 +140,25 @@ pub fn index_body_with(
     vars.insert("m", json!(v.m));
     vars.insert("ef_construction", json!(v.ef_construction));
     vars.insert("knn_engine", json!(if v.engine == KnnEngine::Faiss { "faiss" } else { "lucene" }));
-    let r = |name: &str, vars: &BTreeMap<&str, Value>| {
-        render(&part(&t, name, info.dialect)?, vars).map_err(|e| MappingError::Template(name.into(), e))
-    };
-    let text_field = r("text_field", &vars)?;
+    let text_field = t.render("text_field", &vars)?;
     let vector_part = match (info.dialect, v.index_type) {
         (Dialect::Elasticsearch, IndexType::Flat) => "vector_field_flat",
         (Dialect::Opensearch, IndexType::Int8Hnsw) => "vector_field_int8",
         _ => "vector_field",
     };
-    let vector_field = r(vector_part, &vars)?;
+    let vector_field = t.render(vector_part, &vars)?;
     vars.insert("text_field", text_field.clone());
     vars.insert("vector_field", vector_field.clone());
 
     let parts = FieldParts { vars: &vars, text_field: &text_field, vector_field: &vector_field, vector_part };
-    let mut props = properties(p, model, analyzer, &parts, other, &r)?;
+    let mut props = properties(p, model, analyzer, &parts, other, &t)?;
     if let Some(h) = &p.hash_field {
-        insert_path(&mut props, h, r("hash_field", &vars)?);
+        insert_path(&mut props, h, t.render("hash_field", &vars)?);
     }
     if let Some(c) = &p.chunking {
-        insert_path(&mut props, &c.passages_field, r("passages_field", &vars)?);
+        insert_path(&mut props, &c.passages_field, t.render("passages_field", &vars)?);
     }
-    let mut index_settings = r("index_settings", &vars)?;
+    let mut index_settings = t.render("index_settings", &vars)?;
     if info.dialect == Dialect::Elasticsearch && info.version >= Version::new(9, 2, 0) {
         // 9.2+ leaves vectors out of `_source` by default; the sidecar keeps them there, as on
         // 8.x and OpenSearch: clients read the vectors they wrote, and the content-hash skip
@@ -227,8 +224,17 @@ struct FieldParts<'a> {
     vector_part: &'a str,
 }
 
-/// Renders one template part with its variables.
-type Render<'a> = dyn Fn(&str, &BTreeMap<&str, Value>) -> Result<Value, MappingError> + 'a;
+/// A dialect's mapping template, whose named parts render with a pipeline's variables.
+struct Template {
+    parts: Value,
+    dialect: Dialect,
+}
+
+impl Template {
+    fn render(&self, name: &str, vars: &BTreeMap<&str, Value>) -> Result<Value, MappingError> {
+        render(&part(&self.parts, name, self.dialect)?, vars).map_err(|e| MappingError::Template(name.into(), e))
+    }
+}
 
 /// The `properties` of every `[[fields]]` entry: each source a text field (its own analyzer
 /// where `field_analyzers` says so), each vector field sized for the model it holds.
@@ -238,7 +244,7 @@ fn properties(
     analyzer: Analyzer,
     parts: &FieldParts,
     other: &dyn Fn(&str) -> Option<(usize, bool)>,
-    r: &Render<'_>,
+    t: &Template,
 ) -> Result<Map<String, Value>, MappingError> {
     let mut props = Map::new();
     for (i, f) in p.fields.iter().enumerate() {
@@ -254,14 +260,14 @@ fn properties(
             let mut own = parts.vars.clone();
             own.insert("dims", json!(dims));
             own.insert("similarity", json!(es_similarity(p.similarity(normalized))));
-            r(parts.vector_part, &own)?
+            t.render(parts.vector_part, &own)?
         };
         for s in &f.source {
             let field = match p.field_analyzers.get(s).map(|a| a.resolve(model.language)) {
                 Some(a) if a != analyzer => {
                     let mut own = parts.vars.clone();
                     own.insert("analyzer", json!(a.engine_name()));
-                    r("text_field", &own)?
+                    t.render("text_field", &own)?
                 }
                 _ => parts.text_field.clone(),
             };
