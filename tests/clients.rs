@@ -30,7 +30,12 @@ struct Fixture {
 
 /// A sidecar with a pipeline for a fresh index that does not exist yet (the client creates it).
 async fn fixture() -> Fixture {
-    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
+    fixture_with_keys(Vec::new()).await
+}
+
+async fn fixture_with_keys(keys: Vec<semantic_sidecar::settings::ApiKeySetting>) -> Fixture {
+    let mut settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
+    settings.server.api_keys = keys;
     let engine = EngineClient::new(&settings.engine).unwrap();
     let index = unique_index("clients");
     let p: Pipeline = toml::from_str(&format!(
@@ -113,6 +118,56 @@ async fn the_official_client_works_unchanged_through_the_sidecar() {
     for h in hits {
         assert_eq!(h["_source"]["text_vector"].as_array().map(Vec::len), Some(384), "{}", h["_id"]);
     }
+    f.engine.send(EngineRequest::new(Method::DELETE, format!("/{}", f.index))).await.unwrap();
+}
+
+/// The client of the engine under test: its script's interpreter arguments and `PYTHONPATH`.
+async fn client_lib(f: &Fixture) -> Option<String> {
+    if !on_elasticsearch() {
+        return None;
+    }
+    let major = f.engine.info().await.unwrap().version.major;
+    Some(format!("{}/pyclients/es{major}", cache()))
+}
+
+#[tokio::test]
+async fn the_official_clients_authenticate_with_a_scoped_key() {
+    use semantic_sidecar::settings::{ApiKeySetting, Scope, ScopedKey, Secret};
+    let app = ApiKeySetting::Scoped(ScopedKey {
+        key: Secret::new("app-key"),
+        name: Some("app".into()),
+        scope: Scope::Read,
+        indices: vec!["clients-*".into()],
+        cluster_admin: false,
+    });
+    let f = fixture_with_keys(vec![app]).await;
+    f.engine.send(EngineRequest::new(Method::PUT, format!("/{}", f.index)).json(&f.body)).await.unwrap();
+    let ndjson: String = (0..30)
+        .map(|n| {
+            format!(
+                "{}\n{}\n",
+                json!({"index": {"_index": f.index, "_id": n.to_string()}}),
+                json!({"title": "t", "text": format!("doc {n}")})
+            )
+        })
+        .collect();
+    common::engine_bulk(&f.engine, ndjson).await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/scoped_keys.py");
+    let flavor = if on_elasticsearch() { "elasticsearch" } else { "opensearch" };
+    let (url, index, py, lib) = (f.url.clone(), f.index.clone(), python(), client_lib(&f).await);
+    let out = tokio::task::spawn_blocking(move || {
+        let mut c = Command::new(py);
+        c.arg(&script).arg(url).arg(index).arg(flavor);
+        if let Some(p) = lib {
+            c.env("PYTHONPATH", p);
+        }
+        c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
     f.engine.send(EngineRequest::new(Method::DELETE, format!("/{}", f.index))).await.unwrap();
 }
 

@@ -3,10 +3,17 @@
 //! - the scope matrix: every API class (read, write, admin) with every kind of key (read, write,
 //!   admin, and a read key for another index), allowed exactly when the key's scope and index
 //!   patterns cover it, 403 with a JSON reason otherwise, denials counted in `/metrics`;
+//! - the same matrix over non-canonical spellings of every path (trailing slash, `//`, `%5F`,
+//!   upper case), every place a body names an index (NDJSON `index`/`indices`, terms lookups,
+//!   `more_like_this`, `percolate`, `_mtermvectors`, `_validate` rewrites, bulk items), remote
+//!   names, and cluster-wide scroll and PIT clearing: allowed exactly when the key covers all of
+//!   it, checked against the engine (another index's document neither read nor changed);
+//! - scroll and PIT ids tied to the key they were handed to; the official clients' `ApiKey` and
+//!   `Basic` credentials; exempt paths served read-only;
 //! - hostile requests (traversal in index, id and job id, deep bodies, scripts in every filter
-//!   position, a gzip bomb, huge counts) through a sidecar without keys, i.e. as admin: each a 4xx
-//!   JSON error, the engine untouched (cluster settings, index list, documents) and the sidecar
-//!   healthy.
+//!   position, a gzip bomb, huge counts) through a sidecar without keys (as admin) and again with
+//!   a scoped admin key: each a 4xx JSON error, the engine untouched (cluster settings, index
+//!   list, documents) and the sidecar healthy.
 
 mod common;
 
@@ -69,9 +76,15 @@ enum Body {
 
 impl Sidecar {
     async fn call(&self, key: Option<&str>, method: Method, path: &str, body: Body) -> (u16, Value) {
+        let auth = key.map(|k| ("x-api-key", k.to_string()));
+        self.call_as(auth, method, path, body).await
+    }
+
+    /// A call with one credential header (`(name, value)`), or none.
+    async fn call_as(&self, auth: Option<(&str, String)>, method: Method, path: &str, body: Body) -> (u16, Value) {
         let mut r = reqwest::Client::new().request(method, format!("{}{path}", self.url));
-        if let Some(k) = key {
-            r = r.header("x-api-key", k);
+        if let Some((name, value)) = auth {
+            r = r.header(name, value);
         }
         r = match body {
             Body::None => r,
@@ -86,11 +99,12 @@ impl Sidecar {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    /// The indices a hostile request of this suite could create or delete: this suite's own
-    /// (`hostile-*`) and the names its requests use; other suites run beside it on the same engine.
+    /// The indices a hostile request of this suite could create or delete: this sidecar's own
+    /// (and names it prefixes) and the names its requests use; other suites run beside it on the
+    /// same engine.
     async fn index_list(&self) -> Vec<String> {
         let v: Value = self.engine.get_json("/_cat/indices?format=json&h=index").await.unwrap();
-        let ours = |n: &str| n.starts_with("hostile") || n == "x" || n.starts_with("_cluster");
+        let ours = |n: &str| n.starts_with(&self.index) || n == "x" || n.starts_with("_cluster");
         let mut names: Vec<String> = v
             .as_array()
             .unwrap()
@@ -109,6 +123,7 @@ fn scoped(name: &str, key: &str, scope: Scope, indices: &[&str]) -> ApiKeySettin
         name: Some(name.into()),
         scope,
         indices: indices.iter().map(|s| s.to_string()).collect(),
+        cluster_admin: false,
     })
 }
 
@@ -248,7 +263,20 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn hostile_requests_get_a_4xx_and_leave_the_engine_as_it_was() {
-    let s = sidecar("hostile", Vec::new()).await;
+    hostile_requests(Vec::new(), None).await;
+}
+
+#[tokio::test]
+async fn hostile_requests_with_a_scoped_key_get_a_4xx_and_leave_the_engine_as_it_was() {
+    let keys = vec![
+        scoped("ops", "scoped-admin", Scope::Admin, &["hostile-*", "x"]),
+        ApiKeySetting::Plain(Secret::new("admin-key")),
+    ];
+    hostile_requests(keys, Some("scoped-admin")).await;
+}
+
+async fn hostile_requests(keys: Vec<ApiKeySetting>, key: Option<&str>) {
+    let s = sidecar("hostile", keys).await;
     let i = s.index.clone();
     let settings_before: Value = s.engine.get_json("/_cluster/settings?flat_settings=true").await.unwrap();
     let indices_before = s.index_list().await;
@@ -394,12 +422,34 @@ async fn hostile_requests_get_a_4xx_and_leave_the_engine_as_it_was() {
         ),
         ("a body that is not an object", Method::PUT, format!("/{i}-new"), Body::Raw("identity", b"[1,2]".to_vec())),
         ("a method that is not forwarded", Method::PATCH, format!("/{i}"), Body::None),
+        (
+            "a JSON array as a request object",
+            Method::POST,
+            "/search".into(),
+            Body::Raw("identity", format!("[\"{i}\", \"x\"]").into_bytes()),
+        ),
+        ("a method no route has", Method::PUT, "/_jobs/rx-1-0000".into(), Body::None),
+        (
+            "a bulk body without its last newline",
+            Method::POST,
+            "/_bulk".into(),
+            Body::Ndjson(format!("{{\"delete\":{{\"_index\":\"{i}\",\"_id\":\"d1\"}}}}")),
+        ),
+        (
+            "a conditional update with half its condition",
+            Method::POST,
+            format!("/{i}/_update/d1?if_seq_no=0"),
+            Body::Json(json!({"doc": {"title": "changed"}})),
+        ),
     ];
     for (what, method, path, body) in cases {
-        let (status, v) = s.call(None, method.clone(), &path, body).await;
+        let (status, v) = s.call(key, method.clone(), &path, body).await;
         assert!((400..500).contains(&status), "{what}: {method} {}: {status} {v}", &path[..path.len().min(120)]);
-        assert!(!v["error"].is_null(), "{what}: a JSON error: {v}");
-        let (h, _) = s.call(None, Method::GET, "/healthz", Body::None).await;
+        assert!(
+            v["error"]["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{what}: a JSON error with a reason: {v}"
+        );
+        let (h, _) = s.call(key, Method::GET, "/healthz", Body::None).await;
         assert_eq!(h, 200, "{what}: the sidecar is healthy after it");
     }
     let settings_after: Value = s.engine.get_json("/_cluster/settings?flat_settings=true").await.unwrap();
@@ -411,5 +461,395 @@ async fn hostile_requests_get_a_4xx_and_leave_the_engine_as_it_was() {
     assert_eq!(n["count"], 1, "the one document, and only it: {n}");
     let d: Value = s.engine.get_json(&format!("/{i}/_doc/d1")).await.unwrap();
     assert_eq!(d["_source"]["text"], "first", "unchanged: {d}");
+    s.engine.send(EngineRequest::new(Method::DELETE, format!("/{i}"))).await.unwrap();
+}
+
+/// `path` spelt another way the engines read as the same request (`upper`: one they do not).
+fn respell(path: &str, how: &str) -> String {
+    let (p, q) = match path.split_once('?') {
+        Some((p, q)) => (p.to_string(), format!("?{q}")),
+        None => (path.to_string(), String::new()),
+    };
+    let p = match how {
+        "trailing slash" => format!("{p}/"),
+        "double slash" => p.replace('/', "//"),
+        "encoded underscore" => p.replace("/_", "/%5F"),
+        "upper case" => p
+            .split('/')
+            .map(|s| if s.starts_with('_') { s.to_uppercase() } else { s.to_string() })
+            .collect::<Vec<_>>()
+            .join("/"),
+        _ => p,
+    };
+    format!("{p}{q}")
+}
+
+#[tokio::test]
+async fn scopes_hold_on_every_spelling_of_a_path() {
+    let keys = vec![
+        scoped("reader", "read-key", Scope::Read, &["sec-*"]),
+        scoped("writer", "write-key", Scope::Write, &["sec-*"]),
+        ApiKeySetting::Plain(Secret::new("admin-key")),
+    ];
+    let s = sidecar("sec", keys).await;
+    let i = s.index.clone();
+    // (what, method, path, body, scope it needs, names only `i`: false = needs every index)
+    let calls: Vec<(&str, Method, String, Body, Scope, bool)> = vec![
+        ("get", Method::GET, format!("/{i}/_doc/d1"), Body::None, Scope::Read, true),
+        ("search", Method::POST, format!("/{i}/_search"), Body::Json(json!({"size": 1})), Scope::Read, true),
+        ("search all", Method::POST, "/_search".into(), Body::Json(json!({"size": 0})), Scope::Read, false),
+        ("count all", Method::GET, "/_count".into(), Body::None, Scope::Read, false),
+        ("cat", Method::GET, format!("/_cat/indices/{i}?format=json"), Body::None, Scope::Read, true),
+        (
+            "mget",
+            Method::POST,
+            "/_mget".into(),
+            Body::Json(json!({"docs": [{"_index": i, "_id": "d1"}]})),
+            Scope::Read,
+            true,
+        ),
+        (
+            "msearch",
+            Method::POST,
+            "/_msearch".into(),
+            Body::Ndjson(format!("{{\"index\":\"{i}\"}}\n{{}}\n")),
+            Scope::Read,
+            true,
+        ),
+        ("index doc", Method::PUT, format!("/{i}/_doc/d2"), doc("second"), Scope::Write, true),
+        (
+            "bulk",
+            Method::POST,
+            "/_bulk".into(),
+            Body::Ndjson(format!(
+                "{{\"index\":{{\"_index\":\"{i}\",\"_id\":\"d3\"}}}}\n{{\"title\":\"b\",\"text\":\"c\"}}\n"
+            )),
+            Scope::Write,
+            true,
+        ),
+        ("refresh", Method::POST, format!("/{i}/_refresh"), Body::None, Scope::Write, true),
+        ("cluster settings", Method::GET, "/_cluster/settings".into(), Body::None, Scope::Admin, false),
+    ];
+    let who = [
+        ("reader", "read-key", Scope::Read, false),
+        ("writer", "write-key", Scope::Write, false),
+        ("admin", "admin-key", Scope::Admin, true),
+    ];
+    for how in ["trailing slash", "double slash", "encoded underscore", "upper case"] {
+        for (what, method, path, body, needs, only_i) in &calls {
+            let spelt = respell(path, how);
+            for (name, key, scope, covers_all) in who {
+                // upper case names no API of the engines: refused for every key (not forwarded)
+                let allowed = how != "upper case" && scope >= *needs && (*only_i || covers_all);
+                let (status, v) = s.call(Some(key), method.clone(), &spelt, body.clone()).await;
+                if allowed {
+                    assert!(status < 300, "{name} {what} {method} {spelt} ({how}): {status} {v}");
+                } else {
+                    assert_eq!(status, 403, "{name} {what} {method} {spelt} ({how}) must be denied: {v}");
+                    assert_eq!(v["error"]["type"], "forbidden", "{v}");
+                }
+            }
+        }
+    }
+    s.engine.send(EngineRequest::new(Method::DELETE, format!("/{i}"))).await.unwrap();
+}
+
+#[tokio::test]
+async fn every_index_a_body_names_is_checked_and_nothing_else_is_read_or_changed() {
+    let keys = vec![
+        scoped("reader", "read-key", Scope::Read, &["sec-*"]),
+        scoped("writer", "write-key", Scope::Write, &["sec-*"]),
+        ApiKeySetting::Plain(Secret::new("admin-key")),
+    ];
+    let s = sidecar("sec", keys).await;
+    let i = s.index.clone();
+    let secret = unique_index("secret");
+    let put = EngineRequest::new(Method::PUT, format!("/{secret}/_doc/s1?refresh=true"))
+        .json(&json!({"title": "t", "text": "secret words", "tags": ["first"]}));
+    assert!(s.engine.send(put).await.unwrap().status.as_u16() < 300);
+    let lookup = |index: &str| json!({"terms": {"title": {"index": index, "id": "s1", "path": "tags"}}});
+    let cases: Vec<(&str, &str, Method, String, Body, u16)> = vec![
+        (
+            "msearch indices header",
+            "read-key",
+            Method::POST,
+            "/_msearch".into(),
+            Body::Ndjson(format!("{{\"index\":\"{i}\",\"indices\":\"{secret}\"}}\n{{}}\n")),
+            403,
+        ),
+        (
+            "msearch body lookup",
+            "read-key",
+            Method::POST,
+            "/_msearch".into(),
+            Body::Ndjson(format!("{{\"index\":\"{i}\"}}\n{}\n", json!({"query": lookup(&secret)}))),
+            403,
+        ),
+        (
+            "terms lookup",
+            "read-key",
+            Method::POST,
+            format!("/{i}/_search"),
+            Body::Json(json!({"query": lookup(&secret)})),
+            403,
+        ),
+        (
+            "terms lookup in /search",
+            "read-key",
+            Method::POST,
+            "/search".into(),
+            Body::Json(json!({"index": i, "query": "x", "filter": lookup(&secret)})),
+            403,
+        ),
+        (
+            "validate rewrite with a lookup",
+            "read-key",
+            Method::POST,
+            format!("/{i}/_validate/query?rewrite=true"),
+            Body::Json(json!({"query": lookup(&secret)})),
+            403,
+        ),
+        (
+            "more_like_this",
+            "read-key",
+            Method::POST,
+            format!("/{i}/_search"),
+            Body::Json(
+                json!({"query": {"more_like_this": {"fields": ["text"], "like": [{"_index": secret, "_id": "s1"}]}}}),
+            ),
+            403,
+        ),
+        (
+            "percolate",
+            "read-key",
+            Method::POST,
+            format!("/{i}/_search"),
+            Body::Json(json!({"query": {"percolate": {"field": "q", "index": secret, "id": "s1"}}})),
+            403,
+        ),
+        (
+            "geo_shape indexed_shape",
+            "read-key",
+            Method::POST,
+            format!("/{i}/_search"),
+            Body::Json(
+                json!({"query": {"geo_shape": {"loc": {"indexed_shape": {"index": secret, "id": "s1", "path": "p"}}}}}),
+            ),
+            403,
+        ),
+        (
+            "mtermvectors",
+            "read-key",
+            Method::POST,
+            format!("/{i}/_mtermvectors"),
+            Body::Json(json!({"docs": [{"_index": secret, "_id": "s1", "fields": ["text"]}]})),
+            403,
+        ),
+        (
+            "mget non-string _index",
+            "read-key",
+            Method::POST,
+            "/_mget".into(),
+            Body::Json(json!({"docs": [{"_index": 123, "_id": "s1"}]})),
+            400,
+        ),
+        (
+            "bulk through /_bulk/",
+            "write-key",
+            Method::POST,
+            "/_bulk/".into(),
+            Body::Ndjson(format!("{{\"delete\":{{\"_index\":\"{secret}\",\"_id\":\"s1\"}}}}\n")),
+            403,
+        ),
+        (
+            "bulk through /%5Fbulk",
+            "write-key",
+            Method::POST,
+            "/%5Fbulk".into(),
+            Body::Ndjson(format!("{{\"delete\":{{\"_index\":\"{secret}\",\"_id\":\"s1\"}}}}\n")),
+            403,
+        ),
+        (
+            "bulk non-string _index",
+            "write-key",
+            Method::POST,
+            "/_bulk".into(),
+            Body::Ndjson("{\"delete\":{\"_index\":true,\"_id\":\"s1\"}}\n".into()),
+            400,
+        ),
+        ("search all through /_search/", "read-key", Method::POST, "/_search/".into(), Body::Json(json!({})), 403),
+        ("search all through /%5Fsearch", "read-key", Method::POST, "/%5Fsearch".into(), Body::Json(json!({})), 403),
+        ("remote cluster name", "read-key", Method::POST, "/sec-x:secret/_search".into(), Body::Json(json!({})), 403),
+        ("clear every scroll", "write-key", Method::DELETE, "/_search/scroll/_all".into(), Body::None, 403),
+        (
+            "clear every scroll by body",
+            "read-key",
+            Method::DELETE,
+            "/_search/scroll".into(),
+            Body::Json(json!({"scroll_id": "_all"})),
+            403,
+        ),
+        ("list every PIT", "read-key", Method::GET, "/_search/point_in_time/_all".into(), Body::None, 403),
+        ("delete every PIT", "read-key", Method::DELETE, "/_search/point_in_time/_all".into(), Body::None, 403),
+        ("node APIs are off", "admin-key", Method::GET, "/_nodes".into(), Body::None, 403),
+        (
+            "security APIs are off",
+            "admin-key",
+            Method::POST,
+            "/_security/api_key".into(),
+            Body::Json(json!({"name": "x"})),
+            403,
+        ),
+        ("snapshot APIs are off", "admin-key", Method::GET, "/_snapshot".into(), Body::None, 403),
+        ("unlisted APIs need cluster_admin", "admin-key", Method::GET, "/_data_stream".into(), Body::None, 403),
+        ("exempt paths are read-only", "", Method::PUT, "/healthz/".into(), Body::None, 403),
+        (
+            "search templates need *",
+            "read-key",
+            Method::POST,
+            format!("/{i}/_search/template"),
+            Body::Json(json!({"source": {"query": lookup(&secret)}})),
+            403,
+        ),
+    ];
+    for (what, key, method, path, body, want) in cases {
+        let key = (!key.is_empty()).then_some(key);
+        let (status, v) = s.call(key, method.clone(), &path, body).await;
+        assert_eq!(status, want, "{what}: {method} {path}: {v}");
+        assert!(v["error"]["reason"].as_str().is_some_and(|r| !r.is_empty()), "{what}: a reason: {v}");
+    }
+    // the same lookups into an index the key covers are served
+    let (status, v) = s
+        .call(
+            Some("read-key"),
+            Method::POST,
+            &format!("/{i}/_search"),
+            Body::Json(json!({"query": {"terms": {"title": {"index": i, "id": "d1", "path": "title"}}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = s.call(None, Method::GET, "/healthz/", Body::None).await;
+    assert_eq!(status, 200, "an exempt probe, spelt another way: {v}");
+    // nothing of the other index was changed, nothing named `healthz` was created
+    let d: Value = s.engine.get_json(&format!("/{secret}/_doc/s1")).await.unwrap();
+    assert_eq!(d["_source"]["text"], "secret words", "{d}");
+    let r = s.engine.send(EngineRequest::new(Method::HEAD, "/healthz")).await;
+    assert!(r.map(|r| r.status.as_u16() == 404).unwrap_or(true), "no index `healthz`");
+    for index in [&i, &secret] {
+        s.engine.send(EngineRequest::new(Method::DELETE, format!("/{index}"))).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_official_clients_credentials_identify_a_key() {
+    use base64::Engine as _;
+    let keys =
+        vec![scoped("reader", "read-key", Scope::Read, &["sec-*"]), ApiKeySetting::Plain(Secret::new("admin-key"))];
+    let s = sidecar("sec", keys).await;
+    let path = format!("/{}/_doc/d1", s.index);
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+    for (header, value, want) in [
+        ("authorization", "ApiKey read-key".to_string(), 200),
+        ("authorization", format!("ApiKey {}", b64("reader:read-key")), 200),
+        ("authorization", format!("Basic {}", b64("reader:read-key")), 200),
+        ("authorization", "Bearer read-key".to_string(), 200),
+        ("authorization", format!("Basic {}", b64("key-1:read-key")), 401),
+        ("authorization", format!("ApiKey {}", b64("reader:wrong")), 401),
+    ] {
+        let (status, v) = s.call_as(Some((header, value.clone())), Method::GET, &path, Body::None).await;
+        assert_eq!(status, want, "{value}: {v}");
+    }
+    // a bare key's name is key-N
+    let (status, _) = s
+        .call_as(Some(("authorization", format!("Basic {}", b64("key-1:admin-key")))), Method::GET, &path, Body::None)
+        .await;
+    assert_eq!(status, 200);
+    s.engine.send(EngineRequest::new(Method::DELETE, format!("/{}", s.index))).await.unwrap();
+}
+
+#[tokio::test]
+async fn scroll_and_pit_ids_belong_to_the_key_they_were_handed_to() {
+    let keys = vec![
+        scoped("reader", "read-key", Scope::Read, &["sec-*"]),
+        scoped("other", "other-key", Scope::Read, &["sec-*"]),
+        ApiKeySetting::Plain(Secret::new("admin-key")),
+    ];
+    let s = sidecar("sec", keys).await;
+    let i = s.index.clone();
+    let mine = |v: &Value, field: &str| {
+        v[field]
+            .as_str()
+            .filter(|h| h.starts_with("ss1."))
+            .unwrap_or_else(|| panic!("a handle in `{field}`: {v}"))
+            .to_string()
+    };
+    // scroll: opened, continued and cleared by its key only
+    let (status, v) = s
+        .call(Some("read-key"), Method::POST, &format!("/{i}/_search?scroll=1m"), Body::Json(json!({"size": 1})))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let h = mine(&v, "_scroll_id");
+    let (status, v) = s
+        .call(Some("other-key"), Method::POST, "/_search/scroll", Body::Json(json!({"scroll": "1m", "scroll_id": h})))
+        .await;
+    assert_eq!(status, 403, "another key's scroll: {v}");
+    let (status, v) = s
+        .call(Some("read-key"), Method::POST, "/_search/scroll", Body::Json(json!({"scroll": "1m", "scroll_id": h})))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let h2 = mine(&v, "_scroll_id");
+    let raw: Value = s
+        .engine
+        .send(EngineRequest::new(Method::POST, format!("/{i}/_search?scroll=1m")).json(&json!({"size": 1})))
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let raw_id = raw["_scroll_id"].as_str().unwrap().to_string();
+    let (status, v) = s
+        .call(
+            Some("read-key"),
+            Method::POST,
+            "/_search/scroll",
+            Body::Json(json!({"scroll": "1m", "scroll_id": raw_id})),
+        )
+        .await;
+    assert_eq!(status, 403, "an engine id the sidecar did not hand out: {v}");
+    let (status, v) =
+        s.call(Some("other-key"), Method::DELETE, "/_search/scroll", Body::Json(json!({"scroll_id": [h2]}))).await;
+    assert_eq!(status, 403, "another key may not clear it: {v}");
+    let (status, v) =
+        s.call(Some("read-key"), Method::DELETE, "/_search/scroll", Body::Json(json!({"scroll_id": [h2]}))).await;
+    assert_eq!(status, 200, "{v}");
+    // point in time: the same, in each engine's own shape
+    let es = common::on_elasticsearch();
+    let (open, id_field) = if es {
+        (format!("/{i}/_pit?keep_alive=1m"), "id")
+    } else {
+        (format!("/{i}/_search/point_in_time?keep_alive=1m"), "pit_id")
+    };
+    let (status, v) = s.call(Some("read-key"), Method::POST, &open, Body::None).await;
+    assert_eq!(status, 200, "{v}");
+    let pit = mine(&v, id_field);
+    let search = |id: &str| Body::Json(json!({"pit": {"id": id, "keep_alive": "1m"}, "size": 5}));
+    let (status, v) = s.call(Some("other-key"), Method::POST, "/_search", search(&pit)).await;
+    assert_eq!(status, 403, "another key's PIT: {v}");
+    let (status, v) = s.call(Some("read-key"), Method::POST, "/_search", search(&pit)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["hits"]["hits"][0]["_id"], "d1", "{v}");
+    let next = mine(&v, "pit_id");
+    let raw: Value = s.engine.send(EngineRequest::new(Method::POST, open.clone())).await.unwrap().json().unwrap();
+    let raw_pit = raw[id_field].as_str().unwrap().to_string();
+    let (status, v) = s.call(Some("read-key"), Method::POST, "/_search", search(&raw_pit)).await;
+    assert_eq!(status, 403, "a PIT the sidecar did not hand out: {v}");
+    let close =
+        |id: &str| if es { ("/_pit", json!({"id": id})) } else { ("/_search/point_in_time", json!({"pit_id": [id]})) };
+    let (path, body) = close(&next);
+    let (status, v) = s.call(Some("other-key"), Method::DELETE, path, Body::Json(body.clone())).await;
+    assert_eq!(status, 403, "{v}");
+    let (status, v) = s.call(Some("read-key"), Method::DELETE, path, Body::Json(body)).await;
+    assert_eq!(status, 200, "{v}");
+    let (path, body) = close(&raw_pit);
+    s.engine.send(EngineRequest::new(Method::DELETE, path).json(&body)).await.unwrap();
     s.engine.send(EngineRequest::new(Method::DELETE, format!("/{i}"))).await.unwrap();
 }

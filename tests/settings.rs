@@ -196,3 +196,39 @@ fn scoped_keys_load_from_the_config_file_and_are_checked() {
     let e = load_err(None, &[("SIDECAR__SERVER__MAX_JSON_DEPTH", "1")]);
     assert!(e.contains("server.max_json_depth"), "{e}");
 }
+
+#[test]
+fn a_misspelt_key_field_is_named_with_its_row() {
+    let e = load_err(Some("[server]\napi_keys = ['k0', { key = 'k', scopes = 'read' }]\n"), &[]);
+    assert!(e.contains("scopes") && e.contains("api_keys"), "{e}");
+    let e = load_err(
+        Some("[server]\napi_keys = [{ key = 'k', scope = 'read', indices = ['docs'], cluster_admin = 'maybe' }]\n"),
+        &[],
+    );
+    assert!(e.contains("cluster_admin") || e.contains("boolean"), "{e}");
+    let e = load_err(Some("[server]\napi_keys = [{ key = 'a', name = 'x', scope = 'read' }, { key = 'b', name = 'x', scope = 'read' }]\n"), &[]);
+    assert!(e.contains("server.api_keys[1].name"), "duplicate names: {e}");
+    let e = load_err(Some("[server]\nengine_apis = ['_cat']\n"), &[]);
+    assert!(e.contains("server.engine_apis[0]"), "{e}");
+}
+
+#[test]
+fn scoped_keys_come_from_the_environment_as_json_and_from_a_key_file() {
+    let json = r#"[{"name":"web","key":"k1","scope":"read","indices":["docs-*"]},"bare-key"]"#;
+    let s = Settings::load(None, &env(&[("SIDECAR__SERVER__API_KEYS", json)])).unwrap();
+    let k = &s.server.api_keys;
+    assert_eq!(k.len(), 2);
+    assert_eq!((k[0].name(0), k[0].indices()), ("web".to_string(), vec!["docs-*".to_string()]));
+    assert_eq!(k[1].key().expose(), "bare-key");
+    let e = load_err(None, &[("SIDECAR__SERVER__API_KEYS", r#"[{"key":"k","scope":"read","indice":["x"]}]"#)]);
+    assert!(e.contains("SIDECAR__SERVER__API_KEYS") && e.contains("entry [0]") && e.contains("indice"), "{e}");
+
+    let keys = file("api_keys = [{ name = 'ops', key = 'k9', scope = 'admin', cluster_admin = true }]\n");
+    let path = keys.path().to_str().unwrap().to_string();
+    let s = Settings::load(None, &env(&[("SIDECAR__SERVER__API_KEYS_FILE", &path)])).unwrap();
+    assert!(s.server.api_keys.len() == 1 && s.server.api_keys[0].cluster_admin());
+    let bad = file("api_keys = ['ok', { key = 'k', scope = 'read', wat = 1 }]\n");
+    let path = bad.path().to_str().unwrap().to_string();
+    let e = load_err(None, &[("SIDECAR__SERVER__API_KEYS_FILE", &path)]);
+    assert!(e.contains("server.api_keys_file") && e.contains("api_keys[1]") && e.contains("wat"), "{e}");
+}

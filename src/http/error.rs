@@ -77,7 +77,19 @@ impl From<EngineError> for ApiError {
             _ => None,
         };
         let retry_after = matches!(e, EngineError::Overloaded { .. }).then(|| Duration::from_secs(1));
-        ApiError { code, reason: e.to_string(), status, retry_after }
+        // where the engine is stays in the sidecar's log, never in a client's answer
+        let reason = match &e {
+            EngineError::Unreachable { .. } => {
+                tracing::warn!(error = %e, "engine unreachable");
+                "the engine is unreachable (the sidecar's log has the details)".to_string()
+            }
+            EngineError::Timeout { timeout, .. } => {
+                tracing::warn!(error = %e, "engine timed out");
+                format!("the engine did not answer within {timeout:?}")
+            }
+            _ => e.to_string(),
+        };
+        ApiError { code, reason, status, retry_after }
     }
 }
 

@@ -13,25 +13,23 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tower_http::request_id::{MakeRequestId, RequestId};
 
-use super::auth::{self, Caller};
+use super::apis::{Api, BodyNames, Every};
+use super::auth::{self, Caller, Route};
+use super::body_names::{self, Target};
 use super::error::{ApiError, Denied};
+use super::handles::HandleKey;
 use super::AppState;
 use crate::error::ErrorCode;
 use crate::telemetry::{DenialLabels, RequestLabels, RouteLabels};
 
-fn presented_key(req: &Request) -> Option<&str> {
-    if let Some(v) = req.headers().get("x-api-key") {
-        return v.to_str().ok();
-    }
-    let auth = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, rest) = auth.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
-}
-
-/// Identifies the caller by its API key and refuses what the key's scope and index patterns do
-/// not cover ([`auth::classify`]); the [`Caller`] goes on as a request extension for the
-/// handlers that read index names from the body. Exempt paths (probes) pass with a read-only
-/// caller; without configured keys every request is the anonymous admin.
+/// Identifies the caller by its credentials ([`ApiKeys::identify_request`]) and refuses what the
+/// key's scope and index patterns do not cover on the request's row of the API table
+/// ([`auth::authorize`]); the [`Caller`] and its [`Route`] go on as request extensions for
+/// [`authorize_body`]. Exempt paths (probes) are served as a read-only caller on every index;
+/// without configured keys every request is the anonymous admin. The path is canonical here
+/// ([`super::canonical`] runs before routing).
+///
+/// [`ApiKeys::identify_request`]: auth::ApiKeys::identify_request
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let deny = |reason: &str, key: &str, e: ApiError| {
         state.metrics.auth_denials.get_or_create(&DenialLabels { reason: reason.into(), key: key.into() }).inc();
@@ -39,39 +37,173 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     };
     let caller = if !state.api_keys.is_enabled() {
         Caller::anonymous()
-    } else if state.settings.server.auth_exempt_paths.iter().any(|p| p == req.uri().path()) {
-        req.extensions_mut().insert(Caller::probe());
-        return next.run(req).await;
     } else {
-        match presented_key(&req).map(|k| state.api_keys.identify(k)) {
-            Some(Some(c)) => c,
-            Some(None) => {
+        match state.api_keys.identify_request(req.headers()) {
+            Ok(Some(c)) => c,
+            Ok(None) if state.settings.server.auth_exempt_paths.iter().any(|p| p == req.uri().path()) => {
+                Caller::probe()
+            }
+            Err(auth::InvalidKey) => {
                 return deny("invalid_key", "", ApiError::new(ErrorCode::Unauthenticated, "invalid API key"));
             }
-            None => {
+            Ok(None) => {
                 let e = ApiError::new(
                     ErrorCode::Unauthenticated,
-                    "missing API key: send `x-api-key` or `Authorization: Bearer`",
+                    "missing API key: send `x-api-key`, or `Authorization` with `Bearer`, `ApiKey` or `Basic` credentials",
                 );
                 return deny("missing_key", "", e);
             }
         }
     };
-    let Some(segments) = auth::segments(req.uri().path()) else {
-        return ApiError::new(ErrorCode::InvalidInput, "the path is not UTF-8 once percent-decoded").into_response();
+    let segments = match super::canonical::canonical(req.uri().path()) {
+        Ok(c) => c.segments,
+        Err(reason) => return ApiError::new(ErrorCode::InvalidInput, reason).into_response(),
     };
-    let access = auth::classify(req.method(), &segments);
-    if let Err((e, why)) = auth::authorize(&caller, &access, req.method(), req.uri().path()) {
-        return deny(why, &caller.name, e);
-    }
+    let route = match auth::authorize(&caller, req.method(), &segments, &state.settings.server.engine_apis) {
+        Ok(r) => r,
+        Err((e, why)) => return deny(why, &caller.name, e),
+    };
     let name = caller.name.clone();
     req.extensions_mut().insert(caller);
+    req.extensions_mut().insert(route);
     let resp = next.run(req).await;
     if resp.extensions().get::<Denied>().is_some() {
-        // a handler refused an index named in the body
+        // a handler or the body check refused an index named in the body
         state.metrics.auth_denials.get_or_create(&DenialLabels { reason: "index".into(), key: name }).inc();
     }
     resp
+}
+
+/// Checks every index, scroll id and PIT id a body names ([`super::body_names`], by the body
+/// kind of the request's [`Route`]) against the caller, after the body is bounded and
+/// decompressed; unwraps the caller's scroll and PIT handles ([`super::handles`]) before the
+/// handler sees them and signs the ones the answer hands out. Callers without keys (the
+/// anonymous admin) pass unchecked. Bodies over 1 MiB are parsed off the async workers.
+pub async fn authorize_body(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let (Some(caller), Some(Route(Some(api)))) =
+        (req.extensions().get::<Caller>().cloned(), req.extensions().get::<Route>().copied())
+    else {
+        return next.run(req).await;
+    };
+    let Some(handles) = caller.handles.clone() else {
+        return next.run(req).await;
+    };
+    let (mut parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let checked = match check_body(&state, &caller, api, &parts, bytes).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(uri) = checked.uri {
+        parts.uri = uri;
+    }
+    let query = parts.uri.query().unwrap_or("");
+    let hands_out = checked.pit
+        || api.name == "open point in time"
+        || (api.body == BodyNames::Scroll && parts.method != axum::http::Method::DELETE)
+        || form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "scroll");
+    let resp = next.run(Request::from_parts(parts, Body::from(checked.body))).await;
+    if !hands_out {
+        return resp;
+    }
+    sign_answer(resp, &handles, api.name == "open point in time").await
+}
+
+/// A body that passed [`check_body`]: handles unwrapped, and whether it searched a PIT.
+struct CheckedBody {
+    body: axum::body::Bytes,
+    uri: Option<axum::http::Uri>,
+    pit: bool,
+}
+
+async fn check_body(
+    state: &AppState,
+    caller: &Caller,
+    api: &'static Api,
+    parts: &axum::http::request::Parts,
+    bytes: axum::body::Bytes,
+) -> Result<CheckedBody, ApiError> {
+    let segments =
+        super::canonical::canonical(parts.uri.path()).map_err(|r| ApiError::new(ErrorCode::InvalidInput, r))?.segments;
+    let path_indices: Vec<String> = api.path_indices(&segments).into_iter().map(String::from).collect();
+    if api.body == BodyNames::Unparsed && !bytes.iter().all(u8::is_ascii_whitespace) && !caller.covers_everything() {
+        return Err(auth::forbidden(format!(
+            "the body of {} names indices the sidecar does not read: API key `{}` needs `*` for it",
+            api.name, caller.name
+        )));
+    }
+    let (kind, b) = (api.body, bytes.clone());
+    let found = if bytes.len() > 1 << 20 {
+        tokio::task::spawn_blocking(move || {
+            let p: Vec<&str> = path_indices.iter().map(String::as_str).collect();
+            body_names::targets(kind, &b, &p)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("reading the body failed: {e}")))
+    } else {
+        let p: Vec<&str> = path_indices.iter().map(String::as_str).collect();
+        body_names::targets(kind, &b, &p)
+    };
+    let mut targets = found.map_err(|r| ApiError::new(ErrorCode::InvalidInput, r))?;
+    let mut uri = None;
+    if api.body == BodyNames::Scroll {
+        if form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).any(|(k, _)| k == "scroll_id") {
+            return Err(ApiError::new(ErrorCode::InvalidInput, "send the scroll id in the body, not as `scroll_id=`"));
+        }
+        if let Some(id) = segments.get(2) {
+            let raw = caller.open_handle(id, "scroll")?;
+            let path = format!("/_search/scroll/{}", percent_encoding::utf8_percent_encode(raw, SEGMENT));
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            uri = Some(pq.parse().map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("the scroll id: {e}")))?);
+        }
+    }
+    let mut text = None::<String>;
+    let mut pit = false;
+    for t in targets.drain(..) {
+        match t {
+            Target::Index(list) => caller.check_index(Some(&list))?,
+            Target::IndexOrPipeline(n) => {
+                let index = state.searcher.pipeline(&n).map_or(n.clone(), |p| p.index.clone());
+                caller.check_index(Some(&index))?
+            }
+            Target::Every => caller.check_index(None)?,
+            Target::Pit(h) | Target::Scroll(h) => {
+                let what = if api.body == BodyNames::Scroll { "scroll" } else { "point-in-time" };
+                let raw = caller.open_handle(&h, what)?;
+                pit |= api.body != BodyNames::Scroll;
+                let t = text.get_or_insert_with(|| String::from_utf8_lossy(&bytes).into_owned());
+                *t = t.replace(&format!("\"{h}\""), &format!("\"{raw}\""));
+            }
+        }
+    }
+    if api.every == Every::UnlessPit && !pit {
+        caller.check_index(None)?;
+    }
+    let body = text.map_or(bytes, axum::body::Bytes::from);
+    Ok(CheckedBody { body, uri, pit })
+}
+
+/// Bytes percent-encoded in a scroll id put back in a path.
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// The answer with the scroll and PIT ids it hands out signed for the caller.
+async fn sign_answer(resp: Response, handles: &HandleKey, opened_pit: bool) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::new(ErrorCode::Internal, "reading the engine's answer failed").into_response();
+    };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    if !handles.sign_answer(&mut v, opened_pit) {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(serde_json::to_vec(&v).unwrap_or_default()))
 }
 
 /// Refuses a declared `Content-Length` over the limit before the body is read. Bodies without a
@@ -197,6 +329,17 @@ pub async fn limit_depth(State(state): State<AppState>, req: Request, next: Next
         )
         .into_response();
     }
+    // every body the sidecar or the engines take is a JSON object, or NDJSON lines of them: an
+    // array or a scalar would be read as a struct's fields by position
+    if let Some(&first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        if first != b'{' {
+            return ApiError::new(
+                ErrorCode::InvalidInput,
+                "the request body must be a JSON object (or NDJSON lines of them)",
+            )
+            .into_response();
+        }
+    }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 
@@ -258,6 +401,7 @@ pub async fn record_metrics(State(state): State<AppState>, req: Request, next: N
 
 /// Replaces the framework's plain-text 413/415/422/400 rejections with the JSON error shape.
 pub async fn json_rejections(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let what = format!("{} {}", req.method(), req.uri().path().chars().take(120).collect::<String>());
     let resp = next.run(req).await;
     let is_json =
         resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
@@ -269,7 +413,14 @@ pub async fn json_rejections(State(state): State<AppState>, req: Request, next: 
         return too_large(state.settings.server.max_body_size);
     }
     let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap_or_default();
-    let reason = String::from_utf8_lossy(&body).trim().to_string();
+    let mut reason = String::from_utf8_lossy(&body).trim().to_string();
+    if reason.is_empty() {
+        reason = match status {
+            StatusCode::METHOD_NOT_ALLOWED => format!("{what}: the method is not allowed on this path"),
+            StatusCode::NOT_FOUND => format!("{what}: no such API"),
+            s => format!("{what}: {}", s.canonical_reason().unwrap_or("refused")),
+        };
+    }
     let code = if status == StatusCode::NOT_FOUND { ErrorCode::NotFound } else { ErrorCode::InvalidInput };
     ApiError { code, reason, status: Some(status), retry_after: None }.into_response()
 }

@@ -11,16 +11,21 @@
 //! engine API forwarded unchanged for official clients in [`passthrough`]. Who may call what:
 //! [`auth`].
 //!
-//! Middleware, outermost first: response compression → request id → tracing → engine headers (X-Opaque-Id/traceparent
-//! forwarded, X-Elastic-Product added) → metrics → JSON rejections → timeout → authentication →
-//! body-size limit → gzip request bodies → JSON depth limit → route. Authentication runs before the body is read.
+//! Middleware, outermost first: canonical path ([`canonical`], before routing) → response compression → request id → tracing → engine headers (X-Opaque-Id/traceparent
+//! forwarded, X-Elastic-Product added) → metrics → JSON rejections → timeout → authentication (key, scope and path indices from the API table [`apis`]) →
+//! body-size limit → gzip request bodies → JSON depth limit → indices, scroll and PIT ids named
+//! in the body ([`middleware::authorize_body`]) → handler. Authentication runs before the body is read.
 //!
 //! Shutdown: [`serve`] stops accepting on the shutdown signal and lets in-flight requests finish
 //! for up to `server.shutdown_grace`.
 
+pub mod apis;
 pub mod auth;
+pub mod body_names;
+pub mod canonical;
 pub mod embed;
 pub mod error;
+pub mod handles;
 pub mod ingest;
 pub mod jobs;
 pub mod middleware;
@@ -30,7 +35,7 @@ pub mod search;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{header, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -121,7 +126,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let max_body = usize::try_from(state.settings.server.max_body_size.bytes()).unwrap_or(usize::MAX);
-    Router::new()
+    let inner = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -150,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         .route("/{index}/_update/{id}", post(ingest::update))
         .fallback(passthrough::any)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authorize_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_depth))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::decompress))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_body))
@@ -167,7 +173,11 @@ pub fn router(state: AppState) -> Router {
         // answers are gzipped when the client asks (`Accept-Encoding: gzip`, the official
         // clients' `http_compress`)
         .layer(tower_http::compression::CompressionLayer::new().gzip(true))
-        .with_state(state)
+        .with_state(state);
+    // the path is made canonical before anything routes or authorises it: a layer inside the
+    // router would run after routing
+    let canonical = tower::ServiceBuilder::new().layer(axum::middleware::from_fn(canonical::normalize)).service(inner);
+    Router::new().fallback_service(canonical)
 }
 
 /// Serves `state` on a free port of 127.0.0.1 in the background (in-process servers of `eval`
@@ -275,13 +285,19 @@ async fn healthz() -> Response {
 /// probed once, at the same time, no retries: a probe must not hang on a dead engine longer than
 /// `engine.connect_timeout`); `engine.nodes` says which URL answered and `degraded` whether any
 /// did not.
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<AppState>, Extension(caller): Extension<auth::Caller>) -> Response {
     let probes = state.engine.probe_each().await;
+    // a probe without a key learns whether each node is up, not where the engine is
     let nodes: Vec<serde_json::Value> = probes
         .iter()
-        .map(|(url, r)| match r {
-            Ok(_) => json!({"url": url, "up": true}),
-            Err(e) => json!({"url": url, "up": false, "error": {"type": e.code(), "reason": e.to_string()}}),
+        .enumerate()
+        .map(|(n, (url, r))| {
+            let url = if caller.probe { format!("node-{n}") } else { url.clone() };
+            match r {
+                Ok(_) => json!({"url": url, "up": true}),
+                Err(_) if caller.probe => json!({"url": url, "up": false, "error": {"type": "engine_unavailable"}}),
+                Err(e) => json!({"url": url, "up": false, "error": {"type": e.code(), "reason": e.to_string()}}),
+            }
         })
         .collect();
     let up = probes.iter().find_map(|(_, r)| r.as_ref().ok().cloned());
@@ -325,7 +341,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
             let error = match e {
                 Some(e) => {
                     tracing::warn!(error = %e, "readiness probe failed");
-                    json!({"type": e.code(), "reason": e.to_string()})
+                    let reason = if caller.probe { "the engine is unreachable".to_string() } else { e.to_string() };
+                    json!({"type": e.code(), "reason": reason})
                 }
                 None => {
                     json!({"type": crate::error::ErrorCode::EngineUnavailable, "reason": "no engine URL is configured"})

@@ -18,7 +18,8 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::Value;
 
-use super::auth::{self, Caller};
+use super::auth::{Caller, Route};
+use super::canonical::canonical;
 use super::error::ApiError;
 use super::{engine_answer, AppState};
 use crate::engine::path::{EnginePath, QueryString};
@@ -82,10 +83,13 @@ pub async fn doc(
     forward(&state, method, path.query(&q), None, false).await
 }
 
-/// Whether a forwarded POST through `segment` only reads, so it is safe to repeat: the read APIs
-/// of [`auth`]'s table, plus refresh and the scroll / PIT continuations.
-fn safe_to_repeat(segment: &str) -> bool {
-    auth::INDEX_READS.contains(&segment) || matches!(segment, "_refresh" | "point_in_time" | "scroll")
+/// Whether a forwarded request only reads, so it is safe to repeat: its row of the API table
+/// needs the read scope (a search, count, mget, scroll continuation; not a PIT close), or it is
+/// a refresh.
+fn safe_to_repeat(route: Route, method: &Method) -> bool {
+    route.0.is_some_and(|api| {
+        *method != Method::DELETE && (api.scope == crate::settings::Scope::Read || api.name == "refresh")
+    })
 }
 
 /// An engine API name from a client's path: `_` and lower-case letters only.
@@ -151,6 +155,7 @@ fn check_pipeline_writes(state: &AppState, segments: &[String], body: Option<&By
 pub async fn any(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(route): Extension<Route>,
     method: Method,
     uri: Uri,
     body: Bytes,
@@ -162,8 +167,7 @@ pub async fn any(
         );
         return Err(ApiError { status: Some(StatusCode::METHOD_NOT_ALLOWED), ..e });
     }
-    let segments = auth::segments(uri.path())
-        .ok_or_else(|| ApiError::new(ErrorCode::InvalidInput, "the path is not UTF-8 once percent-decoded"))?;
+    let segments = canonical(uri.path()).map_err(|r| ApiError::new(ErrorCode::InvalidInput, r))?.segments;
     let q = QueryString::parse(uri.query())?;
     match segments.as_slice() {
         [api] if api == "_msearch" => return super::search::msearch(&state, &caller, None, &q, body).await,
@@ -178,7 +182,7 @@ pub async fn any(
     let path = engine_path(&method, &segments)?;
     let body = json_body(&body)?;
     check_pipeline_writes(&state, &segments, body.as_ref())?;
-    let read = segments.iter().any(|s| safe_to_repeat(s));
+    let read = safe_to_repeat(route, &method);
     forward(&state, method, path.query(&q), body, read).await
 }
 

@@ -74,6 +74,11 @@ pub struct BulkParseError {
 pub fn parse(body: &[u8]) -> Result<Vec<BulkItem>, BulkParseError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| BulkParseError { line: 0, reason: format!("the bulk body is not UTF-8: {e}") })?;
+    // as the engines: a body whose last line has no newline is refused whole, pipeline index or not
+    if !text.trim().is_empty() && !text.ends_with('\n') {
+        let line = text.lines().count();
+        return Err(BulkParseError { line, reason: "The bulk request must be terminated by a newline [\\n]".into() });
+    }
     let mut lines = text.split('\n').enumerate().map(|(i, l)| (i + 1, l.trim_end_matches('\r')));
     let mut items = Vec::new();
     while let Some((n, line)) = lines.next() {
@@ -209,6 +214,14 @@ mod tests {
         "{\"update\":{\"_id\":\"3\"}}\n{\"doc\":{\"text\":\"three\"}}\n",
         "{\"create\":{}}\n{\"text\":\"four\"}\n"
     );
+
+    #[test]
+    fn a_body_without_its_last_newline_is_refused_as_the_engines_do() {
+        let e = parse(b"{\"delete\":{\"_index\":\"a\",\"_id\":\"1\"}}").unwrap_err();
+        assert!(e.reason.contains("terminated by a newline"), "{}", e.reason);
+        assert!(parse(b"{\"delete\":{\"_index\":\"a\",\"_id\":\"1\"}}\n").is_ok());
+        assert!(parse(b"").unwrap().is_empty());
+    }
 
     #[test]
     fn parses_every_action_and_round_trips() {

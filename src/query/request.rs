@@ -341,6 +341,13 @@ impl Depths {
             Some(k) => k,
             None => limits.default_k.max(page_end),
         };
+        if k > limits.max_k && req.k.is_none() {
+            // the page itself is too deep: name what the client sent
+            return Err(QueryError::Limit(format!(
+                "`from` + `size` ({page_end}) is more than search.max_k ({}): page less deep",
+                limits.max_k
+            )));
+        }
         if k > limits.max_k {
             return Err(QueryError::Limit(format!("`k` {k} is more than search.max_k ({})", limits.max_k)));
         }

@@ -34,6 +34,7 @@ pub const ENV_PREFIX: &str = "SIDECAR";
 const ENV_LIST_KEYS: &[&str] = &[
     "server.api_keys",
     "server.auth_exempt_paths",
+    "server.engine_apis",
     "engine.urls",
     "encoder.models",
     "encoder.execution_providers",
@@ -197,6 +198,11 @@ pub struct ServerSettings {
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     pub api_keys: Vec<ApiKeySetting>,
+    /// A TOML file with more keys (`api_keys = [...]`, the same entries), read at start.
+    #[serde(default, deserialize_with = "empty_path_is_none")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Off engine API families (`_snapshot`, `_security`, …) served to `cluster_admin` keys.
+    pub engine_apis: Vec<String>,
     pub auth_exempt_paths: Vec<String>,
     /// Serve without API keys on a non-loopback address (no keys on loopback needs no flag).
     pub allow_anonymous: bool,
@@ -235,13 +241,38 @@ impl Scope {
 }
 
 /// One entry of `server.api_keys`: a bare key (admin on every index, as before scopes), or a
-/// table `{ key, scope, indices, name }`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+/// table `{ key, scope, indices, name, cluster_admin }`. Parsed by hand, not as an untagged
+/// enum, so that a misspelt field is named in the error.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum ApiKeySetting {
     Plain(Secret),
     Scoped(ScopedKey),
 }
+
+impl<'de> Deserialize<'de> for ApiKeySetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ApiKeySetting;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key (a string) or a table { key, scope, indices, name, cluster_admin }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ApiKeySetting, E> {
+                Ok(ApiKeySetting::Plain(Secret::new(v)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ApiKeySetting, A::Error> {
+                ScopedKey::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ApiKeySetting::Scoped)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// The engine API families that are off unless `server.engine_apis` lists them: they act with
+/// the sidecar's own engine credentials on users, keys, snapshots, plugins and nodes.
+pub const ENGINE_API_FAMILIES: &[&str] =
+    &["_security", "_snapshot", "_slm", "_plugins", "_opendistro", "_nodes", "_ml", "_xpack", "_watcher"];
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -255,6 +286,9 @@ pub struct ScopedKey {
     /// APIs, `/_search` over everything) needs `*`.
     #[serde(default = "all_indices")]
     pub indices: Vec<String>,
+    /// May reach engine APIs outside the sidecar's table (with `indices = ["*"]`).
+    #[serde(default)]
+    pub cluster_admin: bool,
 }
 
 fn all_indices() -> Vec<String> {
@@ -279,6 +313,10 @@ impl ApiKeySetting {
             ApiKeySetting::Plain(_) => all_indices(),
             ApiKeySetting::Scoped(s) => s.indices.clone(),
         }
+    }
+    /// Whether the key may reach engine APIs outside the sidecar's table.
+    pub fn cluster_admin(&self) -> bool {
+        matches!(self, ApiKeySetting::Scoped(ScopedKey { cluster_admin: true, .. }))
     }
     /// The key's name for logs and metrics (`key-N` when it has none).
     pub fn name(&self, position: usize) -> String {
@@ -434,11 +472,20 @@ impl Settings {
             }
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
         }
-        let sidecar_env: HashMap<String, String> = env
+        let mut sidecar_env: HashMap<String, String> = env
             .iter()
             .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // scoped keys through the environment: one JSON array instead of a comma list
+        let env_keys_var = format!("{ENV_PREFIX}__SERVER__API_KEYS");
+        let json_keys = match sidecar_env.get(&env_keys_var) {
+            Some(v) if v.trim_start().starts_with('[') => {
+                let v = sidecar_env.remove(&env_keys_var).unwrap_or_default();
+                Some(keys_from_json(&v).map_err(|r| SettingsError::invalid(env_keys_var.clone(), r))?)
+            }
+            _ => None,
+        };
         let mut environment = Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
@@ -453,6 +500,13 @@ impl Settings {
             .build()
             .and_then(Config::try_deserialize)
             .map_err(|e| SettingsError::Load(e.to_string()))?;
+        if let Some(keys) = json_keys {
+            settings.server.api_keys = keys;
+        }
+        if let Some(path) = settings.server.api_keys_file.clone() {
+            let more = keys_from_file(&path).map_err(|r| SettingsError::invalid("server.api_keys_file", r))?;
+            settings.server.api_keys.extend(more);
+        }
         if settings.encoder.ort_library.is_none() {
             settings.encoder.ort_library = env.get("ORT_DYLIB_PATH").filter(|p| !p.is_empty()).map(PathBuf::from);
         }
@@ -464,6 +518,33 @@ impl Settings {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
+}
+
+/// Keys from a JSON array (the environment's form), each entry's error naming its position.
+fn keys_from_json(text: &str) -> Result<Vec<ApiKeySetting>, String> {
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| format!("not a JSON array of keys: {e}"))?;
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| serde_json::from_value(v).map_err(|e| format!("entry [{i}]: {e}")))
+        .collect()
+}
+
+/// Keys from a TOML file holding `api_keys = [...]`, each entry's error naming its position.
+fn keys_from_file(path: &Path) -> Result<Vec<ApiKeySetting>, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct KeyFile {
+        api_keys: Vec<toml::Value>,
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: KeyFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.api_keys
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| v.try_into().map_err(|e| format!("{}: api_keys[{i}]: {e}", path.display())))
+        .collect()
 }
 
 /// An ONNX Runtime execution provider: what `encoder.execution_providers` lists and which one

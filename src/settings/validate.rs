@@ -37,31 +37,7 @@ impl Settings {
             return Err(SettingsError::invalid("server.max_body_size", "must be between 1B and 1GiB"));
         }
         positive("server.request_timeout", s.request_timeout)?;
-        for (i, key) in s.api_keys.iter().enumerate() {
-            let k = key.key().expose();
-            if k.is_empty() || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(SettingsError::invalid(
-                    format!("server.api_keys[{i}]"),
-                    "an API key must be non-empty and contain no whitespace",
-                ));
-            }
-            let indices = key.indices();
-            if indices.is_empty() {
-                return Err(SettingsError::invalid(
-                    format!("server.api_keys[{i}].indices"),
-                    "name at least one index or pattern",
-                ));
-            }
-            for p in &indices {
-                let plain = p.replace('*', "x");
-                if p != "*" && crate::types::name::IndexName::try_from(plain.as_str()).is_err() {
-                    return Err(SettingsError::invalid(
-                        format!("server.api_keys[{i}].indices"),
-                        format!("`{p}` is not an index name or a `*` pattern"),
-                    ));
-                }
-            }
-        }
+        self.validate_api_keys()?;
         positive("server.header_read_timeout", s.header_read_timeout)?;
         positive("server.body_read_timeout", s.body_read_timeout)?;
         if !(1..=1_000_000).contains(&s.max_connections) {
@@ -85,6 +61,61 @@ impl Settings {
                 return Err(SettingsError::invalid(
                     format!("server.auth_exempt_paths[{i}]"),
                     format!("`{p}` must start with /"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `server.api_keys` and `server.engine_apis`: keys non-empty, patterns valid, names unique.
+    fn validate_api_keys(&self) -> Result<(), SettingsError> {
+        let s = &self.server;
+        for (i, key) in s.api_keys.iter().enumerate() {
+            let k = key.key().expose();
+            if k.is_empty() || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(SettingsError::invalid(
+                    format!("server.api_keys[{i}]"),
+                    "an API key must be non-empty and contain no whitespace",
+                ));
+            }
+            let indices = key.indices();
+            if indices.is_empty() {
+                return Err(SettingsError::invalid(
+                    format!("server.api_keys[{i}].indices"),
+                    "name at least one index or pattern",
+                ));
+            }
+            for p in &indices {
+                // `cluster:pattern` names indices of a remote cluster; both parts are checked
+                let plain = p.replace('*', "x");
+                let bad = |part: &str| crate::types::name::IndexName::try_from(part).is_err();
+                let invalid = match plain.split_once(':') {
+                    Some((cluster, index)) => bad(cluster) || bad(index),
+                    None => bad(&plain),
+                };
+                if p != "*" && invalid {
+                    return Err(SettingsError::invalid(
+                        format!("server.api_keys[{i}].indices"),
+                        format!("`{p}` is not an index name or a `*` pattern"),
+                    ));
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, key) in s.api_keys.iter().enumerate() {
+            let name = key.name(i);
+            if name.is_empty() || name.contains(':') || !names.insert(name.clone()) {
+                return Err(SettingsError::invalid(
+                    format!("server.api_keys[{i}].name"),
+                    format!("`{name}` must be non-empty, without `:`, and unique (clients send it as the user name of Basic and ApiKey credentials)"),
+                ));
+            }
+        }
+        for (i, f) in s.engine_apis.iter().enumerate() {
+            if !super::ENGINE_API_FAMILIES.contains(&f.as_str()) {
+                return Err(SettingsError::invalid(
+                    format!("server.engine_apis[{i}]"),
+                    format!("`{f}` is not one of {}", super::ENGINE_API_FAMILIES.join(", ")),
                 ));
             }
         }
