@@ -163,8 +163,9 @@ async fn bad_items_fail_alone_and_valid_ones_are_stored() {
     assert!(items[1]["index"]["error"]["reason"].as_str().unwrap().contains("[title] must be text"));
     assert_eq!(status(2, "index"), 413);
     assert!(items[2]["index"]["error"]["reason"].as_str().unwrap().contains("max_input_chars"));
-    // the sidecar overwrote the client's text_vector with the real one, so the engine stores it
-    assert_eq!(status(3, "index"), 201);
+    // a client may not set the vector the pipeline computes
+    assert_eq!(status(3, "index"), 400);
+    assert!(items[3]["index"]["error"]["reason"].as_str().unwrap().contains("[text_vector] is computed by pipeline"));
     assert_eq!(status(4, "create"), 201);
     assert_eq!(status(5, "delete"), 404);
     assert_eq!(status(6, "index"), 400, "the engine's own per-item error: {}", items[6]);
@@ -172,7 +173,7 @@ async fn bad_items_fail_alone_and_valid_ones_are_stored() {
     // Elasticsearch 8.19/9 document_parsing_exception
     let kind = items[6]["index"]["error"]["type"].as_str().unwrap();
     assert!(matches!(kind, "mapper_parsing_exception" | "document_parsing_exception"), "{}", items[6]);
-    assert_eq!(count(&f).await, 3, "ok1, obj and ok2 stored; num and big not");
+    assert_eq!(count(&f).await, 2, "ok1 and ok2 stored; num, big and obj not");
 }
 
 #[tokio::test]
@@ -484,4 +485,88 @@ async fn the_pipelines_engine_ingest_pipeline_is_passed_through() {
     let (_, resp) = bulk(&f.url, one("c")).await;
     assert_eq!(resp["items"][0]["index"]["status"], 201, "{resp}");
     f.engine.send(EngineRequest::new(Method::DELETE, format!("/_ingest/pipeline/{name}"))).await.unwrap();
+}
+
+#[tokio::test]
+async fn vectors_belong_to_the_pipeline_and_follow_the_text() {
+    let f = fixture(&[]).await;
+    let i = f.index.clone();
+    let fake: Vec<f32> = vec![0.5; 384];
+    let http = reqwest::Client::new();
+    let put = |id: &str, body: Value| http.put(format!("{}/{i}/_doc/{id}?refresh=true", f.url)).json(&body).send();
+    // a stored document with its real vector
+    let r = put("a", json!({"title": "Cells", "text": "stem cells divide"})).await.unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    // clients cannot set a vector: not in _doc, not in a bulk index, update or upsert, not in _update
+    let r = put("b", json!({"title": "x", "text": "y", "text_vector": fake})).await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["reason"].as_str().unwrap().contains("[text_vector] is computed by pipeline"), "{v}");
+    let lines = [
+        json!({"index": {"_index": i, "_id": "c"}}),
+        json!({"title": "t", "text": "u", "text_vector": fake}),
+        json!({"update": {"_index": i, "_id": "a"}}),
+        json!({"doc": {"text_vector": fake}}),
+        json!({"update": {"_index": i, "_id": "d"}}),
+        json!({"doc": {"title": "t"}, "upsert": {"title": "t", "text": "", "text_vector": fake}}),
+        json!({"update": {"_index": i, "_id": "a"}}),
+        json!({"script": {"source": "ctx._source.text_vector = params.v", "params": {"v": fake}}}),
+        json!({"update": {"_index": i, "_id": "a"}}),
+        json!({"doc": {"content_hash": "forged"}}),
+    ];
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let (status, v) = bulk(&f.url, body).await;
+    assert_eq!(status, 200, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5, "{v}");
+    for item in items {
+        let (_, r) = item.as_object().unwrap().iter().next().unwrap();
+        assert_eq!(r["status"], 400, "every one refused: {v}");
+    }
+    let r = http
+        .post(format!("{}/{i}/_update/a", f.url))
+        .json(&json!({"doc": {"text_vector": fake}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let stored: Value = f.engine.get_json(&format!("/{i}/_doc/a")).await.unwrap();
+    let real = floats(&stored["_source"]["text_vector"]);
+    assert!(cosine(&real, &fake) < 0.99, "the model's vector is still there");
+    assert_eq!(count(&f).await, 1, "nothing else was written");
+    // a text made empty takes its vector with it: through _update, and through a bulk partial doc
+    let r = http
+        .post(format!("{}/{i}/_update/a?refresh=true", f.url))
+        .json(&json!({"doc": {"title": "", "text": ""}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let stored: Value = f.engine.get_json(&format!("/{i}/_doc/a")).await.unwrap();
+    assert!(stored["_source"].get("text_vector").is_none_or(Value::is_null), "{stored}");
+    let r = put("e", json!({"title": "Cells", "text": "stem cells divide"})).await.unwrap();
+    assert!(r.status().is_success());
+    let body =
+        format!("{}\n{}\n", json!({"update": {"_index": i, "_id": "e"}}), json!({"doc": {"title": "", "text": ""}}));
+    let (status, v) = bulk(&f.url, body).await;
+    assert_eq!((status, v["errors"].as_bool()), (200, Some(false)), "{v}");
+    let stored: Value = f.engine.get_json(&format!("/{i}/_doc/e")).await.unwrap();
+    assert!(stored["_source"]["text_vector"].is_null(), "{stored}");
+    f.engine.send(EngineRequest::new(Method::DELETE, format!("/{i}"))).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pipeline_that_accepts_client_vectors_stores_them() {
+    let f = fixture_with(&engine_url(), &[], "accept_client_vectors = true\n").await;
+    let fake: Vec<f32> = vec![0.05; 384];
+    let r = reqwest::Client::new()
+        .put(format!("{}/{}/_doc/p?refresh=true", f.url, f.index))
+        .json(&json!({"title": "", "text": "", "text_vector": fake}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let stored: Value = f.engine.get_json(&format!("/{}/_doc/p", f.index)).await.unwrap();
+    assert!(cosine(&floats(&stored["_source"]["text_vector"]), &fake) > 0.999, "{stored}");
+    f.engine.send(EngineRequest::new(Method::DELETE, format!("/{}", f.index))).await.unwrap();
 }

@@ -126,7 +126,7 @@ async fn run_bulk(
         let resp = state.engine.send(req).await?;
         return Ok(engine_answer(resp));
     }
-    let prepared = state.ingestor.prepare(&mut items, default_index, &state.engine).await?;
+    let prepared = state.ingestor.prepare_client(&mut items, default_index, &state.engine).await?;
     let failures = prepared.failures;
     if prepared.skipped > 0 {
         tracing::debug!(skipped = prepared.skipped, "content hash unchanged: stored vectors kept");
@@ -181,7 +181,7 @@ async fn one_doc(state: &AppState, t: DocTarget, query: Option<String>, body: By
         meta.insert("_id".into(), Value::from(id.clone()));
     }
     let mut items = vec![BulkItem { action, meta, source: Some(source), line: 1 }];
-    let prepared = state.ingestor.prepare(&mut items, Some(&index), &state.engine).await?;
+    let prepared = state.ingestor.prepare_client(&mut items, Some(&index), &state.engine).await?;
     if let Some(f) = prepared.failures.first() {
         let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST);
         let body = serde_json::json!({"error": {"type": f.error_type, "reason": f.reason}, "status": f.status});
@@ -350,6 +350,15 @@ impl Update {
         };
         let partial = object("doc")?;
         let upsert = object("upsert")?;
+        let as_item = BulkItem {
+            action: Action::Update,
+            meta: Default::default(),
+            source: Some(Value::Object(req.clone())),
+            line: 1,
+        };
+        if let Some(reason) = crate::ingest::writer::client_set_field(pipeline, &as_item) {
+            return Err(invalid(reason));
+        }
         let doc_as_upsert = req.get("doc_as_upsert").and_then(Value::as_bool).unwrap_or(false);
         let detect_noop = req.get("detect_noop").and_then(Value::as_bool).unwrap_or(true);
         if partial.is_none() && upsert.is_none() {
@@ -362,6 +371,11 @@ impl Update {
             }
         };
         let client_version = (q.get("if_seq_no").map(String::from), q.get("if_primary_term").map(String::from));
+        if client_version.0.is_some() != client_version.1.is_some() {
+            return Err(invalid(
+                "a conditional update needs both `if_seq_no` and `if_primary_term` (one alone would be applied unconditionally)",
+            ));
+        }
         let mut write_q = q.clone();
         for k in
             ["retry_on_conflict", "if_seq_no", "if_primary_term", "_source", "_source_includes", "_source_excludes"]

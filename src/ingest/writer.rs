@@ -155,6 +155,9 @@ struct Work {
     /// change while vectors are added, so it is computed once, for the skip and for the write.
     hashes: BTreeMap<usize, String>,
     failures: Vec<ItemFailure>,
+    /// (position, field spec) of the documents whose sources give that spec no text: their
+    /// vector is cleared instead of kept.
+    textless: Vec<(usize, usize)>,
 }
 
 /// Whether queries embedded by `query` may search vectors written by `field`: only a static int8
@@ -243,12 +246,44 @@ impl Ingestor {
         item.index(default_index).and_then(|i| self.by_index.get(i)).cloned()
     }
 
+    /// [`Ingestor::prepare`] for documents a client sent: an item that sets a field the
+    /// pipeline computes (a vector, the passages, the hash) is refused unless the pipeline
+    /// accepts client vectors, and is neither embedded nor sent.
+    pub async fn prepare_client(
+        &self,
+        items: &mut [BulkItem],
+        default_index: Option<&str>,
+        engine: &EngineClient,
+    ) -> Result<Prepared, EncoderError> {
+        let refused: Vec<ItemFailure> = items
+            .iter()
+            .enumerate()
+            .filter_map(|(position, item)| {
+                let p = self.pipeline_of(item, default_index)?;
+                let reason = client_set_field(&p, item)?;
+                Some(ItemFailure { position, status: 400, error_type: "illegal_argument_exception", reason })
+            })
+            .collect();
+        self.prepare_with(items, default_index, engine, refused).await
+    }
+
     /// Embeds what the pipelines ask for, in place; returns the items that must not be sent.
+    /// For documents the sidecar itself assembled (reindex reads, a merged `_update`).
     pub async fn prepare(
         &self,
         items: &mut [BulkItem],
         default_index: Option<&str>,
         engine: &EngineClient,
+    ) -> Result<Prepared, EncoderError> {
+        self.prepare_with(items, default_index, engine, Vec::new()).await
+    }
+
+    async fn prepare_with(
+        &self,
+        items: &mut [BulkItem],
+        default_index: Option<&str>,
+        engine: &EngineClient,
+        refused: Vec<ItemFailure>,
     ) -> Result<Prepared, EncoderError> {
         // The pipeline's engine ingest pipeline, unless the item names its own.
         for item in items.iter_mut() {
@@ -256,7 +291,10 @@ impl Ingestor {
                 item.meta.entry("pipeline").or_insert(Value::String(name));
             }
         }
-        let Work { mut work, mut to_chunk, mut hashes, failures } = self.collect_work(items, default_index);
+        let skip: BTreeSet<usize> = refused.iter().map(|f| f.position).collect();
+        let Work { mut work, mut to_chunk, mut hashes, mut failures, textless } =
+            self.collect_work(items, default_index, &skip);
+        failures.extend(refused);
         let failed: BTreeSet<usize> = failures.iter().map(|f| f.position).collect();
         let skipped = self.keep_unchanged(items, default_index, &mut work, &failed, &hashes, engine).await;
         let still: BTreeSet<usize> = work.values().flatten().map(|p| p.position).collect();
@@ -271,14 +309,46 @@ impl Ingestor {
                 doc.insert(field, Value::from(hash));
             }
         }
+        self.clear_textless(items, default_index, &textless);
         Ok(Prepared { failures, skipped })
+    }
+
+    /// A document whose sources give a field spec no text has no vector for it: a full document
+    /// loses the one it carried (a merged `_update` holds the stored one), a partial update that
+    /// sends every source field (empty) sets it to null. Kept where the pipeline accepts client
+    /// vectors.
+    fn clear_textless(&self, items: &mut [BulkItem], default_index: Option<&str>, textless: &[(usize, usize)]) {
+        for &(pos, spec) in textless {
+            let Some(p) = self.pipeline_of(&items[pos], default_index) else { continue };
+            if p.accept_client_vectors {
+                continue;
+            }
+            let partial = items[pos].action == Action::Update;
+            let Some(doc) = items[pos].doc_mut() else { continue };
+            let mut fields = vec![p.fields[spec].vector.clone()];
+            if spec == 0 {
+                fields.extend(p.chunking.as_ref().map(|c| c.passages_field.clone()));
+            }
+            if !partial {
+                fields.iter().for_each(|f| {
+                    doc.remove(f);
+                });
+            } else if p.fields[spec].source.iter().all(|f| lookup(doc, f).is_some()) {
+                fields.into_iter().for_each(|f| {
+                    doc.insert(f, Value::Null);
+                });
+            }
+        }
     }
 
     /// What the items of pipeline indices need embedded, per model; the documents to chunk; the
     /// content hashes; the documents refused.
-    fn collect_work(&self, items: &[BulkItem], default_index: Option<&str>) -> Work {
+    fn collect_work(&self, items: &[BulkItem], default_index: Option<&str>, skip: &BTreeSet<usize>) -> Work {
         let mut w = Work::default();
         for (position, item) in items.iter().enumerate() {
+            if skip.contains(&position) {
+                continue;
+            }
             let Some(p) = self.pipeline_of(item, default_index) else { continue };
             // scripted updates and upserts without `doc` pass through
             let Some(doc) = item.doc() else { continue };
@@ -287,6 +357,8 @@ impl Ingestor {
             }
             match self.texts_for(&p, doc, item.action == Action::Update) {
                 Ok(texts) => {
+                    let with_text: BTreeSet<usize> = texts.iter().map(|(spec, _)| *spec).collect();
+                    w.textless.extend((0..p.fields.len()).filter(|s| !with_text.contains(s)).map(|s| (position, s)));
                     if let (Some(c), Some((0, text))) = (&p.chunking, texts.first()) {
                         w.to_chunk.push(ToChunk {
                             position,
@@ -531,6 +603,33 @@ impl Ingestor {
         }
         Ok(out)
     }
+}
+
+/// Why a client's item may not be written to pipeline `p`'s index: it sets a field the pipeline
+/// computes (in the document, or an update's `doc` / `upsert`), or it is a scripted update,
+/// whose changes could set one and cannot be embedded. `None` where the pipeline accepts client
+/// vectors.
+pub fn client_set_field(p: &Pipeline, item: &BulkItem) -> Option<String> {
+    if p.accept_client_vectors {
+        return None;
+    }
+    let source = item.source.as_ref();
+    if item.action == Action::Update && source.is_some_and(|s| s.get("script").is_some()) {
+        return Some(format!(
+            "scripted updates are refused on pipeline [{}]'s index: the sidecar cannot embed what a script changes; send the changed fields as a partial `doc`",
+            p.name
+        ));
+    }
+    let mut docs: Vec<&Map<String, Value>> = item.doc().into_iter().collect();
+    if item.action == Action::Update {
+        docs.extend(source.and_then(|s| s.get("upsert")).and_then(Value::as_object));
+    }
+    let computed = p.computed_fields();
+    let field = docs.iter().find_map(|d| computed.iter().find(|f| lookup(d, f).is_some()))?;
+    Some(format!(
+        "[{field}] is computed by pipeline [{}] from the document's text; a client may not set it (the pipeline's accept_client_vectors = true allows it)",
+        p.name
+    ))
 }
 
 fn lookup<'a>(doc: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {

@@ -210,6 +210,21 @@ pub struct Pipeline {
     /// Search defaults: BM25 fields, fusion, automatic hybrid rewriting in `_search`.
     #[serde(default)]
     pub search: SearchSpec,
+    /// Whether clients may send values for the fields the sidecar computes (vectors, passages,
+    /// the content hash). Off: such a write is refused, so every stored vector is the model's
+    /// vector of the stored text.
+    #[serde(default)]
+    pub accept_client_vectors: bool,
+}
+
+impl Pipeline {
+    /// The fields the sidecar writes itself: each vector field, the passages field, the hash.
+    pub fn computed_fields(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.fields.iter().map(|f| f.vector.as_str()).collect();
+        out.extend(self.chunking.as_ref().map(|c| c.passages_field.as_str()));
+        out.extend(self.hash_field.as_deref());
+        out
+    }
 }
 
 fn default_analyzer() -> Analyzer {
