@@ -15,7 +15,7 @@ use axum::http::{Method, Request};
 use common::{dead_url, engine_settings};
 use semantic_sidecar::engine::EngineClient;
 use semantic_sidecar::http::{self, AppState};
-use semantic_sidecar::settings::{ApiKeySetting, Scope, ScopedKey, Secret};
+use semantic_sidecar::settings::{ApiKeySetting, Scope};
 use tower::ServiceExt;
 
 const APIS: &[&str] =
@@ -150,13 +150,7 @@ fn path_of(index: Option<&str>, api: &str, spelling: Spelling) -> String {
 }
 
 fn key(name: &str, scope: Scope) -> ApiKeySetting {
-    ApiKeySetting::Scoped(ScopedKey {
-        key: Secret::new(format!("{name}-key")),
-        name: Some(name.into()),
-        scope,
-        indices: vec!["docs-*".into()],
-        cluster_admin: false,
-    })
+    ApiKeySetting::scoped(name, &format!("{name}-key"), scope, &["docs-*"])
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -67,6 +67,25 @@ fn cache() -> String {
         .unwrap_or_else(|_| format!("{}/.cache/semantic-sidecar", std::env::var("HOME").unwrap_or_default()))
 }
 
+/// Runs `script args` with the test venv's python (and `PYTHONPATH`), printing what it printed;
+/// fails when it fails.
+async fn run_python(script: PathBuf, args: Vec<String>, pythonpath: Option<String>) {
+    let py = python();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut c = Command::new(py);
+        c.arg(&script).args(&args);
+        if let Some(p) = pythonpath {
+            c.env("PYTHONPATH", p);
+        }
+        c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+}
+
 #[tokio::test]
 async fn the_official_client_works_unchanged_through_the_sidecar() {
     let f = fixture().await;
@@ -86,20 +105,8 @@ async fn the_official_client_works_unchanged_through_the_sidecar() {
     let tmp = tempfile::tempdir().unwrap();
     let mapping = tmp.path().join("mapping.json");
     std::fs::write(&mapping, f.body.to_string()).unwrap();
-    let (url, index, py) = (f.url.clone(), f.index.clone(), python());
-    let out = tokio::task::spawn_blocking(move || {
-        let mut c = Command::new(py);
-        c.arg(&script).arg(url).arg(index).arg(&mapping);
-        if let Some(p) = pythonpath {
-            c.env("PYTHONPATH", p);
-        }
-        c.output().unwrap()
-    })
-    .await
-    .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    assert!(out.status.success(), "{text}");
+    let args = vec![f.url.clone(), f.index.clone(), mapping.to_string_lossy().into_owned()];
+    run_python(script, args, pythonpath).await;
 
     // on the engine: 50 documents, each with the vector the sidecar computed
     let hits: Value = f
@@ -132,14 +139,8 @@ async fn client_lib(f: &Fixture) -> Option<String> {
 
 #[tokio::test]
 async fn the_official_clients_authenticate_with_a_scoped_key() {
-    use semantic_sidecar::settings::{ApiKeySetting, Scope, ScopedKey, Secret};
-    let app = ApiKeySetting::Scoped(ScopedKey {
-        key: Secret::new("app-key"),
-        name: Some("app".into()),
-        scope: Scope::Read,
-        indices: vec!["clients-*".into()],
-        cluster_admin: false,
-    });
+    use semantic_sidecar::settings::{ApiKeySetting, Scope};
+    let app = ApiKeySetting::scoped("app", "app-key", Scope::Read, &["clients-*"]);
     let f = fixture_with_keys(vec![app]).await;
     f.engine.send(EngineRequest::new(Method::PUT, format!("/{}", f.index)).json(&f.body)).await.unwrap();
     let ndjson: String = (0..30)
@@ -154,20 +155,8 @@ async fn the_official_clients_authenticate_with_a_scoped_key() {
     common::engine_bulk(&f.engine, ndjson).await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/scoped_keys.py");
     let flavor = if on_elasticsearch() { "elasticsearch" } else { "opensearch" };
-    let (url, index, py, lib) = (f.url.clone(), f.index.clone(), python(), client_lib(&f).await);
-    let out = tokio::task::spawn_blocking(move || {
-        let mut c = Command::new(py);
-        c.arg(&script).arg(url).arg(index).arg(flavor);
-        if let Some(p) = lib {
-            c.env("PYTHONPATH", p);
-        }
-        c.output().unwrap()
-    })
-    .await
-    .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    assert!(out.status.success(), "{text}");
+    let lib = client_lib(&f).await;
+    run_python(script, vec![f.url.clone(), f.index.clone(), flavor.into()], lib).await;
     f.engine.send(EngineRequest::new(Method::DELETE, format!("/{}", f.index))).await.unwrap();
 }
 

@@ -276,7 +276,7 @@ pub fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{ScopedKey, Secret};
+    use crate::settings::Secret;
     use proptest::prelude::*;
 
     fn caller(scope: Scope, indices: &[&str]) -> Caller {
@@ -299,13 +299,7 @@ mod tests {
     }
 
     fn scoped(key: &str, name: &str, scope: Scope, indices: &[&str]) -> ApiKeySetting {
-        ApiKeySetting::Scoped(ScopedKey {
-            key: Secret::new(key),
-            name: Some(name.into()),
-            scope,
-            indices: indices.iter().map(|s| s.to_string()).collect(),
-            cluster_admin: false,
-        })
+        ApiKeySetting::scoped(name, key, scope, indices)
     }
 
     #[test]

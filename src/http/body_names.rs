@@ -14,6 +14,7 @@
 use serde_json::{Map, Value};
 
 use super::apis::BodyNames;
+use crate::ingest::writer::json_kind as kind_of;
 
 /// Something a body names that must be checked against the caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,17 +71,6 @@ pub fn targets(kind: BodyNames, body: &[u8], path_indices: &[&str]) -> Result<Ve
         }
     }
     Ok(out)
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// The body as a JSON object; `None` when it is empty.

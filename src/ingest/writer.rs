@@ -641,7 +641,8 @@ fn lookup<'a>(doc: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     Some(cur)
 }
 
-fn json_kind(v: &Value) -> &'static str {
+/// What kind of JSON value `v` is, in words, for error messages.
+pub fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

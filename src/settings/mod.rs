@@ -296,6 +296,17 @@ fn all_indices() -> Vec<String> {
 }
 
 impl ApiKeySetting {
+    /// A scoped key named `name` on `indices`, without `cluster_admin`.
+    pub fn scoped(name: &str, key: &str, scope: Scope, indices: &[&str]) -> Self {
+        ApiKeySetting::Scoped(ScopedKey {
+            key: Secret::new(key),
+            name: Some(name.into()),
+            scope,
+            indices: indices.iter().map(|s| s.to_string()).collect(),
+            cluster_admin: false,
+        })
+    }
+
     pub fn key(&self) -> &Secret {
         match self {
             ApiKeySetting::Plain(k) => k,
