@@ -558,7 +558,8 @@ async fn vectors_belong_to_the_pipeline_and_follow_the_text() {
 #[tokio::test]
 async fn a_pipeline_that_accepts_client_vectors_stores_them() {
     let f = fixture_with(&engine_url(), &[], "accept_client_vectors = true\n").await;
-    let fake: Vec<f32> = vec![0.05; 384];
+    // unit length: Elasticsearch's dot_product similarity takes nothing else
+    let fake: Vec<f32> = (0..384).map(|n| if n == 0 { 1.0 } else { 0.0 }).collect();
     let r = reqwest::Client::new()
         .put(format!("{}/{}/_doc/p?refresh=true", f.url, f.index))
         .json(&json!({"title": "", "text": "", "text_vector": fake}))
