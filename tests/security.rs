@@ -278,6 +278,8 @@ async fn hostile_requests_with_a_scoped_key_get_a_4xx_and_leave_the_engine_as_it
 async fn hostile_requests(keys: Vec<ApiKeySetting>, key: Option<&str>) {
     let s = sidecar("hostile", keys).await;
     let i = s.index.clone();
+    let alias = json!({"actions": [{"add": {"index": i, "alias": format!("{i}-alias")}}]});
+    s.engine.send(EngineRequest::new(Method::POST, "/_aliases").json(&alias)).await.unwrap();
     let settings_before: Value = s.engine.get_json("/_cluster/settings?flat_settings=true").await.unwrap();
     let indices_before = s.index_list().await;
     let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
@@ -391,6 +393,24 @@ async fn hostile_requests(keys: Vec<ApiKeySetting>, key: Option<&str>) {
             Method::POST,
             format!("/{i}/_update_by_query"),
             Body::Json(json!({"script": {"source": "ctx._source.text = 'x'"}})),
+        ),
+        (
+            "update_by_query through an alias of a pipeline index",
+            Method::POST,
+            format!("/{i}-alias/_update_by_query"),
+            Body::Json(json!({"script": {"source": "ctx._source.text = 'x'"}})),
+        ),
+        (
+            "update_by_query through a pattern covering a pipeline index",
+            Method::POST,
+            format!("/{i}*/_update_by_query"),
+            Body::Json(json!({"script": {"source": "ctx._source.text = 'x'"}})),
+        ),
+        (
+            "_reindex into an alias of a pipeline index",
+            Method::POST,
+            "/_reindex".into(),
+            Body::Json(json!({"source": {"index": "x"}, "dest": {"index": format!("{i}-alias")}})),
         ),
         (
             "_reindex into a pipeline index",

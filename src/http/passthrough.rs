@@ -8,9 +8,9 @@
 //! segments ([`EnginePath`]); the query string is re-encoded from parsed pairs; a JSON body must
 //! parse as a JSON object before it is forwarded. The engine's answer (status, body, `Warning`,
 //! `X-Elastic-Product`) comes back as it came. Which key may call what was decided before a
-//! handler here runs ([`super::auth`]); `_mget` checks the indices its body names. Refused on
-//! pipeline indices: `_update_by_query` and `_reindex` into one (their documents would lose
-//! their vectors).
+//! handler here runs ([`super::auth`]). Refused on pipeline indices, and on names that expand
+//! to one (aliases, patterns, date math): `_update_by_query` and `_reindex` into one (their
+//! documents would lose their vectors).
 
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, RawQuery, State};
@@ -120,15 +120,16 @@ fn engine_path(method: &Method, segments: &[String]) -> Result<EnginePath, ApiEr
 }
 
 /// Refuses what would write to a pipeline index without its vectors: `_update_by_query`
-/// (scripts), and `_reindex` into one (use `POST /_jobs/reindex`).
-fn check_pipeline_writes(state: &AppState, segments: &[String], body: Option<&Bytes>) -> Result<(), ApiError> {
-    let pipeline_in = |list: &str| list.split(',').find(|i| state.ingestor.pipeline_for(i).is_some()).map(String::from);
+/// (scripts) on a name that expands to one, and `_reindex` into one (use `POST /_jobs/reindex`).
+/// Names are expanded on the engine: an alias, a pattern or date math that covers a pipeline
+/// index is refused like the index itself.
+async fn check_pipeline_writes(state: &AppState, segments: &[String], body: Option<&Bytes>) -> Result<(), ApiError> {
     let refuse = |r: String| Err(ApiError::new(ErrorCode::InvalidInput, r));
     match segments {
         [index, api, ..] if api == "_update_by_query" => {
-            if let Some(i) = pipeline_in(index) {
+            if let Some(i) = state.ingestor.any_pipeline_index(&state.engine, index).await? {
                 return refuse(format!(
-                    "_update_by_query is refused on `{i}`: its documents carry vectors the sidecar computes, and a script's changes cannot be embedded; write the changed documents through _bulk or _update, or reindex with POST /_jobs/reindex"
+                    "_update_by_query is refused on `{index}` (it covers pipeline index `{i}`): its documents carry vectors the sidecar computes, and a script's changes cannot be embedded; write the changed documents through _bulk or _update, or reindex with POST /_jobs/reindex"
                 ));
             }
         }
@@ -136,10 +137,12 @@ fn check_pipeline_writes(state: &AppState, segments: &[String], body: Option<&By
             let dest = body
                 .and_then(|b| serde_json::from_slice::<Value>(b).ok())
                 .and_then(|v| v.pointer("/dest/index").and_then(Value::as_str).map(String::from));
-            if let Some(i) = dest.as_deref().and_then(pipeline_in) {
-                return refuse(format!(
-                    "_reindex into `{i}` is refused: it would copy documents without their vectors; use POST /_jobs/reindex, which embeds them"
-                ));
+            if let Some(d) = dest {
+                if let Some(i) = state.ingestor.any_pipeline_index(&state.engine, &d).await? {
+                    return refuse(format!(
+                        "_reindex into `{d}` (pipeline index `{i}`) is refused: it would copy documents without their vectors; use POST /_jobs/reindex, which embeds them"
+                    ));
+                }
             }
         }
         _ => {}
@@ -181,7 +184,7 @@ pub async fn any(
     }
     let path = engine_path(&method, &segments)?;
     let body = json_body(&body)?;
-    check_pipeline_writes(&state, &segments, body.as_ref())?;
+    check_pipeline_writes(&state, &segments, body.as_ref()).await?;
     let read = safe_to_repeat(route, &method);
     forward(&state, method, path.query(&q), body, read).await
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::engine::path::EnginePath;
 
 use crate::engine::{EngineClient, EngineError, EngineRequest};
-use crate::types::name::IndexName;
+use crate::types::name::{IndexName, IndexPattern};
 
 /// How long a resolution is trusted (an alias moved by a reindex is seen after this).
 const TTL: Duration = Duration::from_secs(5);
@@ -62,6 +62,38 @@ impl Resolver {
         }
         cache.insert(name.to_string(), (Instant::now(), target.clone()));
         Ok(target)
+    }
+}
+
+impl Resolver {
+    /// A pipeline index among every index `names` (a comma list of names, aliases, patterns or
+    /// date math) expands to on the engine, if any: what `_update_by_query` or a `_reindex` into
+    /// `names` would write to without vectors. Not cached: these requests are rare.
+    pub async fn any_pipeline_index(&self, engine: &EngineClient, names: &str) -> Result<Option<String>, EngineError> {
+        if self.pipeline_indices.is_empty() {
+            return Ok(None);
+        }
+        for name in names.split(',') {
+            if self.pipeline_indices.contains(name) {
+                return Ok(Some(name.to_string()));
+            }
+            let at = if name.starts_with('<') {
+                EnginePath::root().date_math(name)
+            } else {
+                IndexPattern::try_from(name).map(|p| EnginePath::root().pattern(&p))
+            };
+            let Ok(at) = at else { continue };
+            let r = engine.send(EngineRequest::new(Method::GET, at.api("_alias").build()).passthrough()).await?;
+            if !r.status.is_success() {
+                continue;
+            }
+            let expanded = r.json::<Value>()?;
+            let hit = expanded.as_object().and_then(|m| m.keys().find(|i| self.pipeline_indices.contains(*i)).cloned());
+            if hit.is_some() {
+                return Ok(hit);
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -241,6 +241,11 @@ impl Ingestor {
         self.resolver.resolve(engine, name).await
     }
 
+    /// A pipeline index among every index `names` expands to (aliases, patterns, date math).
+    pub async fn any_pipeline_index(&self, engine: &EngineClient, names: &str) -> Result<Option<String>, EngineError> {
+        self.resolver.any_pipeline_index(engine, names).await
+    }
+
     /// The pipeline of the index an item targets, if any.
     fn pipeline_of(&self, item: &BulkItem, default_index: Option<&str>) -> Option<Arc<Pipeline>> {
         item.index(default_index).and_then(|i| self.by_index.get(i)).cloned()
