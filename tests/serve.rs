@@ -381,3 +381,29 @@ async fn answers_are_gzipped_when_the_client_asks() {
     assert!(plain.headers().get("content-encoding").is_none(), "no gzip unless asked");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn where_the_engine_is_never_reaches_a_client_without_a_key() {
+    let dead = dead_url().await;
+    let mut settings = engine_settings(&dead, &[("SIDECAR__ENGINE__RETRY__MAX_RETRIES", "0")]);
+    settings.server.api_keys =
+        vec![semantic_sidecar::settings::ApiKeySetting::Plain(semantic_sidecar::settings::Secret::new("ops-key-1"))];
+    let server = Server::start(settings).await;
+    let port = dead.rsplit(':').next().unwrap().to_string();
+    let c = reqwest::Client::new();
+    // a probe without a key: up or not, never where
+    let r = c.get(format!("{}/readyz", server.url)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(&port) && !text.contains("127.0.0.1"), "{text}");
+    // a key holder sees the nodes
+    let r = c.get(format!("{}/readyz", server.url)).header("x-api-key", "ops-key-1").send().await.unwrap();
+    assert!(r.text().await.unwrap().contains(&port));
+    // a 502 from a dead engine says so without naming it
+    let r = c.get(format!("{}/_cat/indices", server.url)).header("x-api-key", "ops-key-1").send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    let reason = body["error"]["reason"].as_str().unwrap();
+    assert!(reason.contains("unreachable") && !reason.contains(&port), "{body}");
+    server.stop().await;
+}

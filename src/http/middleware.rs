@@ -74,7 +74,8 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     resp
 }
 
-/// Checks every index, scroll id and PIT id a body names ([`super::body_names`], by the body
+/// Refuses a body that is not a JSON object (or NDJSON lines of them) on any API of the table;
+/// checks every index, scroll id and PIT id a body names ([`super::body_names`], by the body
 /// kind of the request's [`Route`]) against the caller, after the body is bounded and
 /// decompressed; unwraps the caller's scroll and PIT handles ([`super::handles`]) before the
 /// handler sees them and signs the ones the answer hands out. Callers without keys (the
@@ -85,11 +86,18 @@ pub async fn authorize_body(State(state): State<AppState>, req: Request, next: N
     else {
         return next.run(req).await;
     };
-    let Some(handles) = caller.handles.clone() else {
-        return next.run(req).await;
-    };
     let (mut parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    // every body an API of the table takes is a JSON object, or NDJSON lines of them: an array
+    // or a scalar would be read as a struct's fields by position
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&first| first != b'{') {
+        let e =
+            ApiError::new(ErrorCode::InvalidInput, "the request body must be a JSON object (or NDJSON lines of them)");
+        return e.into_response();
+    }
+    let Some(handles) = caller.handles.clone() else {
+        return next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    };
     let checked = match check_body(&state, &caller, api, &parts, bytes).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -328,17 +336,6 @@ pub async fn limit_depth(State(state): State<AppState>, req: Request, next: Next
             format!("the request body is nested deeper than server.max_json_depth ({limit})"),
         )
         .into_response();
-    }
-    // every body the sidecar or the engines take is a JSON object, or NDJSON lines of them: an
-    // array or a scalar would be read as a struct's fields by position
-    if let Some(&first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        if first != b'{' {
-            return ApiError::new(
-                ErrorCode::InvalidInput,
-                "the request body must be a JSON object (or NDJSON lines of them)",
-            )
-            .into_response();
-        }
     }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
