@@ -665,3 +665,20 @@ async fn a_second_sidecar_adopts_the_job_of_a_killed_one_and_nothing_is_lost_or_
     assert!(s["lease"].is_null(), "an ended job holds no lease: {s}");
     drop(b);
 }
+
+#[tokio::test]
+async fn a_job_the_engine_refuses_creates_no_target() {
+    let url = engine_url();
+    let engine = EngineClient::new(&encoder_settings(&[("SIDECAR__ENGINE__URLS", &url)]).engine).unwrap();
+    let source = source_index(&engine, 10, |i| json!(i.to_string())).await;
+    let s = sidecar(&url, vec![pipeline(&source)]).await;
+    let target = format!("{source}-refused");
+    let body = json!({"pipeline": format!("rx-{source}"), "target": target, "query": {"no_such_query": {}}});
+    let r = s.http.post(format!("{}/_jobs/reindex", s.url)).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap();
+    assert!((400..500).contains(&status), "{status} {v}");
+    let exists = engine.send(EngineRequest::new(Method::HEAD, format!("/{target}"))).await;
+    assert!(exists.map(|r| r.status.as_u16() == 404).unwrap_or(true), "the target was not created");
+    engine.send(EngineRequest::new(Method::DELETE, format!("/{source}"))).await.unwrap();
+}

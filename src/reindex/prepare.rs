@@ -82,10 +82,11 @@ impl Reindexer {
         }
         let source_props = self.source_properties(&source).await?;
         let source_excludes = stale_vectors(&p, &source_props);
+        // the query is run (and refused if the engine refuses it) before anything is created
+        let source_count = self.count(&source, req.query.as_ref()).await?;
         if !self.exists(&target).await? {
             self.create_target(&p, source_props, &target, &source_excludes).await?;
         }
-        let source_count = self.count(&source, req.query.as_ref()).await?;
         let now = now_ms();
         let id = format!("rx-{now}-{:04x}", rand::random::<u16>());
         let state = JobState {
