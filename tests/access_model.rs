@@ -1,7 +1,7 @@
-//! The sidecar's access decisions against a small reference model, for every generated (key, method,
-//! path spelling, body) requests.
+//! The sidecar's access decisions against a small reference model, for every generated (key,
+//! method, path spelling, body) request.
 //!
-//! The real router runs in process with two scoped keys and an engine URL on which nothing
+//! The real router runs in process with three scoped keys and an engine URL on which nothing
 //! listens: a request the sidecar lets through is answered 502 (it tried to reach the engine),
 //! one it refuses gets a 4xx before anything is sent. The reference model below knows nothing of
 //! the sidecar's table: it says which API each request is, the scope that API needs, and every
