@@ -52,12 +52,16 @@ pub fn canonical(raw: &str) -> Result<CanonicalPath, String> {
             return Err(format!("the path has more than {MAX_SEGMENTS} segments"));
         }
     }
-    let path = if segments.is_empty() {
-        "/".to_string()
-    } else {
-        segments.iter().map(|s| format!("/{}", utf8_percent_encode(s, KEPT))).collect()
-    };
+    let path = path_of(&segments);
     Ok(CanonicalPath { segments, path })
+}
+
+/// The path of decoded `segments`, each encoded on its own (the canonical spelling).
+pub fn path_of(segments: &[String]) -> String {
+    if segments.is_empty() {
+        return "/".to_string();
+    }
+    segments.iter().map(|s| format!("/{}", utf8_percent_encode(s, KEPT))).collect()
 }
 
 /// Rewrites the request's path to its canonical form, or answers 400 with the reason.

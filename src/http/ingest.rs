@@ -13,12 +13,11 @@ use std::ops::ControlFlow::{self, Break, Continue};
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::auth::Caller;
 use super::error::{invalid, ApiError};
 use super::{engine_answer, AppState};
 use crate::engine::path::{EnginePath, QueryString};
@@ -29,35 +28,17 @@ use crate::ingest::writer::{send_bulk, BulkOutcome};
 use crate::types::name::{DocId, IndexName};
 use crate::types::pipeline::Pipeline;
 
-pub async fn bulk_all(
-    state: State<AppState>,
-    caller: Extension<Caller>,
-    query: RawQuery,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    run_bulk(state, caller, None, query, body).await
+pub async fn bulk_all(state: State<AppState>, query: RawQuery, body: Bytes) -> Result<Response, ApiError> {
+    run_bulk(state, None, query, body).await
 }
 
 pub async fn bulk_index(
     state: State<AppState>,
-    caller: Extension<Caller>,
     Path(index): Path<String>,
     query: RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    run_bulk(state, caller, Some(index), query, body).await
-}
-
-/// Every item's index must be one the key covers; an item without one needs the path's.
-fn check_item_indices(caller: &Caller, items: &[BulkItem], default_index: Option<&str>) -> Result<(), ApiError> {
-    let mut seen = std::collections::BTreeSet::new();
-    for item in items {
-        let index = item.index(default_index);
-        if seen.insert(index) {
-            caller.check_index(index)?;
-        }
-    }
-    Ok(())
+    run_bulk(state, Some(index), query, body).await
 }
 
 /// Items written through an alias or date math of a pipeline index are sent to that index, so
@@ -92,7 +73,6 @@ async fn resolve_item_indices(
 
 async fn run_bulk(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     index: Option<String>,
     RawQuery(query): RawQuery,
     body: Bytes,
@@ -116,7 +96,6 @@ async fn run_bulk(
     }
     .map_err(|e| invalid(e.reason))?;
     let default_index = index.as_deref();
-    check_item_indices(&caller, &items, default_index)?;
     resolve_item_indices(&state, &mut items, default_index).await?;
     let touches_pipeline =
         items.iter().any(|i| i.index(default_index).is_some_and(|x| state.ingestor.pipeline_for(x).is_some()));

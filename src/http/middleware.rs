@@ -141,18 +141,16 @@ async fn check_body(
         )));
     }
     let (kind, b) = (api.body, bytes.clone());
-    let found = if bytes.len() > 1 << 20 {
-        tokio::task::spawn_blocking(move || {
-            let p: Vec<&str> = path_indices.iter().map(String::as_str).collect();
-            body_names::targets(kind, &b, &p)
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("reading the body failed: {e}")))
-    } else {
+    let read = move || {
         let p: Vec<&str> = path_indices.iter().map(String::as_str).collect();
         body_names::targets(kind, &b, &p)
     };
-    let mut targets = found.map_err(|r| ApiError::new(ErrorCode::InvalidInput, r))?;
+    let found = if bytes.len() > 1 << 20 {
+        tokio::task::spawn_blocking(read).await.unwrap_or_else(|e| Err(format!("reading the body failed: {e}")))
+    } else {
+        read()
+    };
+    let targets = found.map_err(|r| ApiError::new(ErrorCode::InvalidInput, r))?;
     let mut uri = None;
     if api.body == BodyNames::Scroll {
         if form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).any(|(k, _)| k == "scroll_id") {
@@ -160,7 +158,7 @@ async fn check_body(
         }
         if let Some(id) = segments.get(2) {
             let raw = caller.open_handle(id, "scroll")?;
-            let path = format!("/_search/scroll/{}", percent_encoding::utf8_percent_encode(raw, SEGMENT));
+            let path = super::canonical::path_of(&[segments[0].clone(), segments[1].clone(), raw.to_string()]);
             let pq = match parts.uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path,
@@ -170,7 +168,7 @@ async fn check_body(
     }
     let mut text = None::<String>;
     let mut pit = false;
-    for t in targets.drain(..) {
+    for t in targets {
         match t {
             Target::Index(list) => caller.check_index(Some(&list))?,
             Target::IndexOrPipeline(n) => {
@@ -193,10 +191,6 @@ async fn check_body(
     let body = text.map_or(bytes, axum::body::Bytes::from);
     Ok(CheckedBody { body, uri, pit })
 }
-
-/// Bytes percent-encoded in a scroll id put back in a path.
-const SEGMENT: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// The answer with the scroll and PIT ids it hands out signed for the caller.
 async fn sign_answer(resp: Response, handles: &HandleKey, opened_pit: bool) -> Response {

@@ -18,7 +18,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::Value;
 
-use super::auth::{Caller, Route};
+use super::auth::Route;
 use super::canonical::canonical;
 use super::error::ApiError;
 use super::{engine_answer, AppState};
@@ -153,11 +153,10 @@ async fn check_pipeline_writes(state: &AppState, segments: &[String], body: Opti
 /// Every engine API the sidecar does not rewrite (`_cat/*`, `_aliases`, `_settings`,
 /// `_search/scroll`, PIT, `_field_caps`, `_stats`, cluster APIs, …): the path rebuilt from
 /// checked segments, the query string re-encoded, a JSON-object body; what the key may reach
-/// was decided in [`super::auth`] before this runs. `_mget` and `_msearch` check the indices
-/// their bodies name.
+/// was decided in [`super::auth`] and, for the indices bodies name (`_mget`, `_msearch`, …),
+/// in [`super::middleware::authorize_body`] before this runs.
 pub async fn any(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Extension(route): Extension<Route>,
     method: Method,
     uri: Uri,
@@ -173,13 +172,8 @@ pub async fn any(
     let segments = canonical(uri.path()).map_err(|r| ApiError::new(ErrorCode::InvalidInput, r))?.segments;
     let q = QueryString::parse(uri.query())?;
     match segments.as_slice() {
-        [api] if api == "_msearch" => return super::search::msearch(&state, &caller, None, &q, body).await,
-        [index, api] if api == "_msearch" => {
-            return super::search::msearch(&state, &caller, Some(index), &q, body).await
-        }
-        [api] | [_, api] if api == "_mget" => {
-            check_mget(&caller, segments.first().filter(|_| segments.len() == 2), &body)?
-        }
+        [api] if api == "_msearch" => return super::search::msearch(&state, None, &q, body).await,
+        [index, api] if api == "_msearch" => return super::search::msearch(&state, Some(index), &q, body).await,
         _ => {}
     }
     let path = engine_path(&method, &segments)?;
@@ -187,21 +181,4 @@ pub async fn any(
     check_pipeline_writes(&state, &segments, body.as_ref()).await?;
     let read = safe_to_repeat(route, &method);
     forward(&state, method, path.query(&q), body, read).await
-}
-
-/// `_mget`: every `docs[]._index` (or the path's index) must be one the key covers.
-fn check_mget(caller: &Caller, path_index: Option<&String>, body: &Bytes) -> Result<(), ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("the _mget body is not JSON: {e}")))?;
-    let docs = v.get("docs").and_then(Value::as_array);
-    let mut checked = false;
-    for d in docs.into_iter().flatten() {
-        let index = d.get("_index").and_then(Value::as_str).or(path_index.map(String::as_str));
-        caller.check_index(index)?;
-        checked = true;
-    }
-    if !checked {
-        caller.check_index(path_index.map(String::as_str))?;
-    }
-    Ok(())
 }

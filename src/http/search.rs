@@ -5,14 +5,13 @@
 //! [`Searcher::es_search`]: crate::search::Searcher::es_search
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use super::auth::Caller;
 use super::error::{invalid, ApiError};
 use super::passthrough;
 use super::{engine_answer, AppState};
@@ -35,20 +34,15 @@ impl From<SearchError> for ApiError {
     }
 }
 
-/// `POST /search`; the key must cover the index searched (a pipeline name stands for its index).
-pub async fn search(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+/// `POST /search` (the key's cover of the index searched, a pipeline name standing for its
+/// index, was checked by [`super::middleware::authorize_body`]).
+pub async fn search(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let started = Instant::now();
     let mut times = StageTimes::default();
     let req: SearchRequest = times.time(SearchStage::Parse, || {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("the search request: {e}")))
     })?;
-    let index = state.searcher.pipeline(&req.index).map_or(req.index.as_str(), |p| p.index.as_str());
-    caller.check_index(Some(index))?;
     let answer = state.searcher.search_timed(req, &mut times).await?;
     Ok(timed_json(&state, &answer, started, &mut times))
 }
@@ -97,22 +91,15 @@ pub async fn search_index(
     }
 }
 
-/// `GET|POST /_search`: no index, so no pipeline; passed through.
+/// `GET|POST /_search`: no index, so no pipeline; passed through. A search of every index needs
+/// a key with `*`, unless it searches a point in time the key was handed (checked by
+/// [`super::middleware::authorize_body`]).
 pub async fn search_all(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let query = QueryString::parse(query.as_deref())?;
-    // a point-in-time search names its indices through the PIT id, which came from a search
-    // the key was allowed; any other search of /_search reaches every index
-    let body_has_pit = passthrough::json_body(&body)?
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|v| v.get("pit").is_some());
-    if !body_has_pit {
-        caller.check_index(None)?;
-    }
     let req = EngineRequest::new(Method::POST, EnginePath::root().api("_search").query(&query).build())
         .passthrough()
         .idempotent(true);
@@ -126,19 +113,19 @@ pub async fn search_all(
 /// Most searches in one `_msearch`.
 const MAX_MSEARCH_ITEMS: usize = 1000;
 
-/// `GET|POST [/{index}]/_msearch`: every header's index must be one the key covers. Without a
+/// `GET|POST [/{index}]/_msearch` (every header's indices were checked against the key by
+/// [`super::middleware::authorize_body`]). Without a
 /// hybrid clause or an `auto_hybrid` index in any item, the parsed lines go to the engine's
 /// `_msearch` in one request; otherwise each item runs as its own `_search` (rewritten where it
 /// needs to be, at most 8 at a time) and the answers come back in order, in `_msearch`'s shape.
 pub async fn msearch(
     state: &AppState,
-    caller: &Caller,
     index: Option<&String>,
     query: &QueryString,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let items = msearch_items(&body, index, caller)?;
+    let items = msearch_items(&body, index)?;
     if !items.iter().any(|i| i.target.as_deref().is_some_and(|t| state.searcher.rewrites(t, &i.body))) {
         return forward_msearch(state, index, query, &items, body.len()).await;
     }
@@ -154,8 +141,8 @@ struct MsearchItem {
     body: Value,
 }
 
-/// The `_msearch` body's pairs of lines, parsed, bounded, each index checked against the key.
-fn msearch_items(body: &[u8], index: Option<&String>, caller: &Caller) -> Result<Vec<MsearchItem>, ApiError> {
+/// The `_msearch` body's pairs of lines, parsed and bounded.
+fn msearch_items(body: &[u8], index: Option<&String>) -> Result<Vec<MsearchItem>, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| invalid("the _msearch body is not UTF-8"))?;
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     if lines.len() % 2 != 0 {
@@ -184,7 +171,6 @@ fn msearch_items(body: &[u8], index: Option<&String>, caller: &Caller) -> Result
             Some(_) => return Err(invalid(format!("_msearch header {}: `index` must be a string or a list", n + 1))),
             None => index.cloned(),
         };
-        caller.check_index(target.as_deref())?;
         items.push(MsearchItem { target, header, body: Value::Object(search) });
     }
     Ok(items)
