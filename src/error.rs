@@ -18,6 +18,8 @@ pub enum ErrorCode {
     Forbidden,
     /// No such route or resource.
     NotFound,
+    /// The resource changed meanwhile (a stale version), or the change conflicts with its state.
+    Conflict,
     /// The request body is larger than `server.max_body_size`.
     PayloadTooLarge,
     /// The sidecar gave up on a request that took longer than `server.request_timeout`.

@@ -463,6 +463,7 @@ fn run_reindex(settings: Settings, args: ReindexArgs) -> ExitCode {
         bulk_size,
         scroll,
         resume,
+        definition: None,
     };
     match commands::reindex::reindex(settings, req, file.as_deref(), quiet) {
         Ok(code) => ExitCode::from(code),

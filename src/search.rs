@@ -18,6 +18,7 @@ use crate::engine::dialect::Dialect;
 use crate::engine::path::{EnginePath, QueryString};
 use crate::engine::{EngineClient, EngineError, EngineRequest, EngineResponse};
 use crate::error::ErrorCode;
+use crate::ingest::owner::{Owner, Owners, ReadOwner};
 use crate::query::answer::{engine_hits, leg_of, sidecar_page, Leg};
 use crate::query::build::{self, Capabilities};
 use crate::query::compat::{self, HybridClause, Rewrite, CONFLICTING_KEYS};
@@ -25,7 +26,7 @@ use crate::query::fusion::Fusion;
 use crate::query::request::{self, Mode, Plan, QueryError, Resolved, SearchRequest, Target};
 use crate::settings::SearchSettings;
 use crate::telemetry::{SearchStage, StageTimes};
-use crate::types::name::{DocId, IndexName, IndexPattern};
+use crate::types::name::{DocId, IndexPattern};
 use crate::types::pipeline::Pipeline;
 use crate::types::search::EngineMethod;
 
@@ -40,6 +41,12 @@ pub enum SearchError {
     Engine(#[from] EngineError),
     #[error("`{0}` is neither an index with a pipeline nor a pipeline name (pipelines: {1})")]
     NoPipeline(String, String),
+    /// The read reaches indices that one query vector cannot serve.
+    #[error("{0}")]
+    Conflict(String),
+    /// The owning pipeline names a model this replica has not loaded.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl SearchError {
@@ -49,6 +56,8 @@ impl SearchError {
             SearchError::Encoder(e) => e.code(),
             SearchError::Engine(e) => e.code(),
             SearchError::NoPipeline(..) => ErrorCode::NotFound,
+            SearchError::Conflict(_) => ErrorCode::InvalidInput,
+            SearchError::Unavailable(_) => ErrorCode::Unavailable,
         }
     }
 }
@@ -68,7 +77,7 @@ const MAX_NESTED_HYBRID: usize = 16;
 pub struct Searcher {
     engine: EngineClient,
     encoders: Arc<EncoderSet>,
-    pipelines: Vec<Arc<Pipeline>>,
+    owners: Arc<Owners>,
     limits: SearchSettings,
     caps: OnceCell<Capabilities>,
     /// OpenSearch search pipelines already put by this process.
@@ -93,25 +102,48 @@ fn fusion_info(plan: &Plan) -> Value {
 }
 
 impl Searcher {
-    pub fn new(
-        engine: EngineClient,
-        encoders: Arc<EncoderSet>,
-        pipelines: Vec<Arc<Pipeline>>,
-        limits: SearchSettings,
-    ) -> Self {
-        Searcher { engine, encoders, pipelines, limits, caps: OnceCell::new(), made: Mutex::new(BTreeSet::new()) }
+    pub fn new(engine: EngineClient, encoders: Arc<EncoderSet>, owners: Arc<Owners>, limits: SearchSettings) -> Self {
+        Searcher { engine, encoders, owners, limits, caps: OnceCell::new(), made: Mutex::new(BTreeSet::new()) }
     }
 
-    /// The pipeline of an index (exact name) or with that name.
-    pub fn pipeline(&self, name: &str) -> Option<&Arc<Pipeline>> {
-        self.pipelines.iter().find(|p| p.index == name).or_else(|| self.pipelines.iter().find(|p| p.name == name))
+    /// The index name a `/search` request's `index` means: itself, unless it is no pipeline's
+    /// index but a pipeline's name (then that pipeline's index).
+    pub fn index_of(&self, name: &str) -> String {
+        let snap = self.owners.catalog().snapshot();
+        if snap.all().any(|(s, _)| s.pipeline.index == name) {
+            return name.to_string();
+        }
+        snap.named(name).map_or_else(|| name.to_string(), |s| s.pipeline.index.clone())
     }
 
-    fn pipeline_or_err(&self, name: &str) -> Result<&Arc<Pipeline>, SearchError> {
-        self.pipeline(name).ok_or_else(|| {
-            let names: Vec<String> = self.pipelines.iter().map(|p| format!("{} → {}", p.name, p.index)).collect();
-            SearchError::NoPipeline(name.to_string(), if names.is_empty() { "none".into() } else { names.join(", ") })
-        })
+    /// Who owns what a read of `names` reaches ([`Owners::for_read`]).
+    async fn read_owner(&self, names: &str) -> Result<ReadOwner, SearchError> {
+        Ok(self.owners.for_read(&self.engine, names).await?)
+    }
+
+    /// The pipeline serving a semantic read of `name` (an index, alias, data stream, pattern or
+    /// comma list its pipeline owns, or a pipeline's name) and the target to search: the names as
+    /// asked, or the pipeline's index for a pipeline's name.
+    async fn target_for(&self, name: &str) -> Result<(Arc<Pipeline>, Target), SearchError> {
+        let snap = self.owners.catalog().snapshot();
+        if !snap.all().any(|(s, _)| s.pipeline.index == name) {
+            if let Some(s) = snap.served.get(name) {
+                return Ok((s.pipeline.clone(), Target::of(&s.pipeline)));
+            }
+            if let Some((_, why)) = snap.unavailable.get(name) {
+                return Err(SearchError::Unavailable(format!("pipeline `{name}` is {why}")));
+            }
+        }
+        match self.read_owner(name).await? {
+            ReadOwner::Owned(Owner::Served(p)) => {
+                let mut t = Target::of(&p);
+                t.index = name.to_string();
+                Ok((p, t))
+            }
+            ReadOwner::Owned(Owner::Unavailable(_, why)) => Err(SearchError::Unavailable(why)),
+            ReadOwner::Owned(Owner::Plain) => Err(SearchError::NoPipeline(name.to_string(), snap.describe())),
+            ReadOwner::Conflict(why) => Err(SearchError::Conflict(why)),
+        }
     }
 
     /// What the cluster can do, asked once (`GET /`, the licence or the plugin list).
@@ -219,11 +251,12 @@ impl Searcher {
         Ok(vectors)
     }
 
-    fn plan(&self, req: SearchRequest, times: &mut StageTimes) -> Result<Plan, SearchError> {
-        times.time(SearchStage::Parse, || {
-            let p = self.pipeline_or_err(&req.index)?.clone();
-            Ok(request::plan(req, Target::of(&p), &p.search, &self.limits)?)
-        })
+    async fn plan(&self, req: SearchRequest, times: &mut StageTimes) -> Result<Plan, SearchError> {
+        let started = Instant::now();
+        let (p, target) = self.target_for(&req.index).await?;
+        let plan = request::plan(req, target, &p.search, &self.limits);
+        times.add(SearchStage::Parse, started.elapsed());
+        Ok(plan?)
     }
 
     fn check_knn(&self, caps: &Capabilities, plan: &Plan) -> Result<(), QueryError> {
@@ -352,8 +385,9 @@ impl Searcher {
             self.ensure_pipeline(name, def, times).await?;
             params.push("search_pipeline", name);
         }
-        let index = IndexName::try_from(plan.target.index.as_str()).map_err(|e| QueryError::Invalid(e.to_string()))?;
-        let path = EnginePath::root().index(&index).api("_search").query(&params).build();
+        let index =
+            IndexPattern::try_from(plan.target.index.as_str()).map_err(|e| QueryError::Invalid(e.to_string()))?;
+        let path = EnginePath::root().pattern(&index).api("_search").query(&params).build();
         let resp = self.post_json(path, &eq.body, times).await?;
         let mut info = json!({"by": "engine", "method": eq.method});
         if let Resolved::Engine { weight, rank_constant, normalization, .. } = plan.fusion {
@@ -384,7 +418,7 @@ impl Searcher {
     /// them too (`timings_ms`, every stage up to serialisation).
     pub async fn search_timed(&self, req: SearchRequest, times: &mut StageTimes) -> Result<Value, SearchError> {
         let started = Instant::now();
-        let plan = self.plan(req, times)?;
+        let plan = self.plan(req, times).await?;
         let caps = self.capabilities().await?;
         let vector = self.query_vector(caps, &plan, times).await?;
         let mut answer = self.answer(&plan, caps, vector.as_deref(), started, times).await?;
@@ -448,11 +482,19 @@ impl Searcher {
     /// Whether [`Searcher::es_search`] would rewrite `body` for `index` (a hybrid clause, or the
     /// pipeline's `auto_hybrid`); a body it would refuse counts as rewritten, so that the
     /// refusal comes from there.
-    pub fn rewrites(&self, index: &str, body: &Value) -> bool {
-        let pipeline = self.pipelines.iter().find(|p| p.index == index);
-        let target = pipeline.map(|p| Target::of(p));
-        let auto = pipeline.zip(target.as_ref()).filter(|(p, _)| p.search.auto_hybrid);
-        !matches!(compat::analyse(body, auto.map(|(_, t)| t.text_fields.as_slice())), Ok(Rewrite::Passthrough))
+    pub async fn rewrites(&self, index: &str, body: &Value) -> Result<bool, SearchError> {
+        let auto = self.auto_hybrid(index).await?;
+        Ok(!matches!(compat::analyse(body, auto.as_ref().map(|t| t.text_fields.as_slice())), Ok(Rewrite::Passthrough)))
+    }
+
+    /// The target whose text fields a plain query over `index` is rewritten into a hybrid one
+    /// on: when its owner's pipeline has `auto_hybrid` (also an owner this replica cannot serve,
+    /// so that the refusal names why).
+    async fn auto_hybrid(&self, index: &str) -> Result<Option<Target>, SearchError> {
+        Ok(match self.read_owner(index).await? {
+            ReadOwner::Owned(o) => o.pipeline().filter(|p| p.search.auto_hybrid).map(|p| Target::of(p)),
+            ReadOwner::Conflict(_) => None,
+        })
     }
 
     /// `POST /{index}/_search`: passthrough, or the hybrid clause / automatic rewrite.
@@ -487,13 +529,11 @@ impl Searcher {
                 Err(e) => return Err(QueryError::Invalid(format!("the search body is not JSON: {e}")).into()),
             }
         };
-        let pipeline = self.pipelines.iter().find(|p| p.index == index);
-        let target = pipeline.map(|p| Target::of(p));
         let rewrite = match &parsed {
             None => Rewrite::Passthrough,
             Some(v) => {
-                let auto = pipeline.zip(target.as_ref()).filter(|(p, _)| p.search.auto_hybrid);
-                compat::analyse(v, auto.map(|(_, t)| t.text_fields.as_slice()))?
+                let auto = self.auto_hybrid(index).await?;
+                compat::analyse(v, auto.as_ref().map(|t| t.text_fields.as_slice()))?
             }
         };
         times.add(SearchStage::Parse, started.elapsed());
@@ -508,7 +548,7 @@ impl Searcher {
         match rewrite {
             Rewrite::Passthrough => Ok(EsAnswer::Raw(self.engine_send(passthrough(body), times).await?)),
             Rewrite::Nested { clauses } => {
-                let body = self.nested_hybrid(index, target, parsed.unwrap_or_default(), clauses, times).await?;
+                let body = self.nested_hybrid(index, parsed.unwrap_or_default(), clauses, times).await?;
                 Ok(EsAnswer::Raw(self.engine_send(passthrough(Bytes::from(body.to_string())), times).await?))
             }
             Rewrite::TopLevel { clause, rest } => {
@@ -523,14 +563,12 @@ impl Searcher {
     async fn nested_hybrid(
         &self,
         index: &str,
-        target: Option<Target>,
         mut body: Value,
         clauses: Vec<(String, HybridClause)>,
         times: &mut StageTimes,
     ) -> Result<Value, SearchError> {
         let caps = self.capabilities().await?;
-        let p = self.pipeline_or_err(index)?;
-        let target = target.unwrap_or_else(|| Target::of(p));
+        let (p, target) = self.target_for(index).await?;
         if clauses.len() > MAX_NESTED_HYBRID {
             return Err(QueryError::Limit(format!(
                 "the body has {} hybrid clauses, more than {MAX_NESTED_HYBRID}",
@@ -574,14 +612,13 @@ impl Searcher {
         started: Instant,
         times: &mut StageTimes,
     ) -> Result<Value, SearchError> {
-        self.pipeline_or_err(index)?;
         if let Some(k) = CONFLICTING_KEYS.iter().find(|k| rest.contains_key(**k)) {
             return Err(QueryError::Invalid(format!(
                 "`{k}` cannot be combined with a hybrid query (the hits are ordered by the fused score)"
             ))
             .into());
         }
-        let plan = self.plan(clause.to_request(index, &rest)?, times)?;
+        let plan = self.plan(clause.to_request(index, &rest)?, times).await?;
         for k in ["size", "from", "_source", "highlight"] {
             rest.remove(k);
         }

@@ -7,11 +7,14 @@
 //! benchmarks that call it; it must not parse command lines or print (callers do).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
 use crate::encoder::manifest::ModelDir;
 use crate::encoder::EncoderSet;
+use crate::engine::EngineClient;
+use crate::ingest::catalog::Catalog;
 use crate::settings::Settings;
 use crate::telemetry::Metrics;
 use crate::types::pipeline::Pipeline;
@@ -55,6 +58,27 @@ pub fn add_pipeline_model(settings: &mut Settings, p: &Pipeline) -> anyhow::Resu
         first.get_or_insert(m);
     }
     first.ok_or_else(|| anyhow::anyhow!("pipeline `{}` names no model", p.name))
+}
+
+/// The models of the cluster's stored pipelines that this machine has (a configured model or
+/// `models/NAME`), added to `encoder.models`, so that a sidecar started after a pipeline was put
+/// serves it. Only for a sidecar that embeds at all (`encoder.models` not empty) and with
+/// `ingest.load_stored_models`; a model it does not have leaves that pipeline unavailable here
+/// (reported in `/readyz`), and an unreachable engine leaves the configuration as it is.
+pub async fn add_stored_pipeline_models(settings: &mut Settings, engine: &EngineClient) {
+    if settings.encoder.models.is_empty() || !settings.ingest.load_stored_models {
+        return;
+    }
+    let catalog = Catalog::cluster(engine.clone(), Arc::new(EncoderSet::default()), settings.ingest.watch_interval);
+    if let Err(e) = catalog.reload().await {
+        tracing::warn!(error = %e, "could not read the cluster's pipelines; loading the configured models only");
+        return;
+    }
+    for (s, _) in catalog.snapshot().all() {
+        if let Err(e) = add_pipeline_model(settings, &s.pipeline) {
+            tracing::warn!(pipeline = %s.pipeline.name, error = format!("{e:#}"), "a stored pipeline's model is not on this machine");
+        }
+    }
 }
 
 /// Loads `encoder.models` off the async workers, recording into `metrics`.

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::ingest::catalog::Catalog;
+use crate::ingest::owner::Owners;
 use crate::settings::Settings;
 use crate::setup::{add_pipeline_model, load_encoders};
 use crate::telemetry::Metrics;
@@ -17,26 +19,12 @@ pub fn reindex(
     pipeline_file: Option<&Path>,
     quiet: bool,
 ) -> anyhow::Result<u8> {
-    use crate::reindex::{Reindexer, Status};
+    use crate::reindex::Status;
     let mut req = req;
-    let pipelines = pipelines_for(&mut settings, &mut req, pipeline_file)?;
+    let files = pipelines_for(&mut settings, &mut req, pipeline_file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let engine = crate::engine::EngineClient::new(&settings.engine)?;
-        let metrics = Metrics::new();
-        let encoders = Arc::new(load_encoders(&settings, &metrics).await?);
-        let e = &settings.encoder;
-        let reindexer = Arc::new(
-            Reindexer::new(
-                engine,
-                encoders,
-                pipelines.into_iter().map(Arc::new).collect(),
-                e.max_input_chars,
-                e.max_inputs_per_request,
-                metrics,
-            )
-            .with_lease(settings.reindex.lease),
-        );
+        let reindexer = Arc::new(reindexer(&mut settings, &files).await?);
         let state = reindexer.prepare(req).await?;
         eprintln!(
             "job {}: {} → {} ({} documents{}), resume with --resume {}",
@@ -87,21 +75,49 @@ pub fn reindex(
     })
 }
 
-/// The configured pipelines, with `pipeline_file` (when it is a file) replacing the one of its
-/// name and named by `req`; each pipeline's model added to the encoder settings.
+/// A reindexer over the cluster's pipelines (the files written there when absent), with their
+/// models loaded.
+async fn reindexer(
+    settings: &mut Settings,
+    files: &[crate::types::pipeline::Pipeline],
+) -> anyhow::Result<crate::reindex::Reindexer> {
+    let engine = crate::engine::EngineClient::new(&settings.engine)?;
+    crate::setup::add_stored_pipeline_models(settings, &engine).await;
+    let metrics = Metrics::new();
+    let encoders = Arc::new(load_encoders(settings, &metrics).await?);
+    let catalog = Arc::new(Catalog::cluster(engine.clone(), encoders.clone(), settings.ingest.watch_interval));
+    catalog.bootstrap(files).await.map_err(|e| anyhow::anyhow!("reading the cluster's pipelines: {e}"))?;
+    for note in catalog.file_notes() {
+        eprintln!("note: {note}");
+    }
+    let e = &settings.encoder;
+    Ok(crate::reindex::Reindexer::new(
+        engine,
+        encoders,
+        Arc::new(Owners::new(catalog)),
+        e.max_input_chars,
+        e.max_inputs_per_request,
+        metrics,
+    )
+    .with_lease(settings.reindex.lease))
+}
+
+/// The pipeline files of `ingest.pipelines` (a bootstrap of the cluster's store); with
+/// `pipeline_file` (when it is a file) the job carries that definition (stored at the end owning
+/// the alias). Each one's model is added to the encoder settings.
 fn pipelines_for(
     settings: &mut Settings,
     req: &mut crate::reindex::JobRequest,
     pipeline_file: Option<&Path>,
 ) -> anyhow::Result<Vec<crate::types::pipeline::Pipeline>> {
     use crate::types::pipeline::Pipeline;
-    let mut pipelines: Vec<Pipeline> =
+    let pipelines: Vec<Pipeline> =
         settings.ingest.pipelines.iter().map(|f| Pipeline::load(f)).collect::<Result<_, _>>()?;
     if let Some(f) = pipeline_file.filter(|f| f.is_file()) {
         let p = Pipeline::load(f)?;
         req.pipeline = p.name.clone();
-        pipelines.retain(|x| x.name != p.name);
-        pipelines.push(p);
+        req.definition = Some(serde_json::to_value(&p)?);
+        add_pipeline_model(settings, &p)?;
     }
     for p in &pipelines {
         add_pipeline_model(settings, p)?;

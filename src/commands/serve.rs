@@ -40,6 +40,8 @@ pub fn run(settings: Settings, url_file: Option<&Path>) -> anyhow::Result<()> {
             Ok(info) => tracing::info!(flavor = %info.flavor, version = %info.version, "engine reachable"),
             Err(e) => tracing::warn!(error = %e, "engine not reachable yet; /readyz reports 503 until it is"),
         }
+        let mut settings = settings;
+        crate::setup::add_stored_pipeline_models(&mut settings, &engine).await;
         let metrics = Metrics::new();
         let encoder_settings = settings.encoder.clone();
         let encoder_metrics = metrics.encoder.clone();
@@ -53,7 +55,7 @@ pub fn run(settings: Settings, url_file: Option<&Path>) -> anyhow::Result<()> {
             .iter()
             .map(|f| crate::types::pipeline::Pipeline::load(f))
             .collect::<Result<Vec<_>, _>>()?;
-        let state = AppState::with_encoders(settings, engine, metrics, encoders).with_pipelines(pipelines)?;
+        let state = AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(pipelines).await;
         http::serve(listener, state, shutdown_signal()).await.context("serving")?;
         if let Some(path) = url_file {
             let _ = std::fs::remove_file(path);

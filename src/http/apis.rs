@@ -147,6 +147,8 @@ pub static APIS: &[Api] = &[
     api!("hybrid search", P, [L("search")], Read, B::Sidecar, Named),
     api!("start reindex job", P, [L("_jobs"), L("reindex")], Admin, B::None, All),
     api!("reindex job", G | D, [L("_jobs"), N], Admin, B::None, All),
+    api!("sidecar pipelines", G, [L("_sidecar"), L("pipeline")], Admin, B::None, All),
+    api!("sidecar pipeline", G | U | D, [L("_sidecar"), L("pipeline"), N], Admin, B::None, All),
     // scroll and point in time, before the searches whose paths they extend
     api!("clear every scroll", D, [L("_search"), L("scroll"), L("_all")], Admin, B::None, All),
     api!("scroll", G | P | D, [L("_search"), L("scroll")], Read, B::Scroll, Named),

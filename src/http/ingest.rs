@@ -10,6 +10,7 @@
 //! [`Ingestor`]: crate::ingest::writer::Ingestor
 
 use std::ops::ControlFlow::{self, Break, Continue};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -24,7 +25,8 @@ use crate::engine::path::{EnginePath, QueryString};
 use crate::engine::EngineRequest;
 use crate::error::ErrorCode;
 use crate::ingest::bulk::{self, Action, BulkItem};
-use crate::ingest::writer::{send_bulk, BulkOutcome};
+use crate::ingest::owner::{Owner, WriteRoute};
+use crate::ingest::writer::{send_bulk, BulkOutcome, Routed};
 use crate::types::name::{DocId, IndexName};
 use crate::types::pipeline::Pipeline;
 
@@ -39,36 +41,6 @@ pub async fn bulk_index(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     run_bulk(state, Some(index), query, body).await
-}
-
-/// Items written through an alias or date math of a pipeline index are sent to that index, so
-/// they get its vectors.
-async fn resolve_item_indices(
-    state: &AppState,
-    items: &mut [BulkItem],
-    default_index: Option<&str>,
-) -> Result<(), ApiError> {
-    let names: std::collections::BTreeSet<String> = items
-        .iter()
-        .filter_map(|i| i.index(default_index))
-        .filter(|n| state.ingestor.pipeline_for(n).is_none())
-        .map(String::from)
-        .collect();
-    let mut to = std::collections::HashMap::new();
-    for n in names {
-        if let Some(t) = state.ingestor.resolve(&state.engine, &n).await? {
-            to.insert(n, t);
-        }
-    }
-    if to.is_empty() {
-        return Ok(());
-    }
-    for item in items.iter_mut() {
-        if let Some(t) = item.index(default_index).and_then(|n| to.get(n)).cloned() {
-            item.meta.insert("_index".into(), Value::from(t));
-        }
-    }
-    Ok(())
 }
 
 async fn run_bulk(
@@ -96,16 +68,16 @@ async fn run_bulk(
     }
     .map_err(|e| invalid(e.reason))?;
     let default_index = index.as_deref();
-    resolve_item_indices(&state, &mut items, default_index).await?;
-    let touches_pipeline =
-        items.iter().any(|i| i.index(default_index).is_some_and(|x| state.ingestor.pipeline_for(x).is_some()));
-    if !touches_pipeline {
+    // items through an alias, data stream or date math are embedded by the pipeline owning
+    // where they land
+    let routed = state.ingestor.route(&state.engine, &mut items, default_index).await?;
+    if !routed.touches_pipeline() {
         // Nothing to embed: the body goes to the engine byte for byte.
         let req = EngineRequest::new(Method::POST, path).ndjson(body).passthrough().from_client();
         let resp = state.engine.send(req).await?;
         return Ok(engine_answer(resp));
     }
-    let prepared = state.ingestor.prepare_client(&mut items, default_index, &state.engine).await?;
+    let prepared = state.ingestor.prepare_client(&mut items, default_index, &routed, &state.engine).await?;
     let failures = prepared.failures;
     if prepared.skipped > 0 {
         tracing::debug!(skipped = prepared.skipped, "content hash unchanged: stored vectors kept");
@@ -126,6 +98,17 @@ async fn run_bulk(
     Ok(axum::Json(merged).into_response())
 }
 
+/// Where a one-document write to `name` goes (an alias's write index, date math's index, a data
+/// stream) and the pipeline that embeds it; refused when that pipeline cannot be served here.
+async fn write_owner(state: &AppState, name: &str) -> Result<(String, Option<Arc<Pipeline>>), ApiError> {
+    match state.ingestor.owners().for_write(&state.engine, name).await? {
+        Err(why) => Err(invalid(why)),
+        Ok(WriteRoute { owner: Owner::Unavailable(_, why), .. }) => Err(ApiError::new(ErrorCode::Unavailable, why)),
+        Ok(WriteRoute { target, owner: Owner::Served(p) }) => Ok((target, Some(p))),
+        Ok(WriteRoute { target, owner: Owner::Plain }) => Ok((target, None)),
+    }
+}
+
 /// Where a single-document request goes.
 struct DocTarget {
     method: Method,
@@ -139,7 +122,7 @@ struct DocTarget {
 async fn one_doc(state: &AppState, t: DocTarget, query: Option<String>, body: Bytes) -> Result<Response, ApiError> {
     let DocTarget { method, index, id, endpoint, action } = t;
     // through an alias or date math of a pipeline index: written to that index, embedded
-    let index = state.ingestor.resolve(&state.engine, &index).await?.unwrap_or(index);
+    let (index, pipeline) = write_owner(state, &index).await?;
     let mut q = QueryString::parse(query.as_deref())?;
     let name = IndexName::try_from(index.as_str())?;
     let mut base = EnginePath::root().index(&name).api(endpoint);
@@ -151,24 +134,23 @@ async fn one_doc(state: &AppState, t: DocTarget, query: Option<String>, body: By
     if !source.is_object() {
         return Err(invalid("the document must be a JSON object"));
     }
-    if state.ingestor.pipeline_for(&index).is_none() {
+    let Some(pipeline) = pipeline else {
         let req = EngineRequest::new(method, base.query(&q).build()).passthrough().json_bytes(body);
         return Ok(engine_answer(state.engine.send(req).await?));
-    }
+    };
     let mut meta = serde_json::Map::new();
     if let Some(id) = &id {
         meta.insert("_id".into(), Value::from(id.clone()));
     }
     let mut items = vec![BulkItem { action, meta, source: Some(source), line: 1 }];
-    let prepared = state.ingestor.prepare_client(&mut items, Some(&index), &state.engine).await?;
+    let routed = Routed::single(&index, pipeline.clone());
+    let prepared = state.ingestor.prepare_client(&mut items, Some(&index), &routed, &state.engine).await?;
     if let Some(f) = prepared.failures.first() {
         let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST);
         let body = serde_json::json!({"error": {"type": f.error_type, "reason": f.reason}, "status": f.status});
         return Ok((status, axum::Json(body)).into_response());
     }
-    if let (Some(name), None) =
-        (state.ingestor.pipeline_for(&index).and_then(|p| p.engine_pipeline.as_ref()), q.get("pipeline"))
-    {
+    if let (Some(name), None) = (pipeline.engine_pipeline.as_ref(), q.get("pipeline")) {
         q.push("pipeline", name);
     }
     let doc = items.pop().and_then(|i| i.source).unwrap_or_default();
@@ -235,13 +217,13 @@ pub async fn update(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let index = state.ingestor.resolve(&state.engine, &index).await?.unwrap_or(index);
+    let (index, pipeline) = write_owner(&state, &index).await?;
     let name = IndexName::try_from(index.as_str())?;
     let doc_id = DocId::try_from(id.as_str())?;
     let q = QueryString::parse(query.as_deref())?;
     let req: Value = serde_json::from_slice(&body).map_err(|e| invalid(format!("the update body is not JSON: {e}")))?;
     let Some(req) = req.as_object().cloned() else { return Err(invalid("the update body must be a JSON object")) };
-    let Some(pipeline) = state.ingestor.pipeline_for(&index).cloned() else {
+    let Some(pipeline) = pipeline else {
         let path = EnginePath::root().index(&name).api("_update").id(&doc_id).query(&q).build();
         let req = EngineRequest::new(Method::POST, path).passthrough().json_bytes(body);
         return Ok(engine_answer(state.engine.send(req).await?));
@@ -267,7 +249,7 @@ pub async fn update(
             Continue(merged) => merged,
             Break(answer) => return Ok(answer),
         };
-        let doc = match embed_one(&state, &index, &id, source).await? {
+        let doc = match embed_one(&state, &index, &pipeline, &id, source).await? {
             Ok(doc) => doc,
             Err(refused) => return Ok(refused),
         };
@@ -429,13 +411,15 @@ fn noop(stored: &Value) -> Response {
 async fn embed_one(
     state: &AppState,
     index: &str,
+    pipeline: &Arc<Pipeline>,
     id: &str,
     source: serde_json::Map<String, Value>,
 ) -> Result<Result<Value, Response>, ApiError> {
     let mut meta = serde_json::Map::new();
     meta.insert("_id".into(), Value::from(id));
     let mut items = vec![BulkItem { action: Action::Index, meta, source: Some(Value::Object(source)), line: 1 }];
-    let prepared = state.ingestor.prepare(&mut items, Some(index), &state.engine).await?;
+    let routed = Routed::single(index, pipeline.clone());
+    let prepared = state.ingestor.prepare(&mut items, Some(index), &routed, &state.engine).await?;
     if let Some(f) = prepared.failures.first() {
         let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST);
         let body = json!({"error": {"type": f.error_type, "reason": f.reason}, "status": f.status});

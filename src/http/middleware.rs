@@ -172,7 +172,7 @@ async fn check_body(
         match t {
             Target::Index(list) => caller.check_index(Some(&list))?,
             Target::IndexOrPipeline(n) => {
-                let index = state.searcher.pipeline(&n).map_or(n.clone(), |p| p.index.clone());
+                let index = state.searcher.index_of(&n);
                 caller.check_index(Some(&index))?
             }
             Target::Every => caller.check_index(None)?,

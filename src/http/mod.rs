@@ -30,6 +30,7 @@ pub mod ingest;
 pub mod jobs;
 pub mod middleware;
 pub mod passthrough;
+pub mod pipelines;
 pub mod search;
 
 use std::future::Future;
@@ -47,6 +48,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::encoder::EncoderSet;
 use crate::engine::EngineClient;
+use crate::ingest::catalog::Catalog;
+use crate::ingest::owner::Owners;
 use crate::ingest::writer::{IngestConfigError, Ingestor};
 use crate::reindex::{Jobs, Reindexer};
 use crate::search::Searcher;
@@ -64,6 +67,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub api_keys: ApiKeys,
     pub encoders: Arc<EncoderSet>,
+    /// The live pipeline set (the cluster's, or a fixed one).
+    pub catalog: Arc<Catalog>,
     pub ingestor: Arc<Ingestor>,
     pub searcher: Arc<Searcher>,
     pub jobs: Arc<Jobs>,
@@ -75,50 +80,83 @@ impl AppState {
         Self::with_encoders(settings, engine, Metrics::new(), EncoderSet::default())
     }
 
-    /// A state with loaded models; `metrics` must be the one the encoders were loaded with.
+    /// A state with loaded models and no pipelines; `metrics` must be the one the encoders were
+    /// loaded with.
     pub fn with_encoders(settings: Settings, engine: EngineClient, metrics: Metrics, encoders: EncoderSet) -> Self {
         let api_keys = ApiKeys::new(&settings.server.api_keys);
         let encoders = Arc::new(encoders);
-        let ingestor = Arc::new(Ingestor::new(Vec::new(), encoders.clone(), 0, 1).expect("no pipelines"));
-        let searcher = Arc::new(Searcher::new(engine.clone(), encoders.clone(), Vec::new(), settings.search.clone()));
+        let catalog = Arc::new(Catalog::fixed(Vec::new(), encoders.clone()).expect("no pipelines"));
+        let parts = Parts::of(&settings, &engine, &metrics, &encoders, catalog.clone());
+        AppState {
+            settings: Arc::new(settings),
+            engine,
+            metrics,
+            api_keys,
+            encoders,
+            catalog,
+            ingestor: parts.0,
+            searcher: parts.1,
+            jobs: parts.2,
+        }
+    }
+
+    /// Serves exactly `pipelines`, not stored in the cluster (eval, benchmarks, tests); their
+    /// models must be loaded.
+    pub fn with_pipelines(self, pipelines: Vec<Pipeline>) -> Result<Self, IngestConfigError> {
+        let catalog = Catalog::fixed(pipelines, self.encoders.clone())
+            .map_err(|(pipeline, reason)| IngestConfigError { pipeline, reason })?;
+        Ok(self.with_catalog(Arc::new(catalog)))
+    }
+
+    /// Serves the cluster's pipelines (`serve`): `files` are written to the store when absent,
+    /// and the set is followed every `ingest.watch_interval`.
+    pub async fn with_cluster_pipelines(self, files: Vec<Pipeline>) -> Self {
+        let catalog =
+            Arc::new(Catalog::cluster(self.engine.clone(), self.encoders.clone(), self.settings.ingest.watch_interval));
+        catalog.start(files).await;
+        self.with_catalog(catalog)
+    }
+
+    fn with_catalog(mut self, catalog: Arc<Catalog>) -> Self {
+        let (ingestor, searcher, jobs) =
+            Parts::of(&self.settings, &self.engine, &self.metrics, &self.encoders, catalog.clone());
+        self.catalog = catalog;
+        self.ingestor = ingestor;
+        self.searcher = searcher;
+        self.jobs = jobs;
+        self
+    }
+}
+
+/// The services over one pipeline catalog, sharing its owner resolver.
+struct Parts;
+
+impl Parts {
+    fn of(
+        settings: &Settings,
+        engine: &EngineClient,
+        metrics: &Metrics,
+        encoders: &Arc<EncoderSet>,
+        catalog: Arc<Catalog>,
+    ) -> (Arc<Ingestor>, Arc<Searcher>, Arc<Jobs>) {
+        let e = &settings.encoder;
+        let owners = Arc::new(Owners::new(catalog));
+        let ingestor =
+            Arc::new(Ingestor::new(owners.clone(), encoders.clone(), e.max_input_chars, e.max_inputs_per_request));
+        let searcher =
+            Arc::new(Searcher::new(engine.clone(), encoders.clone(), owners.clone(), settings.search.clone()));
         let jobs = Arc::new(Jobs::new(Arc::new(
             Reindexer::new(
                 engine.clone(),
                 encoders.clone(),
-                Vec::new(),
-                settings.encoder.max_input_chars,
-                settings.encoder.max_inputs_per_request,
+                owners,
+                e.max_input_chars,
+                e.max_inputs_per_request,
                 metrics.clone(),
             )
             .with_lease(settings.reindex.lease),
         )));
-        AppState { settings: Arc::new(settings), engine, metrics, api_keys, encoders, ingestor, searcher, jobs }
-    }
-
-    /// Adds the pipelines of `settings.ingest` (their models must be loaded).
-    pub fn with_pipelines(mut self, pipelines: Vec<Pipeline>) -> Result<Self, IngestConfigError> {
-        let e = &self.settings.encoder;
-        let shared: Vec<Arc<Pipeline>> = pipelines.iter().cloned().map(Arc::new).collect();
-        self.ingestor =
-            Arc::new(Ingestor::new(pipelines, self.encoders.clone(), e.max_input_chars, e.max_inputs_per_request)?);
-        self.searcher = Arc::new(Searcher::new(
-            self.engine.clone(),
-            self.encoders.clone(),
-            shared.clone(),
-            self.settings.search.clone(),
-        ));
-        self.jobs = Arc::new(Jobs::new(Arc::new(
-            Reindexer::new(
-                self.engine.clone(),
-                self.encoders.clone(),
-                shared,
-                e.max_input_chars,
-                e.max_inputs_per_request,
-                self.metrics.clone(),
-            )
-            .with_lease(self.settings.reindex.lease),
-        )));
-        Ok(self)
+        (ingestor, searcher, jobs)
     }
 }
 
@@ -148,6 +186,8 @@ pub fn router(state: AppState) -> Router {
         .route("/search", post(search::search))
         .route("/_jobs/reindex", post(jobs::start))
         .route("/_jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/_sidecar/pipeline", get(pipelines::list))
+        .route("/_sidecar/pipeline/{name}", get(pipelines::get).put(pipelines::put).delete(pipelines::delete))
         .route("/_search", get(search::search_all).post(search::search_all))
         .route("/{index}/_search", get(search::search_index).post(search::search_index))
         .route("/", get(passthrough::root).head(passthrough::root))
@@ -333,6 +373,7 @@ async fn readyz(State(state): State<AppState>, Extension(caller): Extension<auth
                     "nodes": nodes,
                 },
                 "models": state.encoders.infos(),
+                "pipelines": pipelines_state(&state, caller.probe),
             });
             (StatusCode::OK, Json(body)).into_response()
         }
@@ -356,6 +397,25 @@ async fn readyz(State(state): State<AppState>, Extension(caller): Extension<auth
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
+}
+
+/// The pipelines this replica serves and those it cannot (a model it has not loaded: their
+/// writes and semantic reads are refused here), stored ones that are not valid, and pipeline files
+/// that disagree with the cluster. A probe without a key gets the counts only.
+fn pipelines_state(state: &AppState, probe: bool) -> serde_json::Value {
+    let snap = state.catalog.snapshot();
+    if probe {
+        return json!({"served": snap.served.len(), "unavailable": snap.unavailable.len()});
+    }
+    let unavailable: serde_json::Map<String, serde_json::Value> =
+        snap.unavailable.iter().map(|(k, (_, why))| (k.clone(), json!(why))).collect();
+    json!({
+        "stored_in_cluster": state.catalog.is_stored(),
+        "served": snap.served.keys().collect::<Vec<_>>(),
+        "unavailable": unavailable,
+        "invalid": snap.invalid,
+        "files": state.catalog.file_notes(),
+    })
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -127,7 +127,7 @@ async fn check_pipeline_writes(state: &AppState, segments: &[String], body: Opti
     let refuse = |r: String| Err(ApiError::new(ErrorCode::InvalidInput, r));
     match segments {
         [index, api, ..] if api == "_update_by_query" => {
-            if let Some(i) = state.ingestor.any_pipeline_index(&state.engine, index).await? {
+            if let Some(i) = state.ingestor.owners().any_owned(&state.engine, index).await? {
                 return refuse(format!(
                     "_update_by_query is refused on `{index}` (it covers pipeline index `{i}`): its documents carry vectors the sidecar computes, and a script's changes cannot be embedded; write the changed documents through _bulk or _update, or reindex with POST /_jobs/reindex"
                 ));
@@ -138,7 +138,7 @@ async fn check_pipeline_writes(state: &AppState, segments: &[String], body: Opti
                 .and_then(|b| serde_json::from_slice::<Value>(b).ok())
                 .and_then(|v| v.pointer("/dest/index").and_then(Value::as_str).map(String::from));
             if let Some(d) = dest {
-                if let Some(i) = state.ingestor.any_pipeline_index(&state.engine, &d).await? {
+                if let Some(i) = state.ingestor.owners().any_owned(&state.engine, &d).await? {
                     return refuse(format!(
                         "_reindex into `{d}` (pipeline index `{i}`) is refused: it would copy documents without their vectors; use POST /_jobs/reindex, which embeds them"
                     ));
@@ -180,5 +180,20 @@ pub async fn any(
     let body = json_body(&body)?;
     check_pipeline_writes(&state, &segments, body.as_ref()).await?;
     let read = safe_to_repeat(route, &method);
-    forward(&state, method, path.query(&q), body, read).await
+    let moves_names = moves_names(&method, &segments);
+    let answer = forward(&state, method, path.query(&q), body, read).await;
+    if moves_names {
+        // an alias, index or data stream changed: which pipeline owns a name is asked again
+        state.ingestor.owners().invalidate();
+    }
+    answer
+}
+
+/// Whether a request may change what a name resolves to: alias changes, index or data stream
+/// creation and deletion, rollovers, closing and opening.
+fn moves_names(method: &Method, segments: &[String]) -> bool {
+    const APIS: &[&str] =
+        &["_alias", "_aliases", "_data_stream", "_rollover", "_close", "_open", "_clone", "_split", "_shrink"];
+    !matches!(*method, Method::GET | Method::HEAD)
+        && (segments.len() == 1 || segments.iter().any(|s| APIS.contains(&s.as_str())))
 }

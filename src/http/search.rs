@@ -126,7 +126,13 @@ pub async fn msearch(
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let items = msearch_items(&body, index)?;
-    if !items.iter().any(|i| i.target.as_deref().is_some_and(|t| state.searcher.rewrites(t, &i.body))) {
+    let mut rewrites = false;
+    for i in &items {
+        if let Some(t) = i.target.as_deref() {
+            rewrites |= state.searcher.rewrites(t, &i.body).await?;
+        }
+    }
+    if !rewrites {
         return forward_msearch(state, index, query, &items, body.len()).await;
     }
     let responses: Vec<Value> =

@@ -5,12 +5,17 @@
 //! - [`bulk`]: the `_bulk` NDJSON parser and the merging of engine answers (pure);
 //! - [`writer`]: embedding documents (passages, the content-hash skip) and writing them, with
 //!   item-level 429 retries;
-//! - [`resolve`]: which pipeline index an alias or date-math name writes to.
+//! - [`admin`]: the checked changes of the pipeline API (model changes, the index's mapping);
+//! - [`catalog`]: the live pipeline set, stored in the cluster and followed by every replica;
+//! - [`owner`]: which pipeline owns a name (index, alias, data stream, date math, patterns), for
+//!   writes and reads.
 //!
 //! Reads the pipeline type (`crate::types::pipeline`), which it does not own. Must not do raw
 //! HTTP (the engine client does), run models directly (the encoder does) or know HTTP routes.
 
+pub mod admin;
 pub mod bulk;
+pub mod catalog;
 pub mod mapping;
-pub mod resolve;
+pub mod owner;
 pub mod writer;

@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::bulk::{self, Action, BulkItem, ItemFailure};
+use super::owner::{Owner, Owners, WriteRoute};
 use crate::encoder::manifest::Manifest;
 use crate::encoder::{EncodeOptions, EncoderError, EncoderSet, Input, Lane, Pooled, TextKind};
 use crate::engine::path::EnginePath;
@@ -37,13 +38,12 @@ pub struct IngestConfigError {
     pub reason: String,
 }
 
-/// Pipelines by target index, and the models they use.
+/// Embeds the documents written to pipeline indices; which pipeline owns a name is [`Owners`]'.
 pub struct Ingestor {
-    by_index: BTreeMap<String, Arc<Pipeline>>,
+    owners: Arc<Owners>,
     encoders: Arc<EncoderSet>,
     max_chars: usize,
     max_inputs: usize,
-    resolver: super::resolve::Resolver,
 }
 
 /// What the engine made of a bulk request.
@@ -192,63 +192,133 @@ pub fn check_query_model(query: &Manifest, field: &Manifest) -> Result<(), Strin
     Ok(())
 }
 
+/// Where each item of one request goes: the pipeline of every index name its items write to
+/// (after [`Ingestor::route`]), and the items refused before anything is embedded.
+#[derive(Debug, Default)]
+pub struct Routed {
+    owners: BTreeMap<String, Arc<Pipeline>>,
+    /// Items whose owner this replica cannot serve, or whose name belongs to several pipelines.
+    pub refused: Vec<ItemFailure>,
+}
+
+impl Routed {
+    /// Every item of the request goes to `index`, owned by `p` (a reindex job's target).
+    pub fn single(index: &str, p: Arc<Pipeline>) -> Routed {
+        Routed { owners: BTreeMap::from([(index.to_string(), p)]), refused: Vec::new() }
+    }
+
+    /// The pipeline of index name `index` in this request.
+    pub fn pipeline(&self, index: &str) -> Option<&Arc<Pipeline>> {
+        self.owners.get(index)
+    }
+
+    /// Whether any item goes to a pipeline index (or was refused for its owner).
+    pub fn touches_pipeline(&self) -> bool {
+        !self.owners.is_empty() || !self.refused.is_empty()
+    }
+}
+
+/// One request's items: their default index and where they go.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    default_index: Option<&'a str>,
+    routed: &'a Routed,
+}
+
 impl Ingestor {
-    pub fn new(
-        pipelines: Vec<Pipeline>,
-        encoders: Arc<EncoderSet>,
-        max_chars: usize,
-        max_inputs: usize,
-    ) -> Result<Ingestor, IngestConfigError> {
-        let mut by_index = BTreeMap::new();
-        for p in pipelines {
-            let err = |reason: String| IngestConfigError { pipeline: p.name.clone(), reason };
-            let encoder = encoders.get(Some(&p.model)).map_err(|e| err(e.to_string()))?;
-            for m in p.models() {
-                encoders.get(Some(m)).map_err(|e| err(e.to_string()))?;
-            }
-            let field_model = p.field_model(p.live_field());
-            if p.query_model() != field_model {
-                let q = encoders.get(Some(p.query_model())).map_err(|e| err(e.to_string()))?;
-                let f = encoders.get(Some(field_model)).map_err(|e| err(e.to_string()))?;
-                check_query_model(q.manifest(), f.manifest()).map_err(|r| err(format!("search.query_model: {r}")))?;
-            }
-            if let Some(c) = &p.chunking {
-                let room = encoder.manifest().max_seq_len.saturating_sub(2);
-                if c.max_tokens > room {
-                    return Err(err(format!(
-                        "chunking.max_tokens {} does not fit the model's max_seq_len {} (at most {room} with [CLS] and [SEP])",
-                        c.max_tokens,
-                        encoder.manifest().max_seq_len
-                    )));
+    pub fn new(owners: Arc<Owners>, encoders: Arc<EncoderSet>, max_chars: usize, max_inputs: usize) -> Ingestor {
+        Ingestor { owners, encoders, max_chars, max_inputs }
+    }
+
+    /// The owner resolver (and through it the live pipeline set).
+    pub fn owners(&self) -> &Arc<Owners> {
+        &self.owners
+    }
+
+    /// Resolves where each item writes ([`super::owner`]): an item through an alias or date math
+    /// gets its concrete index in `_index` (a data stream keeps its name), so that it is embedded
+    /// by the pipeline that owns where it lands; items owned by a pipeline this replica cannot
+    /// serve are refused (503), never written without vectors.
+    pub async fn route(
+        &self,
+        engine: &EngineClient,
+        items: &mut [BulkItem],
+        default_index: Option<&str>,
+    ) -> Result<Routed, EngineError> {
+        let names: BTreeSet<String> = items.iter().filter_map(|i| i.index(default_index)).map(String::from).collect();
+        let mut to: BTreeMap<String, Result<WriteRoute, String>> = BTreeMap::new();
+        for n in names {
+            let r = self.owners.for_write(engine, &n).await?;
+            to.insert(n, r);
+        }
+        let mut routed = Routed::default();
+        for (position, item) in items.iter_mut().enumerate() {
+            let Some(name) = item.index(default_index).map(String::from) else { continue };
+            match &to[&name] {
+                Err(why) => routed.refused.push(ItemFailure {
+                    position,
+                    status: 400,
+                    error_type: "illegal_argument_exception",
+                    reason: why.clone(),
+                }),
+                Ok(WriteRoute { owner: Owner::Unavailable(_, why), .. }) => routed.refused.push(ItemFailure {
+                    position,
+                    status: 503,
+                    error_type: "unavailable",
+                    reason: why.clone(),
+                }),
+                Ok(WriteRoute { target, owner }) => {
+                    if *target != name {
+                        item.meta.insert("_index".into(), Value::from(target.clone()));
+                    }
+                    if let Owner::Served(p) = owner {
+                        routed.owners.insert(target.clone(), p.clone());
+                    }
                 }
             }
-            if by_index.contains_key(&p.index) {
-                return Err(err(format!("a second pipeline targets index `{}`", p.index)));
-            }
-            by_index.insert(p.index.clone(), Arc::new(p));
         }
-        let resolver = super::resolve::Resolver::new(by_index.keys().cloned().collect());
-        Ok(Ingestor { by_index, encoders, max_chars, max_inputs, resolver })
+        Ok(routed)
     }
 
-    pub fn pipeline_for(&self, index: &str) -> Option<&Arc<Pipeline>> {
-        self.by_index.get(index)
-    }
-
-    /// The pipeline index a write to `name` lands in: `name` itself, or what an alias or date
-    /// math resolves to on the engine ([`super::resolve`]).
-    pub async fn resolve(&self, engine: &EngineClient, name: &str) -> Result<Option<String>, EngineError> {
-        self.resolver.resolve(engine, name).await
-    }
-
-    /// A pipeline index among every index `names` expands to (aliases, patterns, date math).
-    pub async fn any_pipeline_index(&self, engine: &EngineClient, names: &str) -> Result<Option<String>, EngineError> {
-        self.resolver.any_pipeline_index(engine, names).await
+    /// What, besides the text, decides a document's vectors under `p`: each field's model
+    /// (name, checkpoint, quantisation, fine-tune, shape, prefixes, whitening), its source
+    /// fields, and the chunking. Part of the content hash, so that a changed pipeline re-embeds
+    /// unchanged text.
+    fn vector_identity(&self, p: &Pipeline) -> String {
+        let model = |name: &str| match self.encoders.get(Some(name)) {
+            Ok(e) => {
+                let m = e.manifest();
+                format!(
+                    "{}|{}|{:?}|{:?}|{}|{:?}|{}|{:?}|{:?}|{}",
+                    m.name,
+                    m.source.checkpoint,
+                    m.source.quantization,
+                    m.source.finetune,
+                    m.output_dims(),
+                    m.pooling,
+                    m.normalize,
+                    m.prefixes,
+                    m.whitening,
+                    m.lowercase
+                )
+            }
+            Err(_) => name.to_string(),
+        };
+        let mut out: Vec<String> = p
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| format!("{}<-{}:{}", f.vector, f.source.join("+"), model(p.field_model(i))))
+            .collect();
+        if let Some(c) = &p.chunking {
+            out.push(format!("chunks:{}/{}/{}:{}", c.max_tokens, c.overlap, c.passages_field, model(&p.model)));
+        }
+        out.join(";")
     }
 
     /// The pipeline of the index an item targets, if any.
-    fn pipeline_of(&self, item: &BulkItem, default_index: Option<&str>) -> Option<Arc<Pipeline>> {
-        item.index(default_index).and_then(|i| self.by_index.get(i)).cloned()
+    fn pipeline_of(&self, item: &BulkItem, at: At<'_>) -> Option<Arc<Pipeline>> {
+        item.index(at.default_index).and_then(|i| at.routed.pipeline(i)).cloned()
     }
 
     /// [`Ingestor::prepare`] for documents a client sent: an item that sets a field the
@@ -258,18 +328,20 @@ impl Ingestor {
         &self,
         items: &mut [BulkItem],
         default_index: Option<&str>,
+        routed: &Routed,
         engine: &EngineClient,
     ) -> Result<Prepared, EncoderError> {
-        let refused: Vec<ItemFailure> = items
-            .iter()
-            .enumerate()
-            .filter_map(|(position, item)| {
-                let p = self.pipeline_of(item, default_index)?;
+        let at = At { default_index, routed };
+        let mut refused: Vec<ItemFailure> = routed.refused.clone();
+        let routed_out: BTreeSet<usize> = refused.iter().map(|f| f.position).collect();
+        refused.extend(items.iter().enumerate().filter(|(position, _)| !routed_out.contains(position)).filter_map(
+            |(position, item)| {
+                let p = self.pipeline_of(item, at)?;
                 let reason = client_set_field(&p, item)?;
                 Some(ItemFailure { position, status: 400, error_type: "illegal_argument_exception", reason })
-            })
-            .collect();
-        self.prepare_with(items, default_index, engine, refused).await
+            },
+        ));
+        self.prepare_with(items, at, engine, refused).await
     }
 
     /// Embeds what the pipelines ask for, in place; returns the items that must not be sent.
@@ -278,43 +350,43 @@ impl Ingestor {
         &self,
         items: &mut [BulkItem],
         default_index: Option<&str>,
+        routed: &Routed,
         engine: &EngineClient,
     ) -> Result<Prepared, EncoderError> {
-        self.prepare_with(items, default_index, engine, Vec::new()).await
+        self.prepare_with(items, At { default_index, routed }, engine, routed.refused.clone()).await
     }
 
     async fn prepare_with(
         &self,
         items: &mut [BulkItem],
-        default_index: Option<&str>,
+        at: At<'_>,
         engine: &EngineClient,
         refused: Vec<ItemFailure>,
     ) -> Result<Prepared, EncoderError> {
         // The pipeline's engine ingest pipeline, unless the item names its own.
         for item in items.iter_mut() {
-            if let Some(name) = self.pipeline_of(item, default_index).and_then(|p| p.engine_pipeline.clone()) {
+            if let Some(name) = self.pipeline_of(item, at).and_then(|p| p.engine_pipeline.clone()) {
                 item.meta.entry("pipeline").or_insert(Value::String(name));
             }
         }
         let skip: BTreeSet<usize> = refused.iter().map(|f| f.position).collect();
-        let Work { mut work, mut to_chunk, mut hashes, mut failures, textless } =
-            self.collect_work(items, default_index, &skip);
+        let Work { mut work, mut to_chunk, mut hashes, mut failures, textless } = self.collect_work(items, at, &skip);
         failures.extend(refused);
         let failed: BTreeSet<usize> = failures.iter().map(|f| f.position).collect();
-        let skipped = self.keep_unchanged(items, default_index, &mut work, &failed, &hashes, engine).await;
+        let skipped = self.keep_unchanged(items, at, &mut work, &failed, &hashes, engine).await;
         let still: BTreeSet<usize> = work.values().flatten().map(|p| p.position).collect();
         to_chunk.retain(|c| still.contains(&c.position) && !failed.contains(&c.position));
         if !to_chunk.is_empty() {
-            self.chunk_documents(items, default_index, to_chunk, &mut work).await?;
+            self.chunk_documents(items, at, to_chunk, &mut work).await?;
         }
-        let embedded = self.embed_work(items, default_index, work, &failed).await?;
+        let embedded = self.embed_work(items, at, work, &failed).await?;
         for pos in embedded {
-            let field = self.pipeline_of(&items[pos], default_index).and_then(|p| p.hash_field.clone());
+            let field = self.pipeline_of(&items[pos], at).and_then(|p| p.hash_field.clone());
             if let (Some(field), Some(hash), Some(doc)) = (field, hashes.remove(&pos), items[pos].doc_mut()) {
                 doc.insert(field, Value::from(hash));
             }
         }
-        self.clear_textless(items, default_index, &textless);
+        self.clear_textless(items, at, &textless);
         Ok(Prepared { failures, skipped })
     }
 
@@ -322,9 +394,9 @@ impl Ingestor {
     /// loses the one it carried (a merged `_update` holds the stored one), a partial update that
     /// sends every source field (empty) sets it to null. Kept where the pipeline accepts client
     /// vectors.
-    fn clear_textless(&self, items: &mut [BulkItem], default_index: Option<&str>, textless: &[(usize, usize)]) {
+    fn clear_textless(&self, items: &mut [BulkItem], at: At<'_>, textless: &[(usize, usize)]) {
         for &(pos, spec) in textless {
-            let Some(p) = self.pipeline_of(&items[pos], default_index) else { continue };
+            let Some(p) = self.pipeline_of(&items[pos], at) else { continue };
             if p.accept_client_vectors {
                 continue;
             }
@@ -348,17 +420,17 @@ impl Ingestor {
 
     /// What the items of pipeline indices need embedded, per model; the documents to chunk; the
     /// content hashes; the documents refused.
-    fn collect_work(&self, items: &[BulkItem], default_index: Option<&str>, skip: &BTreeSet<usize>) -> Work {
+    fn collect_work(&self, items: &[BulkItem], at: At<'_>, skip: &BTreeSet<usize>) -> Work {
         let mut w = Work::default();
         for (position, item) in items.iter().enumerate() {
             if skip.contains(&position) {
                 continue;
             }
-            let Some(p) = self.pipeline_of(item, default_index) else { continue };
+            let Some(p) = self.pipeline_of(item, at) else { continue };
             // scripted updates and upserts without `doc` pass through
             let Some(doc) = item.doc() else { continue };
             if p.hash_field.is_some() {
-                w.hashes.insert(position, content_hash(&p, doc));
+                w.hashes.insert(position, content_hash(&p, &self.vector_identity(&p), doc));
             }
             match self.texts_for(&p, doc, item.action == Action::Update) {
                 Ok(texts) => {
@@ -394,7 +466,7 @@ impl Ingestor {
     async fn chunk_documents(
         &self,
         items: &mut [BulkItem],
-        default_index: Option<&str>,
+        at: At<'_>,
         to_chunk: Vec<ToChunk>,
         work: &mut BTreeMap<String, Vec<Pending>>,
     ) -> Result<(), EncoderError> {
@@ -412,7 +484,7 @@ impl Ingestor {
         .await
         .map_err(|e| EncoderError::Tokenizer(e.to_string()))??;
         for (pos, model, passages) in chunked {
-            let Some(p) = self.pipeline_of(&items[pos], default_index) else { continue };
+            let Some(p) = self.pipeline_of(&items[pos], at) else { continue };
             let Some(c) = &p.chunking else { continue };
             if let Some(doc) = items[pos].doc_mut() {
                 let list: Vec<Value> = passages.iter().map(|t| serde_json::json!({"text": t})).collect();
@@ -434,7 +506,7 @@ impl Ingestor {
     async fn embed_work(
         &self,
         items: &mut [BulkItem],
-        default_index: Option<&str>,
+        at: At<'_>,
         work: BTreeMap<String, Vec<Pending>>,
         failed: &BTreeSet<usize>,
     ) -> Result<BTreeSet<usize>, EncoderError> {
@@ -455,7 +527,7 @@ impl Ingestor {
                 let out = encoder.encode(inputs, opts).await?;
                 for (p, vector) in chunk.iter().zip(out.outputs) {
                     let Pooled::Vector(v) = vector else { continue };
-                    let Some(pipeline) = self.pipeline_of(&items[p.position], default_index) else { continue };
+                    let Some(pipeline) = self.pipeline_of(&items[p.position], at) else { continue };
                     let Some(doc) = items[p.position].doc_mut() else { continue };
                     embedded.insert(p.position);
                     match p.target {
@@ -484,7 +556,7 @@ impl Ingestor {
     async fn keep_unchanged(
         &self,
         items: &mut [BulkItem],
-        default_index: Option<&str>,
+        at: At<'_>,
         work: &mut BTreeMap<String, Vec<Pending>>,
         failed: &std::collections::BTreeSet<usize>,
         hashes: &BTreeMap<usize, String>,
@@ -495,7 +567,7 @@ impl Ingestor {
         let positions: std::collections::BTreeSet<usize> = work.values().flatten().map(|p| p.position).collect();
         for &pos in positions.difference(failed) {
             let item = &items[pos];
-            let (Some(index), Some(id)) = (item.index(default_index), item.meta.get("_id").and_then(Value::as_str))
+            let (Some(index), Some(id)) = (item.index(at.default_index), item.meta.get("_id").and_then(Value::as_str))
             else {
                 continue;
             };
@@ -505,7 +577,7 @@ impl Ingestor {
         }
         let mut unchanged: BTreeMap<usize, Map<String, Value>> = BTreeMap::new();
         for (index, ids) in &wanted {
-            let p = &self.by_index[index];
+            let Some(p) = at.routed.pipeline(index) else { continue };
             let hash_field = p.hash_field.clone().unwrap_or_default();
             let mut fields = vec![hash_field.clone()];
             fields.extend(p.fields.iter().map(|f| f.vector.clone()));
@@ -659,8 +731,10 @@ pub fn json_kind(v: &Value) -> &'static str {
 }
 
 /// SHA-256 over every embedded source text of the document, with field names (hex).
-pub fn content_hash(p: &Pipeline, doc: &Map<String, Value>) -> String {
+pub fn content_hash(p: &Pipeline, identity: &str, doc: &Map<String, Value>) -> String {
     let mut h = Sha256::new();
+    h.update(identity.as_bytes());
+    h.update([0]);
     for spec in &p.fields {
         for f in &spec.source {
             h.update(f.as_bytes());

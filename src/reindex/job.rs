@@ -46,6 +46,11 @@ pub struct JobRequest {
     /// A pipeline name (or the index it targets).
     #[serde(default)]
     pub pipeline: String,
+    /// A new definition of pipeline `pipeline` (the JSON `PUT /_sidecar/pipeline/{name}` takes):
+    /// the job embeds with it, and at the end it is stored owning the alias (blue/green: how an
+    /// index changes model).
+    #[serde(default)]
+    pub definition: Option<Value>,
     /// Default: the pipeline's index.
     #[serde(default)]
     pub source: Option<String>,
@@ -93,6 +98,9 @@ pub struct JobSpec {
     pub page_size: usize,
     pub bulk_size: usize,
     pub scroll: bool,
+    /// The definition the job embeds with, when the request carried one (else the stored pipeline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<crate::types::pipeline::Pipeline>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,7 +46,9 @@ use crate::encoder::{EncoderError, EncoderSet};
 use crate::engine::path::EnginePath;
 use crate::engine::{EngineClient, EngineError, EngineRequest};
 use crate::error::ErrorCode;
-use crate::ingest::writer::Ingestor;
+use crate::ingest::catalog::servable;
+use crate::ingest::owner::Owners;
+use crate::ingest::writer::{Ingestor, Routed};
 use crate::telemetry::Metrics;
 use crate::types::name::PathError;
 use crate::types::pipeline::Pipeline;
@@ -107,7 +109,7 @@ impl ReindexError {
 pub struct Reindexer {
     engine: EngineClient,
     encoders: Arc<EncoderSet>,
-    pipelines: Vec<Arc<Pipeline>>,
+    owners: Arc<Owners>,
     max_chars: usize,
     max_inputs: usize,
     metrics: Metrics,
@@ -123,7 +125,7 @@ impl Reindexer {
     pub fn new(
         engine: EngineClient,
         encoders: Arc<EncoderSet>,
-        pipelines: Vec<Arc<Pipeline>>,
+        owners: Arc<Owners>,
         max_chars: usize,
         max_inputs: usize,
         metrics: Metrics,
@@ -137,7 +139,7 @@ impl Reindexer {
         Reindexer {
             engine,
             encoders,
-            pipelines,
+            owners,
             max_chars,
             max_inputs,
             metrics,
@@ -158,19 +160,25 @@ impl Reindexer {
         &self.owner
     }
 
+    /// A served pipeline by name (or by the index it owns).
     fn pipeline(&self, name: &str) -> Result<Arc<Pipeline>, ReindexError> {
-        self.pipelines
-            .iter()
-            .find(|p| p.name == name)
-            .or_else(|| self.pipelines.iter().find(|p| p.index == name))
-            .cloned()
-            .ok_or_else(|| {
-                let names: Vec<&str> = self.pipelines.iter().map(|p| p.name.as_str()).collect();
-                ReindexError::Invalid(format!(
-                    "no pipeline `{name}` (loaded: {})",
-                    if names.is_empty() { "none".into() } else { names.join(", ") }
-                ))
-            })
+        let snap = self.owners.catalog().snapshot();
+        if let Some((_, why)) = snap.unavailable.get(name) {
+            return Err(ReindexError::Invalid(format!("pipeline `{name}` is {why}")));
+        }
+        snap.served
+            .get(name)
+            .or_else(|| snap.served.values().find(|s| s.pipeline.index == name))
+            .map(|s| s.pipeline.clone())
+            .ok_or_else(|| ReindexError::Invalid(format!("no pipeline `{name}` (pipelines: {})", snap.describe())))
+    }
+
+    /// The pipeline a job embeds with: the definition it carries, else the stored one.
+    fn job_pipeline(&self, spec: &JobSpec) -> Result<Arc<Pipeline>, ReindexError> {
+        match &spec.definition {
+            Some(p) => Ok(Arc::new(p.clone())),
+            None => self.pipeline(&spec.pipeline),
+        }
     }
 
     /// Starts a job's run and returns its control handle (for the HTTP API and the CLI's bar).
@@ -257,10 +265,11 @@ impl Reindexer {
         };
         self.checkpoint(control, |s| s.status = Status::Running).await?;
         let info = self.engine.info().await?;
-        let mut p = (*self.pipeline(&spec.pipeline)?).clone();
+        let mut p = (*self.job_pipeline(&spec)?).clone();
         p.index = spec.target.clone();
-        let ingestor = Ingestor::new(vec![p], self.encoders.clone(), self.max_chars, self.max_inputs)
-            .map_err(|e| ReindexError::Invalid(e.to_string()))?;
+        servable(&p, &self.encoders).map_err(|r| ReindexError::Invalid(format!("pipeline `{}`: {r}", p.name)))?;
+        let routed = Routed::single(&spec.target, Arc::new(p));
+        let ingestor = Ingestor::new(self.owners.clone(), self.encoders.clone(), self.max_chars, self.max_inputs);
         let sizer = Mutex::new({
             let b = control.live.lock().expect("job state lock").bulk.clone();
             let mut z = BulkSizer::new(b.size.max(1), 8.min(spec.bulk_size), spec.bulk_size);
@@ -276,6 +285,7 @@ impl Reindexer {
                 dialect: info.dialect,
                 slice,
                 ingestor: &ingestor,
+                routed: &routed,
                 sizer: &sizer,
                 control,
             };

@@ -15,7 +15,7 @@ use super::*;
 use crate::engine::dialect::Dialect;
 use crate::engine::{EngineError, EngineRequest};
 use crate::ingest::bulk::{self, Action, BulkItem, ItemFailure};
-use crate::ingest::writer::Ingestor;
+use crate::ingest::writer::{Ingestor, Routed};
 use crate::types::name::IndexName;
 
 /// What every stage of one slice's run needs.
@@ -25,6 +25,7 @@ pub(super) struct SliceRun<'a> {
     pub(super) dialect: Dialect,
     pub(super) slice: u32,
     pub(super) ingestor: &'a Ingestor,
+    pub(super) routed: &'a Routed,
     pub(super) sizer: &'a Mutex<BulkSizer>,
     pub(super) control: &'a JobControl,
 }
@@ -115,7 +116,7 @@ impl Reindexer {
     /// One try at a slice: opens its reader at the checkpoint, runs the read → embed → write
     /// stages until the slice ends or the job is cancelled, and marks it done.
     pub(super) async fn run_slice_once(&self, run: &SliceRun<'_>) -> Result<(), ReindexError> {
-        let SliceRun { job, spec, slice, ingestor, sizer, control, .. } = *run;
+        let SliceRun { job, spec, slice, ingestor, routed, sizer, control, .. } = *run;
         let mut reader = self.open_reader(run).await?;
         let (page_tx, mut page_rx) = mpsc::channel::<source::Page>(2);
         let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(2);
@@ -141,7 +142,7 @@ impl Reindexer {
         let embed = async {
             let r = async {
                 while let Some(page) = page_rx.recv().await {
-                    let batch = self.embed_page(page, &target, ingestor).await?;
+                    let batch = self.embed_page(page, &target, ingestor, routed).await?;
                     if batch_tx.send(batch).await.is_err() {
                         break;
                     }
@@ -198,7 +199,13 @@ impl Reindexer {
     }
 
     /// A read page as `index` items into `target`, embedded through the ingest code.
-    async fn embed_page(&self, page: source::Page, target: &str, ingestor: &Ingestor) -> Result<Batch, ReindexError> {
+    async fn embed_page(
+        &self,
+        page: source::Page,
+        target: &str,
+        ingestor: &Ingestor,
+        routed: &Routed,
+    ) -> Result<Batch, ReindexError> {
         let read = page.hits.len();
         let mut items: Vec<BulkItem> = page
             .hits
@@ -215,7 +222,7 @@ impl Reindexer {
                 }
             })
             .collect();
-        let prepared = ingestor.prepare(&mut items, Some(target), &self.engine).await?;
+        let prepared = ingestor.prepare(&mut items, Some(target), routed, &self.engine).await?;
         Ok(Batch { items, failures: prepared.failures, unchanged: prepared.skipped, read, last_sort: page.last_sort })
     }
 
@@ -392,7 +399,7 @@ impl Reindexer {
             let doc_id = item.meta.get("_id").and_then(Value::as_str).unwrap_or("").to_string();
             let mut source = item.source.clone().unwrap_or(Value::Null);
             // vectors are regenerated on a retry; keep the log small
-            if let (Some(m), Ok(p)) = (source.as_object_mut(), self.pipeline(&spec.pipeline)) {
+            if let (Some(m), Ok(p)) = (source.as_object_mut(), self.job_pipeline(spec)) {
                 for f in &p.fields {
                     m.remove(&f.vector);
                 }

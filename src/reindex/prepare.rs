@@ -9,9 +9,11 @@ use serde_json::{json, Map, Value};
 use super::*;
 use crate::engine::path::EnginePath;
 use crate::engine::EngineRequest;
+use crate::ingest::catalog::servable;
 use crate::ingest::mapping::{index_body_with, ModelShape};
 use crate::types::name::IndexName;
 use crate::types::pipeline::Pipeline;
+use std::sync::Arc;
 
 /// Vector fields of the source's mapping (`props`) that `p` does not write: the old model's field
 /// once a pipeline has dropped it.
@@ -75,11 +77,12 @@ impl Reindexer {
         if let Some(id) = &req.resume {
             return self.resume(id).await;
         }
-        let p = self.pipeline(&req.pipeline)?;
+        let (p, definition) = self.request_pipeline(&req)?;
         let Checked { source, target, page_size, bulk_size } = Checked::of(&req, &p)?;
         if !self.exists(&source).await? {
             return Err(ReindexError::Invalid(format!("the source index `{source}` does not exist")));
         }
+        self.check_destination(&p, &target, req.alias.as_deref()).await?;
         let source_props = self.source_properties(&source).await?;
         let source_excludes = stale_vectors(&p, &source_props);
         // the query is run (and refused if the engine refuses it) before anything is created
@@ -103,6 +106,7 @@ impl Reindexer {
                 page_size,
                 bulk_size,
                 scroll: req.scroll,
+                definition,
             },
             status: Status::Running,
             source_count,
@@ -146,8 +150,66 @@ impl Reindexer {
         self.adopt(id, version).await;
         s.status = Status::Running;
         s.error = None;
-        self.pipeline(&s.spec.pipeline)?;
+        self.job_pipeline(&s.spec)?;
         Ok(s)
+    }
+
+    /// The pipeline a new job embeds with: the definition it carries (checked like a `PUT` of
+    /// it, and servable here), else the stored pipeline it names.
+    fn request_pipeline(&self, req: &JobRequest) -> Result<(Arc<Pipeline>, Option<Pipeline>), ReindexError> {
+        let Some(def) = &req.definition else { return Ok((self.pipeline(&req.pipeline)?, None)) };
+        if req.pipeline.is_empty() {
+            return Err(ReindexError::Invalid("`pipeline`: name the pipeline the definition is for".into()));
+        }
+        let p = Pipeline::from_json(&req.pipeline, def).map_err(|e| ReindexError::Invalid(e.to_string()))?;
+        servable(&p, &self.encoders).map_err(|r| ReindexError::Invalid(format!("pipeline `{}`: {r}", p.name)))?;
+        Ok((Arc::new(p.clone()), Some(p)))
+    }
+
+    /// What the end of the job will do, checked before anything is copied: the alias can be
+    /// moved (it is not an index, nor another pipeline's), and an existing target has the
+    /// pipeline's vector fields mapped.
+    async fn check_destination(&self, p: &Pipeline, target: &str, alias: Option<&str>) -> Result<(), ReindexError> {
+        let snap = self.owners.catalog().snapshot();
+        let other = |name: &str| {
+            snap.all()
+                .find(|(s, _)| s.pipeline.index == name && s.pipeline.name != p.name)
+                .map(|(s, _)| s.pipeline.name.clone())
+        };
+        if let Some(alias) = alias {
+            if alias == target {
+                return Err(ReindexError::Invalid(format!("`alias` and `target` are both `{alias}`")));
+            }
+            let r = self.owners.resolve(&self.engine, alias).await?;
+            if r.write.as_ref().is_some_and(|w| w.send_to() == alias) && !r.indices.is_empty() {
+                return Err(ReindexError::Invalid(format!(
+                    "`{alias}` is an index, not an alias: it cannot be moved to `{target}` at the end; pick a new alias name (or reindex `{alias}` into a new index and delete it before moving an alias of that name)"
+                )));
+            }
+            if let Some(q) = other(alias) {
+                return Err(ReindexError::Invalid(format!(
+                    "alias `{alias}` belongs to pipeline `{q}`; moving it would leave `{q}` owning this job's target: reindex with pipeline `{q}` or pick another alias"
+                )));
+            }
+        }
+        if let Some(q) = other(target) {
+            return Err(ReindexError::Invalid(format!(
+                "target `{target}` belongs to pipeline `{q}`; name a new target"
+            )));
+        }
+        if self.exists(target).await? {
+            let props = self.source_properties(target).await?;
+            for f in &p.fields {
+                let kind = props.get(&f.vector).and_then(|v| v.get("type")).and_then(Value::as_str);
+                if !matches!(kind, Some("dense_vector" | "knn_vector")) {
+                    return Err(ReindexError::Invalid(format!(
+                        "target `{target}` exists without `{}` mapped as a vector field; name a new target (it is created with the pipeline's mapping) or delete it",
+                        f.vector
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// How many documents of `source` the job's `query` (all, without one) matches.

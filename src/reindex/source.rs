@@ -160,6 +160,8 @@ impl Reader {
                 let req = match id {
                     None => {
                         let mut b = body_base(&self.spec);
+                        // OpenSearch refuses `track_total_hits: false` in a scroll context
+                        b.remove("track_total_hits");
                         b.insert("sort".into(), json!(["_doc"]));
                         let path = EnginePath::root()
                             .index(&self.spec.index)

@@ -185,7 +185,15 @@ pub struct SearchSettings {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestSettings {
+    /// Pipeline files: a bootstrap, written to the cluster's pipeline store when absent there.
     pub pipelines: Vec<PathBuf>,
+    /// How often `serve` reads the cluster's pipeline store: a change made through any sidecar
+    /// is served by every other within this period.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+    /// Whether `serve` (with models configured) also loads the models the cluster's stored
+    /// pipelines name, where this machine has them.
+    pub load_stored_models: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -250,6 +250,10 @@ impl Settings {
             crate::types::pipeline::Pipeline::load(file)
                 .map_err(|e| SettingsError::invalid(format!("ingest.pipelines[{i}]"), e))?;
         }
+        let w = self.ingest.watch_interval;
+        if w < std::time::Duration::from_millis(100) || w > std::time::Duration::from_secs(300) {
+            return Err(SettingsError::invalid("ingest.watch_interval", "must be between 100ms and 5m"));
+        }
         if !self.ingest.pipelines.is_empty() && enc.models.is_empty() {
             return Err(SettingsError::invalid("ingest.pipelines", "pipelines need their models in encoder.models"));
         }

@@ -254,6 +254,31 @@ impl Pipeline {
         Ok(p)
     }
 
+    /// A pipeline sent as JSON (the pipeline API, the store): the same keys and checks as a
+    /// file; `name` comes from the caller (the path) and, when the body has one, must match.
+    pub fn from_json(name: &str, body: &serde_json::Value) -> Result<Pipeline, PipelineError> {
+        let err = |key: &str, reason: String| PipelineError { file: PathBuf::from(name), key: key.into(), reason };
+        let mut body = body.clone();
+        let Some(map) = body.as_object_mut() else {
+            return Err(err("(body)", "a pipeline is a JSON object".into()));
+        };
+        match map.get("name") {
+            None => {
+                map.insert("name".into(), serde_json::Value::from(name));
+            }
+            Some(serde_json::Value::String(n)) if n == name => {}
+            Some(other) => {
+                return Err(err("name", format!("{other} differs from the pipeline's name `{name}` in the path")))
+            }
+        }
+        let p: Pipeline = serde_path_to_error::deserialize(&body).map_err(|e| {
+            let key = e.path().to_string();
+            err(if key == "." { "(body)" } else { &key }, e.inner().to_string())
+        })?;
+        p.validate().map_err(|(key, reason)| err(&key, reason))?;
+        Ok(p)
+    }
+
     /// Loads every `*.toml` in a folder, sorted by file name.
     pub fn load_dir(dir: &Path) -> Result<Vec<Pipeline>, PipelineError> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -508,6 +533,33 @@ vector = "text_vector"
         .unwrap();
         assert_eq!(p.query_model(), "all-MiniLM-L6-v2-int8-static");
         assert_eq!(p.models(), ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-int8-static"], "the query model is loaded too");
+    }
+
+    #[test]
+    fn json_pipelines_get_the_same_checks_and_name_the_key() {
+        let good =
+            serde_json::json!({"index": "docs-v1", "model": "m", "fields": [{"source": ["text"], "vector": "v"}]});
+        let p = Pipeline::from_json("docs", &good).unwrap();
+        assert_eq!((p.name.as_str(), p.shards, p.vector_index.m), ("docs", 1, 16), "defaults as in a file");
+        let back = Pipeline::from_json("docs", &serde_json::to_value(&p).unwrap()).unwrap();
+        assert_eq!(back, p, "what is stored reads back the same");
+        let cases = [
+            (
+                serde_json::json!({"index": "docs", "model": "m", "fields": [{"source": ["t"], "vector": "t"}]}),
+                "fields[0].vector",
+            ),
+            (serde_json::json!({"index": "docs", "modell": "m", "fields": []}), "modell"),
+            (
+                serde_json::json!({"index": "docs", "model": "m", "fields": [{"source": ["t"], "vector": "v"}], "vector_index": {"m": "x"}}),
+                "vector_index.m",
+            ),
+            (serde_json::json!({"name": "other", "index": "docs", "model": "m", "fields": []}), "`name`"),
+            (serde_json::json!(["not", "an", "object"]), "JSON object"),
+        ];
+        for (body, needle) in cases {
+            let e = Pipeline::from_json("docs", &body).unwrap_err().to_string();
+            assert!(e.starts_with("pipeline docs: ") && e.contains(needle), "`{e}` should name `{needle}`");
+        }
     }
 
     #[test]
