@@ -86,6 +86,18 @@ enum Command {
     /// Reindex an existing index into a vector index through a pipeline: resumable (checkpoints in
     /// the engine), sliced, backpressured, failures logged in an error index, alias moved at the end.
     Reindex(ReindexArgs),
+    /// The cluster's pipelines: put, get, list, delete (through a sidecar with --sidecar, else
+    /// directly on the configured cluster).
+    Pipeline {
+        #[command(subcommand)]
+        command: PipelineCommand,
+        /// A running sidecar's URL: use its admin API (`/_sidecar/pipeline`).
+        #[arg(long, global = true, value_name = "URL")]
+        sidecar: Option<String>,
+        /// The sidecar's admin key (sent as x-api-key).
+        #[arg(long, global = true, env = "SIDECAR_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+    },
     /// BERT-whitening.
     Whiten {
         #[command(subcommand)]
@@ -184,6 +196,31 @@ enum KindArg {
     Query,
     Passage,
     Raw,
+}
+
+#[derive(Subcommand)]
+enum PipelineCommand {
+    /// Store a pipeline (a .toml file like pipelines/*.toml, or its JSON form).
+    Put {
+        file: PathBuf,
+        /// Only over this version (from `get`): with --if-primary-term; a newer one fails (409).
+        #[arg(long, requires = "if_primary_term")]
+        if_seq_no: Option<u64>,
+        #[arg(long, requires = "if_seq_no")]
+        if_primary_term: Option<u64>,
+    },
+    /// One pipeline: definition, version, index, documents without vectors.
+    Get { name: String },
+    /// Every pipeline.
+    List,
+    /// Delete a pipeline (its index and vectors stay).
+    Delete {
+        name: String,
+        #[arg(long, requires = "if_primary_term")]
+        if_seq_no: Option<u64>,
+        #[arg(long, requires = "if_seq_no")]
+        if_primary_term: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -313,6 +350,21 @@ fn main() -> ExitCode {
                 }
                 IndexCommand::Check { pipeline } => commands::index::index_check(&settings, &pipeline),
             })
+        }
+        Command::Pipeline { command, sidecar, api_key } => {
+            telemetry::init_tracing(settings.log.format, "warn");
+            use commands::pipeline::Op;
+            let op = match command {
+                PipelineCommand::Put { file, if_seq_no, if_primary_term } => {
+                    Op::Put { file, version: if_seq_no.zip(if_primary_term) }
+                }
+                PipelineCommand::Get { name } => Op::Get { name },
+                PipelineCommand::List => Op::List,
+                PipelineCommand::Delete { name, if_seq_no, if_primary_term } => {
+                    Op::Delete { name, version: if_seq_no.zip(if_primary_term) }
+                }
+            };
+            edge(commands::pipeline::run(settings, op, commands::pipeline::Via { sidecar, api_key }))
         }
         Command::Bench {
             command: BenchCommand::Search { pipeline, queries, docs, max_queries, clients, rounds, query_cache },

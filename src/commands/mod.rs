@@ -5,6 +5,7 @@
 //! - [`config`]: `config check`;
 //! - [`embed`], [`whiten`]: offline encoding and BERT-whitening (file formats in [`files`]);
 //! - [`index`]: `index create|check`;
+//! - [`pipeline`]: `pipeline put|get|list|delete` (the cluster's pipelines);
 //! - [`reindex`]: one reindex job with a progress bar;
 //! - [`eval`]: retrieval quality through the sidecar (`eval`, `compare`, `--tune`);
 //! - [`bench`]: `bench encode`, `bench search` and their child-process load generators.
@@ -18,6 +19,7 @@ pub mod embed;
 pub mod eval;
 pub mod files;
 pub mod index;
+pub mod pipeline;
 pub mod reindex;
 pub mod serve;
 pub mod whiten;
