@@ -626,3 +626,66 @@ fn chrono_today() -> String {
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}.{m:02}.{d:02}")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_puts_gets_lists_and_deletes_directly_and_through_a_sidecar() {
+    let model = default_model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_index("cli");
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, format!("name = '{name}'\nindex = '{name}'\nmodel = 'all-MiniLM-L6-v2'\n[[fields]]\nsource = ['text']\nvector = 'v'\n")).unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_semantic-sidecar"))
+            .arg("pipeline")
+            .args(args)
+            .env("SIDECAR__ENGINE__URLS", engine_url())
+            .env("ORT_DYLIB_PATH", ort_library())
+            .env("SIDECAR__ENCODER__MODELS", &model)
+            .output()
+            .unwrap();
+        let stdout: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.success(), stdout, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let path = file.to_str().unwrap();
+    let (ok, v, err) = tokio::task::block_in_place(|| cli(&["put", path]));
+    assert!(ok, "{err}");
+    assert_eq!((v["result"].as_str(), v["index_created"].as_bool()), (Some("created"), Some(true)), "{v}");
+    let (ok, v, err) = tokio::task::block_in_place(|| cli(&["get", &name]));
+    assert!(ok, "{err}");
+    assert_eq!(v[&name]["definition"]["index"], name.as_str(), "{v}");
+    let (ok, v, _) = tokio::task::block_in_place(|| cli(&["list"]));
+    assert!(ok && v["pipelines"].get(&name).is_some(), "{v}");
+    // a stale version is refused with the store's reason
+    let (ok, _, err) =
+        tokio::task::block_in_place(|| cli(&["put", path, "--if-seq-no", "0", "--if-primary-term", "99"]));
+    assert!(!ok && err.contains("changed since that version"), "{err}");
+    // through a sidecar with a key: the admin API
+    let (url, _stop) = {
+        let (u, ort) = (engine_url(), ort_library());
+        let keys_json = r#"[{"name": "ops", "key": "ops-secret-0123456789", "scope": "admin", "indices": ["*"]}]"#;
+        let settings = common::encoder_settings(&[
+            ("SIDECAR__ENGINE__URLS", &u),
+            ("SIDECAR__ENCODER__ORT_LIBRARY", &ort),
+            ("SIDECAR__SERVER__API_KEYS", keys_json),
+        ]);
+        let engine = EngineClient::new(&settings.engine).unwrap();
+        let metrics = Metrics::new();
+        let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
+        let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
+        let state =
+            AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(Vec::new()).await;
+        http::serve_local(state).await.unwrap()
+    };
+    let (ok, _, err) = tokio::task::block_in_place(|| cli(&["--sidecar", &url, "get", &name]));
+    assert!(!ok && err.contains("401"), "no key, no pipelines: {err}");
+    let (ok, v, err) =
+        tokio::task::block_in_place(|| cli(&["--sidecar", &url, "--api-key", "ops-secret-0123456789", "get", &name]));
+    assert!(ok, "{err}");
+    assert_eq!(v[&name]["served"], true, "{v}");
+    let (ok, v, err) = tokio::task::block_in_place(|| {
+        cli(&["--sidecar", &url, "--api-key", "ops-secret-0123456789", "delete", &name])
+    });
+    assert!(ok && v["acknowledged"] == true, "{err}");
+    let (ok, _, err) = tokio::task::block_in_place(|| cli(&["get", &name]));
+    assert!(!ok && err.contains("no pipeline"), "{err}");
+}

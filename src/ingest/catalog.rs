@@ -232,11 +232,21 @@ impl Catalog {
         }
         let weak: Weak<Catalog> = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut failing = false;
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(me) = weak.upgrade() else { return };
-                if let Err(e) = me.reload().await {
-                    tracing::warn!(error = %e, "pipelines: could not read the cluster's store; serving the last known set");
+                // said once when reads start failing and once when they work again
+                match me.reload().await {
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "pipelines: could not read the cluster's store; serving the last known set");
+                    }
+                    Ok(_) if failing => {
+                        failing = false;
+                        tracing::info!("pipelines: the cluster's store answers again");
+                    }
+                    _ => {}
                 }
             }
         });
