@@ -222,13 +222,15 @@ impl Catalog {
     /// then the files are served until the store answers.
     pub async fn start(self: &Arc<Self>, files: Vec<Pipeline>) {
         let Source::Cluster { interval, .. } = self.source else { return };
+        let mut bootstrapped = true;
         if let Err(e) = self.bootstrap(&files).await {
             tracing::warn!(error = %e, "pipelines: the cluster's store is not reachable yet; serving the pipeline files until it is");
             let local: BTreeMap<String, Stored> = files
-                .into_iter()
-                .map(|p| (p.name.clone(), Stored { pipeline: Arc::new(p), seq_no: 0, primary_term: 0 }))
+                .iter()
+                .map(|p| (p.name.clone(), Stored { pipeline: Arc::new(p.clone()), seq_no: 0, primary_term: 0 }))
                 .collect();
             self.install(local);
+            bootstrapped = false;
         }
         let weak: Weak<Catalog> = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -236,8 +238,11 @@ impl Catalog {
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(me) = weak.upgrade() else { return };
+                // until the store has answered once, the files are written to it first
+                let r = if bootstrapped { me.reload().await } else { me.bootstrap(&files).await.map(|()| true) };
+                bootstrapped |= r.is_ok();
                 // said once when reads start failing and once when they work again
-                match me.reload().await {
+                match r {
                     Err(e) if !failing => {
                         failing = true;
                         tracing::warn!(error = %e, "pipelines: could not read the cluster's store; serving the last known set");
@@ -322,6 +327,13 @@ impl Catalog {
             )
             .await?;
         let stored = match r.status.as_u16() {
+            // the store was deleted under a running set: keep serving it rather than drop every
+            // pipeline at once (a PUT or a restart creates the store again)
+            404 if self.generation() > 0 && self.snapshot().all().next().is_some() => {
+                return Err(CatalogError::Unavailable(format!(
+                    "the pipeline store `{PIPELINES_INDEX}` is gone; serving the last known pipelines"
+                )));
+            }
             404 => BTreeMap::new(),
             s if (200..300).contains(&s) => parse_hits(&r.json::<Value>()?),
             s => return Err(EngineError::from_answer(s, &r.body).into()),
@@ -398,6 +410,7 @@ impl Catalog {
     /// sees it, and reloads this replica's snapshot at once.
     pub async fn write(&self, p: &Pipeline, expect: Option<(u64, u64)>) -> Result<Stored, CatalogError> {
         let engine = self.engine()?;
+        self.ensure_store().await?;
         let mut path = EnginePath::at_index(PIPELINES_INDEX)
             .map_err(|e| CatalogError::Invalid(e.to_string()))?
             .api("_doc")
