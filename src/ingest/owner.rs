@@ -116,6 +116,24 @@ pub fn resolution_of(resolved: &Value, alias_answer: Option<&Value>, name: &str)
     out
 }
 
+/// The concrete indices one name reaches in a `GET /_resolve/index/{a,b,...}` answer for several
+/// concrete names (each an index, an alias or a data stream). Pure.
+pub fn reach_of(resolved: &Value, name: &str) -> BTreeSet<String> {
+    let list = |k: &str| resolved.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+    let strings = |v: &Value| -> BTreeSet<String> {
+        v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+    };
+    let named = |v: &&Value| v["name"].as_str() == Some(name);
+    if let Some(i) = list("indices").iter().find(named) {
+        let closed = strings(&i["attributes"]).contains("closed");
+        return if closed { BTreeSet::new() } else { BTreeSet::from([name.to_string()]) };
+    }
+    if let Some(a) = list("aliases").iter().find(named) {
+        return strings(&a["indices"]);
+    }
+    list("data_streams").iter().find(named).map(|d| strings(&d["backing_indices"])).unwrap_or_default()
+}
+
 /// The index marked `is_write_index` for alias `name` in a `GET /_alias/{name}` answer.
 fn write_index(aliases: &Value, name: &str) -> Option<String> {
     let m = aliases.as_object()?;
@@ -188,7 +206,12 @@ fn alike(a: &Pipeline, b: &Pipeline) -> bool {
 struct Cache {
     generation: u64,
     names: HashMap<String, (Instant, Arc<Resolution>)>,
+    /// What each pipeline's `index` reaches (resolved together, many names per engine call).
+    reach: HashMap<String, (Instant, BTreeSet<String>)>,
 }
+
+/// Longest list of names sent in one `_resolve/index` path (the engines' request line is 4 KiB).
+const MAX_RESOLVE_PATH: usize = 3000;
 
 /// The owner resolver of one replica; cheap to share.
 pub struct Owners {
@@ -198,7 +221,7 @@ pub struct Owners {
 
 impl Owners {
     pub fn new(catalog: Arc<Catalog>) -> Owners {
-        Owners { catalog, cache: Mutex::new(Cache { generation: 0, names: HashMap::new() }) }
+        Owners { catalog, cache: Mutex::new(Cache { generation: 0, names: HashMap::new(), reach: HashMap::new() }) }
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -209,6 +232,7 @@ impl Owners {
     pub fn invalidate(&self) {
         if let Ok(mut c) = self.cache.lock() {
             c.names.clear();
+            c.reach.clear();
         }
     }
 
@@ -220,6 +244,7 @@ impl Owners {
             let mut c = self.cache.lock().expect("owner cache");
             if c.generation != generation {
                 c.names.clear();
+                c.reach.clear();
                 c.generation = generation;
             }
             if let Some((at, r)) = c.names.get(name) {
@@ -245,6 +270,8 @@ impl Owners {
             IndexPattern::try_from(name).map(|p| base.pattern(&p))
         };
         let Ok(at) = at else { return Ok(Resolution::default()) };
+        // Elasticsearch answers 404 for a whole list when one name does not exist
+        let at = at.param("ignore_unavailable", "true");
         let r = engine.send(EngineRequest::new(Method::GET, at.build()).passthrough().idempotent(true)).await?;
         if !r.status.is_success() {
             return Ok(Resolution::default());
@@ -275,13 +302,68 @@ impl Owners {
         engine: &EngineClient,
         snap: &Snapshot,
     ) -> Result<BTreeMap<String, Vec<String>>, EngineError> {
+        let names: BTreeSet<String> = snap.all().map(|(s, _)| s.pipeline.index.clone()).collect();
+        let reach = self.reach(engine, names).await?;
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (s, _) in snap.all() {
             let p = &s.pipeline;
-            let mut indices = self.resolve(engine, &p.index).await?.indices.clone();
+            let mut indices = reach.get(&p.index).cloned().unwrap_or_default();
             indices.insert(p.index.clone());
             for i in indices {
                 out.entry(i).or_default().push(p.name.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// What each of `names` (concrete names: indices, aliases, data streams) reaches, from the
+    /// cache or from one `_resolve/index` call per [`MAX_RESOLVE_PATH`] bytes of names.
+    async fn reach(
+        &self,
+        engine: &EngineClient,
+        names: BTreeSet<String>,
+    ) -> Result<HashMap<String, BTreeSet<String>>, EngineError> {
+        let mut out = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let c = self.cache.lock().expect("owner cache");
+            for n in names {
+                match c.reach.get(&n).filter(|(at, _)| at.elapsed() < TTL) {
+                    Some((_, r)) => {
+                        out.insert(n, r.clone());
+                    }
+                    None => missing.push(n),
+                }
+            }
+        }
+        let mut batches: Vec<Vec<String>> = vec![Vec::new()];
+        let mut len = 0;
+        for n in missing {
+            if len + n.len() + 1 > MAX_RESOLVE_PATH && batches.last().is_some_and(|b| !b.is_empty()) {
+                batches.push(Vec::new());
+                len = 0;
+            }
+            len += n.len() + 1;
+            batches.last_mut().expect("a batch").push(n);
+        }
+        for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+            let Ok(pattern) = IndexPattern::try_from(batch.join(",").as_str()) else { continue };
+            let path = EnginePath::root()
+                .api("_resolve")
+                .api("index")
+                .pattern(&pattern)
+                .param("ignore_unavailable", "true")
+                .build();
+            let r = engine.send(EngineRequest::new(Method::GET, path).passthrough().idempotent(true)).await?;
+            let resolved = if r.status.is_success() { r.json::<Value>()? } else { Value::Null };
+            let mut c = self.cache.lock().expect("owner cache");
+            if c.reach.len() >= MAX_CACHED {
+                c.reach.clear();
+            }
+            for n in batch {
+                let reach = reach_of(&resolved, &n);
+                c.reach.insert(n.clone(), (Instant::now(), reach.clone()));
+                out.insert(n, reach);
             }
         }
         Ok(out)
@@ -457,6 +539,22 @@ mod tests {
             resolution_of(&json!({"indices": [], "aliases": [], "data_streams": []}), None, "nope"),
             Resolution::default()
         );
+    }
+
+    #[test]
+    fn each_name_of_a_batch_reaches_its_own_indices() {
+        let answer = json!({
+            "indices": [index("a-v1", &["a"]), index("plain", &[]), {"name": "shut", "attributes": ["closed"]}],
+            "aliases": [{"name": "a", "indices": ["a-v1", "a-v2"]}],
+            "data_streams": [{"name": "logs", "backing_indices": [".ds-logs-1", ".ds-logs-2"]}],
+        });
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(reach_of(&answer, "a"), set(&["a-v1", "a-v2"]));
+        assert_eq!(reach_of(&answer, "a-v1"), set(&["a-v1"]));
+        assert_eq!(reach_of(&answer, "logs"), set(&[".ds-logs-1", ".ds-logs-2"]));
+        assert_eq!(reach_of(&answer, "shut"), set(&[]), "a closed index is read by nobody");
+        assert_eq!(reach_of(&answer, "nope"), set(&[]));
+        assert_eq!(reach_of(&Value::Null, "a"), set(&[]), "an engine refusal reaches nothing");
     }
 
     fn pipeline(name: &str, model: &str, vector: &str) -> Arc<Pipeline> {
