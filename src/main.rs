@@ -223,6 +223,28 @@ enum PipelineCommand {
     },
 }
 
+/// `pipeline put|get|list|delete`, through a sidecar or on the cluster.
+fn pipeline(
+    settings: Settings,
+    command: PipelineCommand,
+    sidecar: Option<String>,
+    api_key: Option<String>,
+) -> anyhow::Result<()> {
+    use commands::pipeline::Op;
+    telemetry::init_tracing(settings.log.format, "warn");
+    let op = match command {
+        PipelineCommand::Put { file, if_seq_no, if_primary_term } => {
+            Op::Put { file, version: if_seq_no.zip(if_primary_term) }
+        }
+        PipelineCommand::Get { name } => Op::Get { name },
+        PipelineCommand::List => Op::List,
+        PipelineCommand::Delete { name, if_seq_no, if_primary_term } => {
+            Op::Delete { name, version: if_seq_no.zip(if_primary_term) }
+        }
+    };
+    commands::pipeline::run(settings, op, commands::pipeline::Via { sidecar, api_key })
+}
+
 #[derive(Subcommand)]
 enum IndexCommand {
     /// Create the pipeline's index with the mapping for the detected engine.
@@ -351,21 +373,7 @@ fn main() -> ExitCode {
                 IndexCommand::Check { pipeline } => commands::index::index_check(&settings, &pipeline),
             })
         }
-        Command::Pipeline { command, sidecar, api_key } => {
-            telemetry::init_tracing(settings.log.format, "warn");
-            use commands::pipeline::Op;
-            let op = match command {
-                PipelineCommand::Put { file, if_seq_no, if_primary_term } => {
-                    Op::Put { file, version: if_seq_no.zip(if_primary_term) }
-                }
-                PipelineCommand::Get { name } => Op::Get { name },
-                PipelineCommand::List => Op::List,
-                PipelineCommand::Delete { name, if_seq_no, if_primary_term } => {
-                    Op::Delete { name, version: if_seq_no.zip(if_primary_term) }
-                }
-            };
-            edge(commands::pipeline::run(settings, op, commands::pipeline::Via { sidecar, api_key }))
-        }
+        Command::Pipeline { command, sidecar, api_key } => edge(pipeline(settings, command, sidecar, api_key)),
         Command::Bench {
             command: BenchCommand::Search { pipeline, queries, docs, max_queries, clients, rounds, query_cache },
         } => {
