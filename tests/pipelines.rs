@@ -342,6 +342,14 @@ async fn a_model_change_is_refused_in_place_and_done_through_a_reindex_job() {
         reason.contains("holds 1 vectors") && reason.contains("new vector field") && reason.contains("/_jobs/reindex"),
         "{reason}"
     );
+    // deleting the pipeline does not open the way: the index's mapping records the model
+    let (s, _) = call(reqwest::Method::DELETE, format!("{url}/_sidecar/pipeline/{name}"), None).await;
+    assert_eq!(s, 200);
+    let (s, v) = put(&url, &name, &definition(&v1, "all-MiniLM-L6-v2-int8")).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"]["reason"].as_str().unwrap().contains("recorded in its mapping"), "{v}");
+    let (s, v) = put(&url, &name, &definition(&v1, "all-MiniLM-L6-v2")).await;
+    assert_eq!(s, 201, "the recorded model again: {v}");
     // a new vector field for the new model is fine: the mapping gets it
     let mut two = definition(&v1, "all-MiniLM-L6-v2");
     two["fields"]

@@ -22,7 +22,7 @@ use axum::http::Method;
 use serde_json::{json, Map, Value};
 
 use super::catalog::{servable, CatalogError, Stored};
-use super::mapping::{index_body_with, ModelShape};
+use super::mapping::{index_body_with, recorded_models, vector_models, with_vector_models, ModelShape, META_KEY};
 use super::owner::Owners;
 use crate::encoder::EncoderSet;
 use crate::engine::path::EnginePath;
@@ -105,7 +105,7 @@ impl Admin<'_> {
             }
         }
         for (field, from, to) in changed {
-            let n = self.count(&new.index, Some(&json!({"exists": {"field": field}}))).await?;
+            let n = self.count(&new.index, Some(&has_vectors(new, &field))).await?;
             if n > 0 {
                 return Err(CatalogError::Conflict(format!(
                     "pipeline `{}`: `{field}` holds {n} vectors of model `{from}` in `{}`; changing it to `{to}` in place would mix two vector spaces. \
@@ -141,19 +141,17 @@ impl Admin<'_> {
             .map_err(|e| invalid(format!("pipeline `{}`: {e}", p.name)))
     }
 
-    /// Creates the index when nothing of that name exists; else adds the vector fields its
-    /// mapping lacks, and refuses one mapped otherwise.
+    /// Creates the index when nothing of that name exists (its mapping recording which model
+    /// writes each vector field); else refuses a recorded model that differs while the field holds
+    /// vectors, adds the vector fields the mapping lacks, refuses one mapped otherwise, and
+    /// records the models.
     async fn prepare_index(&self, p: &Pipeline) -> Result<(bool, Vec<String>), CatalogError> {
-        let body = self.index_body(p).await?;
+        let body = with_vector_models(self.index_body(p).await?, p);
         let r = self.owners.resolve(self.engine, &p.index).await?;
         let name = IndexName::try_from(p.index.as_str()).map_err(|e| invalid(e.to_string()))?;
         if r.indices.is_empty() {
-            let resp = self
-                .engine
-                .send(
-                    EngineRequest::new(Method::PUT, EnginePath::root().index(&name).build()).json(&body).passthrough(),
-                )
-                .await?;
+            let at = EnginePath::root().index(&name).build();
+            let resp = self.engine.send(EngineRequest::new(Method::PUT, at).json(&body).passthrough()).await?;
             if resp.status.is_success() {
                 self.owners.invalidate();
                 return Ok((true, Vec::new()));
@@ -162,12 +160,47 @@ impl Admin<'_> {
                 return Err(EngineError::from_answer(resp.status.as_u16(), &resp.body).into());
             }
         }
+        let m: Value = self.engine.get_json(&EnginePath::root().index(&name).api("_mapping").build()).await?;
+        self.check_recorded_models(p, &m).await?;
+        let added = self.add_vector_fields(p, &name, &body, &m).await?;
+        self.record_models(p, &name, &m).await?;
+        Ok((false, added))
+    }
+
+    /// Refuses a vector field whose mapping records another model while it holds vectors (also
+    /// when the pipeline was deleted and put again).
+    async fn check_recorded_models(&self, p: &Pipeline, mapping: &Value) -> Result<(), CatalogError> {
+        let want = vector_models(p);
+        for (index, recorded) in recorded_models(mapping) {
+            for (field, model) in &want {
+                let Some(old) = recorded.get(field).filter(|old| *old != model) else { continue };
+                let n = self.count(&index, Some(&has_vectors(p, field))).await?;
+                if n > 0 {
+                    return Err(CatalogError::Conflict(format!(
+                        "pipeline `{}`: index `{index}` holds {n} `{field}` vectors of model `{old}` (recorded in its mapping); changing them to `{model}` in place would mix two vector spaces. \
+                         Name a new vector field for `{model}`, or reindex into a new index: POST /_jobs/reindex {{\"pipeline\": \"{}\", \"definition\": {{…}}, \"alias\": \"…\"}}",
+                        p.name, p.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the vector (and passages) fields the existing mapping lacks; refuses one mapped with
+    /// another type or size. Returns the fields added.
+    async fn add_vector_fields(
+        &self,
+        p: &Pipeline,
+        name: &IndexName,
+        body: &Value,
+        mapping: &Value,
+    ) -> Result<Vec<String>, CatalogError> {
         let wanted = body.pointer("/mappings/properties").and_then(Value::as_object).cloned().unwrap_or_default();
         let mut vector_fields: Vec<String> = p.fields.iter().map(|f| f.vector.clone()).collect();
         vector_fields.extend(p.chunking.as_ref().map(|c| c.passages_field.clone()));
-        let m: Value = self.engine.get_json(&EnginePath::root().index(&name).api("_mapping").build()).await?;
         let mut missing = Map::new();
-        for (index, def) in m.as_object().into_iter().flatten() {
+        for (index, def) in mapping.as_object().into_iter().flatten() {
             let props = def.pointer("/mappings/properties").and_then(Value::as_object);
             for f in &vector_fields {
                 match (props.and_then(|p| p.get(f)), wanted.get(f)) {
@@ -180,10 +213,10 @@ impl Admin<'_> {
             }
         }
         if missing.is_empty() {
-            return Ok((false, Vec::new()));
+            return Ok(Vec::new());
         }
         let added: Vec<String> = missing.keys().cloned().collect();
-        let path = EnginePath::root().index(&name).api("_mapping").build();
+        let path = EnginePath::root().index(name).api("_mapping").build();
         let resp = self
             .engine
             .send(EngineRequest::new(Method::PUT, path).json(&json!({"properties": missing})).passthrough())
@@ -195,7 +228,39 @@ impl Admin<'_> {
                 p.index
             )));
         }
-        Ok((false, added))
+        Ok(added)
+    }
+
+    /// Records in the mapping's `_meta` (keeping its other keys) which model writes each vector
+    /// field, when it does not say so already.
+    async fn record_models(&self, p: &Pipeline, name: &IndexName, mapping: &Value) -> Result<(), CatalogError> {
+        let want = vector_models(p);
+        let recorded = recorded_models(mapping);
+        if !recorded.is_empty() && recorded.values().all(|r| want.iter().all(|(f, m)| r.get(f) == Some(m))) {
+            return Ok(());
+        }
+        let mut meta = mapping
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|d| d.pointer("/mappings/_meta"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let mut models: Map<String, Value> = meta
+            .get(META_KEY)
+            .and_then(|v| v.get("vector_models"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        models.extend(want.into_iter().map(|(f, m)| (f, Value::from(m))));
+        meta.insert(META_KEY.into(), json!({"vector_models": models}));
+        let path = EnginePath::root().index(name).api("_mapping").build();
+        let resp =
+            self.engine.send(EngineRequest::new(Method::PUT, path).json(&json!({"_meta": meta})).passthrough()).await?;
+        if !resp.status.is_success() {
+            tracing::warn!(index = %name, answer = %String::from_utf8_lossy(&resp.body), "could not record the vector models in the mapping's _meta");
+        }
+        Ok(())
     }
 
     /// A GET view of one pipeline: its definition, version, whether this replica serves it, its
@@ -224,6 +289,14 @@ impl Admin<'_> {
                 "documents_without_vector": without,
             },
         }))
+    }
+}
+
+/// Documents that hold a vector in `field` (a nested query for `{passages_field}.vector`).
+fn has_vectors(p: &Pipeline, field: &str) -> Value {
+    match p.chunking.as_ref().filter(|c| field == format!("{}.vector", c.passages_field)) {
+        Some(c) => json!({"nested": {"path": c.passages_field, "query": {"exists": {"field": field}}}}),
+        None => json!({"exists": {"field": field}}),
     }
 }
 

@@ -292,6 +292,43 @@ fn field<'a>(props: &'a Value, path: &str) -> Option<&'a Value> {
     None
 }
 
+/// Where an index's mapping records which model wrote each vector field:
+/// `_meta.semantic_sidecar.vector_models.{field}` (passages as `{passages_field}.vector`).
+pub const META_KEY: &str = "semantic_sidecar";
+
+/// The model of each vector field `p` writes (its passages' vectors as `{passages_field}.vector`).
+pub fn vector_models(p: &Pipeline) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> =
+        p.fields.iter().enumerate().map(|(i, f)| (f.vector.clone(), p.field_model(i).to_string())).collect();
+    if let Some(c) = &p.chunking {
+        out.insert(format!("{}.vector", c.passages_field), p.model.clone());
+    }
+    out
+}
+
+/// `body` (an index body) with `_meta` recording the models of `p`'s vector fields.
+pub fn with_vector_models(mut body: Value, p: &Pipeline) -> Value {
+    if let Some(m) = body.get_mut("mappings").and_then(Value::as_object_mut) {
+        m.insert("_meta".into(), json!({ META_KEY: {"vector_models": vector_models(p)} }));
+    }
+    body
+}
+
+/// The vector models an index's mapping records (`GET /{index}/_mapping`: index → its answer), per
+/// index: field → model.
+pub fn recorded_models(mapping_answer: &Value) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (index, def) in mapping_answer.as_object().into_iter().flatten() {
+        let models = def
+            .pointer(&format!("/mappings/_meta/{META_KEY}/vector_models"))
+            .and_then(Value::as_object)
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+            .unwrap_or_default();
+        out.insert(index.clone(), models);
+    }
+    out
+}
+
 /// The differences between an index's mapping (`GET /{index}/_mapping`, the inner `mappings`
 /// object) and what `expected` (from [`index_body`]) needs, each explained in one sentence.
 pub fn compare(actual_mappings: &Value, expected_body: &Value) -> Vec<String> {
@@ -367,6 +404,25 @@ fn collect_paths(props: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mapping_records_which_model_writes_each_vector_field() {
+        let p: Pipeline = toml::from_str(
+            "name = 'p'\nindex = 'i'\nmodel = 'm1'\n[[fields]]\nsource = ['t']\nvector = 'v'\n\
+             [[fields]]\nsource = ['t']\nvector = 'v2'\nmodel = 'm2'\n[chunking]\nmax_tokens = 64\n",
+        )
+        .unwrap();
+        let want: BTreeMap<String, String> = [("v", "m1"), ("v2", "m2"), ("passages.vector", "m1")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(vector_models(&p), want);
+        let body = with_vector_models(json!({"settings": {}, "mappings": {"properties": {}}}), &p);
+        let answer = json!({"i-1": {"mappings": body["mappings"].clone()}, "i-0": {"mappings": {"properties": {}}}});
+        let recorded = recorded_models(&answer);
+        assert_eq!(recorded["i-1"], want);
+        assert!(recorded["i-0"].is_empty(), "an index made before the record says nothing");
+    }
     use crate::engine::dialect::detect;
 
     #[test]

@@ -10,7 +10,7 @@ use super::*;
 use crate::engine::path::EnginePath;
 use crate::engine::EngineRequest;
 use crate::ingest::catalog::servable;
-use crate::ingest::mapping::{index_body_with, ModelShape};
+use crate::ingest::mapping::{index_body_with, with_vector_models, ModelShape};
 use crate::types::name::IndexName;
 use crate::types::pipeline::Pipeline;
 use std::sync::Arc;
@@ -257,7 +257,10 @@ impl Reindexer {
         tp.index = target.to_string();
         let other =
             |m: &str| self.encoders.get(Some(m)).ok().map(|e| (e.manifest().output_dims(), e.manifest().normalize));
-        let mut body = index_body_with(&info, &tp, shape, &other).map_err(|e| ReindexError::Invalid(e.to_string()))?;
+        let mut body = with_vector_models(
+            index_body_with(&info, &tp, shape, &other).map_err(|e| ReindexError::Invalid(e.to_string()))?,
+            &tp,
+        );
         if let Some(props) = body.pointer_mut("/mappings/properties").and_then(Value::as_object_mut) {
             for (k, v) in src_props {
                 if !excluded.contains(&k) {
