@@ -10,7 +10,8 @@
 //! - [`engine`]: the HTTP client for Elasticsearch and OpenSearch (paths, dialects, retries);
 //! - [`encoder`]: ONNX Runtime sessions, tokenization, batching queue, pooling, whitening;
 //! - [`query`]: pure search logic (request validation, engine request bodies, fusion);
-//! - [`ingest`]: mappings, the `_bulk` parser and writer, index resolution;
+//! - [`ingest`]: mappings, the `_bulk` parser and writer, the cluster's pipeline set and which
+//!   pipeline owns a name;
 //! - [`search`]: the I/O around query (encode the query, send legs, shape answers);
 //! - [`reindex`]: resumable reindex jobs into vector indices;
 //! - [`setup`]: shared setup of service and commands (model names → folders, loading encoders);

@@ -5,9 +5,11 @@
 //!
 //! Routes today: `GET /healthz` (the process is up), `GET /readyz` (the engine answers `GET /`
 //! with a supported flavour and version; what it lacks, e.g. rank-rrf, painless, reindex,
-//! neural-search or an analyzer; the loaded models and their execution providers),
+//! neural-search or an analyzer; the loaded models and their execution providers; the pipelines
+//! served here and those that are not, with why),
 //! `GET /metrics` (Prometheus text), the embedding APIs of [`embed`], the ES-compatible write
-//! APIs of [`ingest`], the search APIs of [`search`], the reindex jobs of [`jobs`], and every other
+//! APIs of [`ingest`], the search APIs of [`search`], the reindex jobs of [`jobs`], the pipeline API of
+//! [`pipelines`] (`/_sidecar/pipeline`), and every other
 //! engine API forwarded unchanged for official clients in [`passthrough`]. Who may call what:
 //! [`auth`].
 //!
