@@ -38,7 +38,7 @@ pub struct IngestConfigError {
     pub reason: String,
 }
 
-/// Embeds the documents written to pipeline indices; which pipeline owns a name is [`Owners`]'.
+/// Embeds the documents written to pipeline indices; [`Owners`] says which pipeline owns a name.
 pub struct Ingestor {
     owners: Arc<Owners>,
     encoders: Arc<EncoderSet>,
