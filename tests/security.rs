@@ -8,6 +8,8 @@
 //!   `more_like_this`, `percolate`, `_mtermvectors`, `_validate` rewrites, bulk items), remote
 //!   names, and cluster-wide scroll and PIT clearing: allowed exactly when the key covers all of
 //!   it, checked against the engine (another index's document neither read nor changed);
+//! - the pipeline API: admin on every index only, under every spelling, whatever index its body
+//!   names;
 //! - scroll and PIT ids tied to the key they were handed to; the official clients' `ApiKey` and
 //!   `Basic` credentials; exempt paths served read-only;
 //! - hostile requests (traversal in index, id and job id, deep bodies, scripts in every filter
@@ -39,12 +41,18 @@ struct Sidecar {
 
 /// A sidecar with one pipeline index (created, with one document `d1`), and `keys`.
 async fn sidecar(prefix: &str, keys: Vec<ApiKeySetting>) -> Sidecar {
+    sidecar_with(prefix, keys, false).await
+}
+
+/// [`sidecar`], serving the cluster's pipelines (its own written there) when `cluster`, else a
+/// fixed set.
+async fn sidecar_with(prefix: &str, keys: Vec<ApiKeySetting>, cluster: bool) -> Sidecar {
     let mut settings: Settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
     settings.server.api_keys = keys;
     let engine = EngineClient::new(&settings.engine).unwrap();
     let index = unique_index(prefix);
     let p: Pipeline = toml::from_str(&format!(
-        "name = 'sec'\nindex = '{index}'\nmodel = 'all-MiniLM-L6-v2'\n\
+        "name = '{index}'\nindex = '{index}'\nmodel = 'all-MiniLM-L6-v2'\n\
          [[fields]]\nsource = ['title', 'text']\nvector = 'text_vector'\n"
     ))
     .unwrap();
@@ -54,7 +62,11 @@ async fn sidecar(prefix: &str, keys: Vec<ApiKeySetting>) -> Sidecar {
     let metrics = Metrics::new();
     let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
     let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
-    let state = AppState::with_encoders(settings, engine.clone(), metrics, encoders).with_pipelines(vec![p]).unwrap();
+    let state = AppState::with_encoders(settings, engine.clone(), metrics, encoders);
+    let state = match cluster {
+        true => state.with_cluster_pipelines(vec![p]).await,
+        false => state.with_pipelines(vec![p]).unwrap(),
+    };
     let (url, tx) = http::serve_local(state).await.unwrap();
     let s = Sidecar { url, index, engine, _stop: tx };
     let r = s.call(Some("admin-key"), Method::PUT, &format!("/{}/_doc/d1?refresh=true", s.index), doc("first")).await;
@@ -482,6 +494,52 @@ async fn hostile_requests(keys: Vec<ApiKeySetting>, key: Option<&str>) {
     let d: Value = s.engine.get_json(&format!("/{i}/_doc/d1")).await.unwrap();
     assert_eq!(d["_source"]["text"], "first", "unchanged: {d}");
     s.engine.send(EngineRequest::new(Method::DELETE, format!("/{i}"))).await.unwrap();
+}
+
+/// The pipeline API (`/_sidecar/pipeline[/{name}]`) changes what every replica embeds and creates
+/// indices: only an admin key on every index reaches it, under every spelling, also when the body
+/// names an index the key covers; a read, write or admin key on `sec-*` gets 403 naming the key.
+#[tokio::test]
+async fn the_pipeline_api_needs_admin_on_every_index_under_every_spelling() {
+    let keys = vec![
+        scoped("reader", "read-key", Scope::Read, &["sec-*"]),
+        scoped("writer", "write-key", Scope::Write, &["sec-*"]),
+        scoped("sec-admin", "sec-admin-key", Scope::Admin, &["sec-*"]),
+        ApiKeySetting::Plain(Secret::new("admin-key")),
+    ];
+    let s = sidecar_with("sec", keys, true).await;
+    let i = s.index.clone();
+    let (new, new_index) = (format!("{i}-p"), format!("{i}-p"));
+    let def = json!({"index": new_index, "model": "all-MiniLM-L6-v2", "fields": [{"source": ["text"], "vector": "v"}]});
+    let calls: Vec<(&str, Method, String, Body)> = vec![
+        ("list", Method::GET, "/_sidecar/pipeline".into(), Body::None),
+        ("get", Method::GET, format!("/_sidecar/pipeline/{i}"), Body::None),
+        ("put naming a covered index", Method::PUT, format!("/_sidecar/pipeline/{new}"), Body::Json(def)),
+        ("delete", Method::DELETE, format!("/_sidecar/pipeline/{new}"), Body::None),
+    ];
+    let who = [("reader", "read-key"), ("writer", "write-key"), ("sec-admin", "sec-admin-key"), ("key-3", "admin-key")];
+    for how in ["as is", "trailing slash", "double slash", "encoded underscore", "upper case"] {
+        for (what, method, path, body) in &calls {
+            let spelt = respell(path, how);
+            for (name, key) in who {
+                let allowed = key == "admin-key" && how != "upper case";
+                let (status, v) = s.call(Some(key), method.clone(), &spelt, body.clone()).await;
+                if allowed {
+                    assert!(status < 300, "{name} {what} {method} {spelt}: {status} {v}");
+                } else {
+                    assert_eq!(status, 403, "{name} {what} {method} {spelt} must be denied: {v}");
+                    assert!(v["error"]["reason"].as_str().unwrap().contains(name), "the reason names the key: {v}");
+                }
+            }
+        }
+    }
+    // the denied PUTs changed nothing: the last DELETE left no pipeline, and the index the
+    // allowed PUT created is the only trace
+    let (status, _) = s.call(Some("admin-key"), Method::GET, &format!("/_sidecar/pipeline/{new}"), Body::None).await;
+    assert_eq!(status, 404);
+    for index in [i, new_index] {
+        s.engine.send(EngineRequest::new(Method::DELETE, format!("/{index}"))).await.unwrap();
+    }
 }
 
 /// `path` spelt another way the engines read as the same request (`upper`: one they do not).
