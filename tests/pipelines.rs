@@ -10,10 +10,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{default_model_dir, engine_url, on_elasticsearch, ort_library, unique_index};
+use common::{default_model_dir, engine_url, on_elasticsearch, ort_library, unique_index, ServeProcess};
 use reqwest::Client;
 use semantic_sidecar::encoder::EncoderSet;
 use semantic_sidecar::engine::{EngineClient, EngineRequest};
@@ -28,63 +28,37 @@ fn int8_model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2-int8")
 }
 
-/// A `semantic-sidecar serve` process of the test's own.
-struct Sidecar {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Sidecar {
-    fn start(models: &[&Path], files: &[&Path]) -> Sidecar {
-        let dir = tempfile::tempdir().unwrap();
-        let url_file = dir.path().join("url");
-        let join = |v: Vec<String>| v.join(",");
-        let mut c = Command::new(env!("CARGO_BIN_EXE_semantic-sidecar"));
-        c.arg("serve")
-            .arg("--url-file")
-            .arg(&url_file)
-            .env("SIDECAR__ENGINE__URLS", engine_url())
-            .env("ORT_DYLIB_PATH", ort_library())
-            .env("SIDECAR__ENCODER__MODELS", join(models.iter().map(|m| m.display().to_string()).collect()))
-            .env("SIDECAR__INGEST__WATCH_INTERVAL", WATCH)
-            .env("SIDECAR__SERVER__LISTEN", "127.0.0.1:0")
-            .env("SIDECAR__LOG__LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        if !files.is_empty() {
-            c.env("SIDECAR__INGEST__PIPELINES", join(files.iter().map(|f| f.display().to_string()).collect()));
-        }
-        let child = c.spawn().unwrap();
-        let t = Instant::now();
-        while !url_file.exists() {
-            assert!(t.elapsed() < Duration::from_secs(60), "serve did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        // requests wait in the listener's backlog until the models are loaded and the store read
-        let url = std::fs::read_to_string(&url_file).unwrap().trim().to_string();
-        Sidecar { child, url, _dir: dir }
+/// A `serve` process on the engine under test with `models`, bootstrap `files`, and the short watch.
+fn sidecar(models: &[&Path], files: &[&Path]) -> ServeProcess {
+    let join = |v: &[&Path]| v.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(",");
+    let mut env = vec![
+        ("SIDECAR__ENGINE__URLS", engine_url()),
+        ("SIDECAR__ENCODER__MODELS", join(models)),
+        ("SIDECAR__INGEST__WATCH_INTERVAL", WATCH.to_string()),
+    ];
+    if !files.is_empty() {
+        env.push(("SIDECAR__INGEST__PIPELINES", join(files)));
     }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    ServeProcess::start(&env)
 }
 
 /// A sidecar in this process, serving the cluster's pipelines.
 async fn in_process(models: &[&Path]) -> (String, tokio::sync::oneshot::Sender<()>) {
+    in_process_with(models, &[]).await
+}
+
+/// [`in_process`] with more settings (`SIDECAR__…` pairs).
+async fn in_process_with(models: &[&Path], extra: &[(&str, &str)]) -> (String, tokio::sync::oneshot::Sender<()>) {
     let list = models.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(",");
     let (url, ort) = (engine_url(), ort_library());
-    let settings = common::encoder_settings(&[
-        ("SIDECAR__ENGINE__URLS", &url),
-        ("SIDECAR__ENCODER__MODELS", &list),
-        ("SIDECAR__ENCODER__ORT_LIBRARY", &ort),
+    let mut pairs = vec![
+        ("SIDECAR__ENGINE__URLS", url.as_str()),
+        ("SIDECAR__ENCODER__MODELS", list.as_str()),
+        ("SIDECAR__ENCODER__ORT_LIBRARY", ort.as_str()),
         ("SIDECAR__INGEST__WATCH_INTERVAL", WATCH),
-    ]);
+    ];
+    pairs.extend_from_slice(extra);
+    let settings = common::encoder_settings(&pairs);
     let engine = EngineClient::new(&settings.engine).unwrap();
     let metrics = Metrics::new();
     let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
@@ -203,11 +177,11 @@ async fn a_pipeline_put_through_one_sidecar_is_served_by_another_within_the_watc
         format!("name = '{boot}'\nindex = '{index}'\nmodel = 'all-MiniLM-L6-v2'\n[[fields]]\nsource = ['text']\nvector = 'v'\n")
     };
     std::fs::write(&file, boot_toml(&boot)).unwrap();
-    let (a, b) = tokio::task::block_in_place(|| (Sidecar::start(&[&model], &[&file]), Sidecar::start(&[&model], &[])));
+    let (a, b) = tokio::task::block_in_place(|| (sidecar(&[&model], &[&file]), sidecar(&[&model], &[])));
     wait_for("B serves the file A wrote to the cluster", Duration::from_secs(5), || served(&b.url, &boot)).await;
     let other = dir.path().join("other.toml");
     std::fs::write(&other, boot_toml("elsewhere")).unwrap();
-    let c = tokio::task::block_in_place(|| Sidecar::start(&[&model], &[&other]));
+    let c = tokio::task::block_in_place(|| sidecar(&[&model], &[&other]));
     let (_, ready) = call(reqwest::Method::GET, format!("{}/readyz", c.url), None).await;
     let notes = ready["pipelines"]["files"].to_string();
     assert!(notes.contains(&boot) && notes.contains("the cluster's is served"), "{ready}");
@@ -238,7 +212,7 @@ async fn a_pipeline_put_through_one_sidecar_is_served_by_another_within_the_watc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_reindex_flow_ends_served_through_the_alias_on_every_replica() {
     let model = default_model_dir();
-    let (a, b) = tokio::task::block_in_place(|| (Sidecar::start(&[&model], &[]), Sidecar::start(&[&model], &[])));
+    let (a, b) = tokio::task::block_in_place(|| (sidecar(&[&model], &[]), sidecar(&[&model], &[])));
     let articles = unique_index("articles");
     let live = format!("{articles}-live");
     plain_index(&articles, 40).await;
@@ -290,14 +264,7 @@ async fn the_readme_reindex_flow_ends_served_through_the_alias_on_every_replica(
         json!({"index": {"_index": live, "_id": "new-2"}}),
         json!({"title": "Bulk", "text": "Through the alias."})
     );
-    let r = Client::new()
-        .post(format!("{}/_bulk?refresh=true", b.url))
-        .header("content-type", "application/x-ndjson")
-        .body(bulk)
-        .send()
-        .await
-        .unwrap();
-    let r: Value = r.json().await.unwrap();
+    let r = common::post_ndjson(&format!("{}/_bulk?refresh=true", b.url), bulk).await;
     assert_eq!(r["errors"], false, "{r}");
     let got: Value = engine().get_json(&format!("/{live}/_doc/new-2")).await.unwrap();
     assert_eq!(vector(&got["_source"], "text_vector").len(), 384, "{got}");
@@ -437,8 +404,7 @@ async fn a_replica_without_the_pipelines_model_reports_it_and_refuses_its_writes
         .unwrap()
         .replace("name = \"all-MiniLM-L6-v2\"", &format!("name = \"{model_name}\""));
     std::fs::write(copy.path().join("model.toml"), manifest).unwrap();
-    let (a, b) =
-        tokio::task::block_in_place(|| (Sidecar::start(&[&src, copy.path()], &[]), Sidecar::start(&[&src], &[])));
+    let (a, b) = tokio::task::block_in_place(|| (sidecar(&[&src, copy.path()], &[]), sidecar(&[&src], &[])));
     let name = unique_index("nomodel");
     let (s, v) = put(&a.url, &name, &definition(&name, &model_name)).await;
     assert_eq!(s, 201, "{v}");
@@ -458,14 +424,7 @@ async fn a_replica_without_the_pipelines_model_reports_it_and_refuses_its_writes
     assert_eq!(s, 503, "{v}");
     assert!(v["error"]["reason"].as_str().unwrap().contains(&model_name), "{v}");
     let bulk = format!("{}\n{}\n", json!({"index": {"_index": name, "_id": "2"}}), json!({"title": "t", "text": "x"}));
-    let r = Client::new()
-        .post(format!("{}/_bulk", b.url))
-        .header("content-type", "application/x-ndjson")
-        .body(bulk)
-        .send()
-        .await
-        .unwrap();
-    let r: Value = r.json().await.unwrap();
+    let r = common::post_ndjson(&format!("{}/_bulk", b.url), bulk).await;
     assert_eq!(r["items"][0]["index"]["status"], 503, "{r}");
     let (s, v) =
         call(reqwest::Method::POST, format!("{}/search", b.url), Some(json!({"index": name, "query": "x"}))).await;
@@ -620,14 +579,7 @@ async fn data_stream(url: &str, u: &str) {
         json!({"create": {"_index": ds}}),
         json!({"@timestamp": "2026-12-07T00:00:00Z", "text": "data stream"})
     );
-    let r = Client::new()
-        .post(format!("{url}/_bulk?refresh=true"))
-        .header("content-type", "application/x-ndjson")
-        .body(bulk)
-        .send()
-        .await
-        .unwrap();
-    let r: Value = r.json().await.unwrap();
+    let r = common::post_ndjson(&format!("{url}/_bulk?refresh=true"), bulk).await;
     assert_eq!(r["errors"], false, "{r}");
     let got: Value = e.get_json(&format!("/{ds}/_search?q=text:stream")).await.unwrap();
     assert_eq!(vector(&got["hits"]["hits"][0]["_source"], "text_vector").len(), 384, "data stream: {got}");
@@ -682,22 +634,8 @@ async fn the_cli_puts_gets_lists_and_deletes_directly_and_through_a_sidecar() {
         tokio::task::block_in_place(|| cli(&["put", path, "--if-seq-no", "0", "--if-primary-term", "99"]));
     assert!(!ok && err.contains("changed since that version"), "{err}");
     // through a sidecar with a key: the admin API
-    let (url, _stop) = {
-        let (u, ort) = (engine_url(), ort_library());
-        let keys_json = r#"[{"name": "ops", "key": "ops-secret-0123456789", "scope": "admin", "indices": ["*"]}]"#;
-        let settings = common::encoder_settings(&[
-            ("SIDECAR__ENGINE__URLS", &u),
-            ("SIDECAR__ENCODER__ORT_LIBRARY", &ort),
-            ("SIDECAR__SERVER__API_KEYS", keys_json),
-        ]);
-        let engine = EngineClient::new(&settings.engine).unwrap();
-        let metrics = Metrics::new();
-        let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
-        let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
-        let state =
-            AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(Vec::new()).await;
-        http::serve_local(state).await.unwrap()
-    };
+    let keys = r#"[{"name": "ops", "key": "ops-secret-0123456789", "scope": "admin", "indices": ["*"]}]"#;
+    let (url, _stop) = in_process_with(&[&model], &[("SIDECAR__SERVER__API_KEYS", keys)]).await;
     let (ok, _, err) = tokio::task::block_in_place(|| cli(&["--sidecar", &url, "get", &name]));
     assert!(!ok && err.contains("401"), "no key, no pipelines: {err}");
     let (ok, v, err) =

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cosine, embed_passages, encoder_settings, engine_url, ort_library, unique_index, Fault, FaultProxy};
+use common::{
+    cosine, embed_passages, encoder_settings, engine_url, ort_library, unique_index, Fault, FaultProxy, ServeProcess,
+};
 use reqwest::Method;
 use semantic_sidecar::encoder::EncoderSet;
 use semantic_sidecar::engine::{EngineClient, EngineRequest};
@@ -548,48 +550,14 @@ async fn losing_a_node_of_three_keeps_reads_answering_and_the_reindex_exact() {
     exact(&engine, &target, n).await;
 }
 
-/// A `semantic-sidecar serve` process of the test's own (it can be SIGKILLed).
-struct ServeProcess {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl ServeProcess {
-    fn start(engine: &str, pipeline_file: &Path) -> ServeProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let url_file = dir.path().join("url");
-        let child = Command::new(env!("CARGO_BIN_EXE_semantic-sidecar"))
-            .arg("serve")
-            .arg("--url-file")
-            .arg(&url_file)
-            .env("SIDECAR__ENGINE__URLS", engine)
-            .env("ORT_DYLIB_PATH", ort_library())
-            .env("SIDECAR__ENCODER__MODELS", common::default_model_dir())
-            .env("SIDECAR__INGEST__PIPELINES", pipeline_file)
-            .env("SIDECAR__SERVER__LISTEN", "127.0.0.1:0")
-            .env("SIDECAR__REINDEX__LEASE", "3s")
-            .env("SIDECAR__LOG__LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        while !url_file.exists() {
-            assert!(t.elapsed() < Duration::from_secs(60), "serve did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        let url = std::fs::read_to_string(&url_file).unwrap().trim().to_string();
-        ServeProcess { child, url, _dir: dir }
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `serve` process on `engine` with the default model, `pipeline_file`, and a 3 s lease.
+fn serve_process(engine: &str, pipeline_file: &Path) -> ServeProcess {
+    ServeProcess::start(&[
+        ("SIDECAR__ENGINE__URLS", engine.to_string()),
+        ("SIDECAR__ENCODER__MODELS", common::default_model_dir().display().to_string()),
+        ("SIDECAR__INGEST__PIPELINES", pipeline_file.display().to_string()),
+        ("SIDECAR__REINDEX__LEASE", "3s".to_string()),
+    ])
 }
 
 /// Two sidecars on one cluster: the job runs on exactly one (its lease names it, the other does
@@ -604,7 +572,7 @@ async fn a_second_sidecar_adopts_the_job_of_a_killed_one_and_nothing_is_lost_or_
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.toml");
     std::fs::write(&file, pipeline_toml(&source)).unwrap();
-    let (a, b) = tokio::task::block_in_place(|| (ServeProcess::start(&url, &file), ServeProcess::start(&url, &file)));
+    let (a, b) = tokio::task::block_in_place(|| (serve_process(&url, &file), serve_process(&url, &file)));
     let mut a = a;
     let http = reqwest::Client::new();
     let job = |base: &str, id: &str| {

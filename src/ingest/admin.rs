@@ -91,31 +91,37 @@ impl Admin<'_> {
 
     /// Refuses a vector field whose model changes while the index holds its vectors.
     async fn check_model_change(&self, old: &Pipeline, new: &Pipeline) -> Result<(), CatalogError> {
-        let mut changed: Vec<(String, String, String)> = Vec::new();
-        for (i, f) in new.fields.iter().enumerate() {
-            if let Some(j) = old.fields.iter().position(|o| o.vector == f.vector) {
-                if old.field_model(j) != new.field_model(i) {
-                    changed.push((f.vector.clone(), old.field_model(j).to_string(), new.field_model(i).to_string()));
-                }
-            }
-        }
-        if let (Some(a), Some(b)) = (&old.chunking, &new.chunking) {
-            if a.passages_field == b.passages_field && old.model != new.model {
-                changed.push((format!("{}.vector", b.passages_field), old.model.clone(), new.model.clone()));
-            }
-        }
-        for (field, from, to) in changed {
-            let n = self.count(&new.index, Some(&has_vectors(new, &field))).await?;
-            if n > 0 {
-                return Err(CatalogError::Conflict(format!(
-                    "pipeline `{}`: `{field}` holds {n} vectors of model `{from}` in `{}`; changing it to `{to}` in place would mix two vector spaces. \
-                     Name a new vector field for `{to}` (it fills as documents are written, while [search] vector stays on `{field}`), \
-                     or reindex into a new index with the new definition: POST /_jobs/reindex {{\"pipeline\": \"{}\", \"definition\": {{…}}, \"alias\": \"…\"}}",
-                    new.name, new.index, new.name
-                )));
+        let was = vector_models(old);
+        for (field, to) in vector_models(new) {
+            if let Some(from) = was.get(&field).filter(|from| **from != to) {
+                self.refuse_if_holding(new, &new.index, &field, from, &to, false).await?;
             }
         }
         Ok(())
+    }
+
+    /// The 409 for `field` of `index` changing model `from` → `to` while it holds vectors
+    /// (`recorded`: the old model is the one the index's mapping records).
+    async fn refuse_if_holding(
+        &self,
+        p: &Pipeline,
+        index: &str,
+        field: &str,
+        from: &str,
+        to: &str,
+        recorded: bool,
+    ) -> Result<(), CatalogError> {
+        let n = self.count(index, Some(&has_vectors(p, field))).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let whose = if recorded { " (recorded in its mapping)" } else { "" };
+        Err(CatalogError::Conflict(format!(
+            "pipeline `{}`: `{field}` holds {n} vectors of model `{from}` in `{index}`{whose}; changing it to `{to}` in place would mix two vector spaces. \
+             Name a new vector field for `{to}` (it fills as documents are written, while [search] vector stays on `{field}`), \
+             or reindex into a new index with the new definition: POST /_jobs/reindex {{\"pipeline\": \"{}\", \"definition\": {{…}}, \"alias\": \"…\"}}",
+            p.name, p.name
+        )))
     }
 
     /// Documents of `index` (matching `query`); 0 when it does not exist.
@@ -172,15 +178,9 @@ impl Admin<'_> {
     async fn check_recorded_models(&self, p: &Pipeline, mapping: &Value) -> Result<(), CatalogError> {
         let want = vector_models(p);
         for (index, recorded) in recorded_models(mapping) {
-            for (field, model) in &want {
-                let Some(old) = recorded.get(field).filter(|old| *old != model) else { continue };
-                let n = self.count(&index, Some(&has_vectors(p, field))).await?;
-                if n > 0 {
-                    return Err(CatalogError::Conflict(format!(
-                        "pipeline `{}`: index `{index}` holds {n} `{field}` vectors of model `{old}` (recorded in its mapping); changing them to `{model}` in place would mix two vector spaces. \
-                         Name a new vector field for `{model}`, or reindex into a new index: POST /_jobs/reindex {{\"pipeline\": \"{}\", \"definition\": {{…}}, \"alias\": \"…\"}}",
-                        p.name, p.name
-                    )));
+            for (field, to) in &want {
+                if let Some(from) = recorded.get(field).filter(|from| *from != to) {
+                    self.refuse_if_holding(p, &index, field, from, to, true).await?;
                 }
             }
         }

@@ -229,7 +229,7 @@ impl Catalog {
                 .iter()
                 .map(|p| (p.name.clone(), Stored { pipeline: Arc::new(p.clone()), seq_no: 0, primary_term: 0 }))
                 .collect();
-            self.install(local);
+            self.install_with(local, BTreeMap::new());
             bootstrapped = false;
         }
         let weak: Weak<Catalog> = Arc::downgrade(self);
@@ -290,7 +290,7 @@ impl Catalog {
     /// Creates the store index (hidden, one shard, a replica only where a second node exists).
     async fn ensure_store(&self) -> Result<(), CatalogError> {
         let engine = self.engine()?;
-        let path = EnginePath::at_index(PIPELINES_INDEX).map_err(|e| CatalogError::Invalid(e.to_string()))?.build();
+        let path = EnginePath::root().index(&store_index()).build();
         let head = engine.send(EngineRequest::new(Method::HEAD, path.clone()).passthrough()).await?;
         if head.status.is_success() {
             return Ok(());
@@ -312,8 +312,8 @@ impl Catalog {
     /// Reads the store; installs a new snapshot when it changed. Returns whether it did.
     pub async fn reload(&self) -> Result<bool, CatalogError> {
         let engine = self.engine()?;
-        let path = EnginePath::at_index(PIPELINES_INDEX)
-            .map_err(|e| CatalogError::Invalid(e.to_string()))?
+        let path = EnginePath::root()
+            .index(&store_index())
             .api("_search")
             .param("seq_no_primary_term", "true")
             .param("size", &MAX_PIPELINES.to_string())
@@ -367,10 +367,6 @@ impl Catalog {
         Ok(true)
     }
 
-    fn install(&self, stored: BTreeMap<String, Stored>) {
-        self.install_with(stored, BTreeMap::new())
-    }
-
     fn install_with(&self, stored: BTreeMap<String, Stored>, invalid: BTreeMap<String, String>) {
         let mut snap = Snapshot { invalid, ..Snapshot::default() };
         for (name, s) in stored {
@@ -411,11 +407,8 @@ impl Catalog {
     pub async fn write(&self, p: &Pipeline, expect: Option<(u64, u64)>) -> Result<Stored, CatalogError> {
         let engine = self.engine()?;
         self.ensure_store().await?;
-        let mut path = EnginePath::at_index(PIPELINES_INDEX)
-            .map_err(|e| CatalogError::Invalid(e.to_string()))?
-            .api("_doc")
-            .id(&doc_id(&p.name)?)
-            .param("refresh", "true");
+        let mut path =
+            EnginePath::root().index(&store_index()).api("_doc").id(&doc_id(&p.name)?).param("refresh", "true");
         match expect {
             None => path = path.param("op_type", "create"),
             Some((seq, term)) => {

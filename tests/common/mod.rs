@@ -475,3 +475,47 @@ pub async fn engine_bulk(engine: &semantic_sidecar::engine::EngineClient, ndjson
         .unwrap();
     assert_eq!(r["errors"], false, "{r}");
 }
+
+/// A `semantic-sidecar serve` process of the test's own (killed on drop; `child` can be
+/// SIGKILLed): ONNX Runtime, loopback on port 0 and warn logs, then `env` on top (the engine URL,
+/// models, pipelines, ...). Requests made before it serves wait in its listener's backlog.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ServeProcess {
+    pub fn start(env: &[(&str, String)]) -> ServeProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let url_file = dir.path().join("url");
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_semantic-sidecar"));
+        c.arg("serve")
+            .arg("--url-file")
+            .arg(&url_file)
+            .env("ORT_DYLIB_PATH", ort_library())
+            .env("SIDECAR__SERVER__LISTEN", "127.0.0.1:0")
+            .env("SIDECAR__LOG__LEVEL", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let child = c.spawn().unwrap();
+        let t = std::time::Instant::now();
+        while !url_file.exists() {
+            assert!(t.elapsed() < std::time::Duration::from_secs(60), "serve did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let url = std::fs::read_to_string(&url_file).unwrap().trim().to_string();
+        ServeProcess { child, url, _dir: dir }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
