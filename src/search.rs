@@ -18,10 +18,14 @@ use crate::engine::dialect::Dialect;
 use crate::engine::path::{EnginePath, QueryString};
 use crate::engine::{EngineClient, EngineError, EngineRequest, EngineResponse};
 use crate::error::ErrorCode;
+use crate::ingest::catalog::CatalogError;
+use crate::ingest::inference::Endpoints;
 use crate::ingest::owner::{Owner, Owners, ReadOwner};
-use crate::query::answer::{engine_hits, leg_of, sidecar_page, Leg};
+use crate::query::answer::{engine_hits, item_error, leg_of, sidecar_page, union_total, Leg};
+use crate::query::params::{filter_path, fused_params, FusedParams};
 use crate::query::build::{self, Capabilities};
 use crate::query::compat::{self, HybridClause, Rewrite, CONFLICTING_KEYS};
+use crate::query::retriever::{self, LeafKind};
 use crate::query::fusion::Fusion;
 use crate::query::request::{self, Mode, Plan, QueryError, Resolved, SearchRequest, Target};
 use crate::settings::SearchSettings;
@@ -70,6 +74,43 @@ pub enum EsAnswer {
     Json(Value),
 }
 
+/// Keys of a fused search's body that shape each hit, so both legs get them (the rest, such as
+/// aggregations and `track_total_hits`, only the BM25 leg, whose answer carries them).
+const HIT_KEYS: &[&str] = &[
+    "timeout",
+    "terminate_after",
+    "version",
+    "seq_no_primary_term",
+    "stored_fields",
+    "docvalue_fields",
+    "fields",
+    "explain",
+    "runtime_mappings",
+    "track_scores",
+];
+
+/// The body keys a retriever search the sidecar fuses takes.
+const RETRIEVER_BODY_KEYS: &[&str] = &[
+    "retriever",
+    "size",
+    "from",
+    "_source",
+    "highlight",
+    "aggs",
+    "aggregations",
+    "track_total_hits",
+    "timeout",
+    "terminate_after",
+    "version",
+    "seq_no_primary_term",
+    "stored_fields",
+    "docvalue_fields",
+    "fields",
+    "explain",
+    "runtime_mappings",
+    "track_scores",
+];
+
 /// Most hybrid clauses nested in one `_search` body (each is a query text to encode).
 const MAX_NESTED_HYBRID: usize = 16;
 
@@ -80,6 +121,8 @@ pub struct Searcher {
     owners: Arc<Owners>,
     limits: SearchSettings,
     caps: OnceCell<Capabilities>,
+    /// The `_inference` endpoints (cluster state), which `query_vector_builder` may name.
+    endpoints: Endpoints,
     /// OpenSearch search pipelines already put by this process.
     made: Mutex<BTreeSet<String>>,
 }
@@ -103,7 +146,13 @@ fn fusion_info(plan: &Plan) -> Value {
 
 impl Searcher {
     pub fn new(engine: EngineClient, encoders: Arc<EncoderSet>, owners: Arc<Owners>, limits: SearchSettings) -> Self {
-        Searcher { engine, encoders, owners, limits, caps: OnceCell::new(), made: Mutex::new(BTreeSet::new()) }
+        let endpoints = Endpoints::new(Some(engine.clone()), encoders.clone());
+        Searcher { engine, encoders, owners, limits, caps: OnceCell::new(), endpoints, made: Mutex::new(BTreeSet::new()) }
+    }
+
+    /// The `_inference` endpoints this searcher resolves model ids with.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
     }
 
     /// The index name a `/search` request's `index` means: itself, unless it is no pipeline's
@@ -297,34 +346,71 @@ impl Searcher {
         Ok(times.time(SearchStage::Fusion, || resp.json())?)
     }
 
-    /// Runs the legs a plan needs (one `_msearch` for two); `extra` joins the BM25 leg's body.
+    /// Runs the legs a plan needs (one `_msearch` for two); `extra` joins the BM25 leg's body
+    /// (its keys that shape hits, [`HIT_KEYS`], the kNN leg's too), `params` the URL's.
     async fn legs(
         &self,
         plan: &Plan,
         vector: Option<&[f32]>,
         dialect: Dialect,
         extra: Option<&Map<String, Value>>,
+        params: Option<&FusedParams>,
         times: &mut StageTimes,
     ) -> Result<(Option<Leg>, Option<Leg>, Value), SearchError> {
-        let mut bodies = Vec::new();
-        if plan.mode != Mode::Knn {
-            let mut b = build::bm25_leg(plan, plan.k);
+        let join = |b: &mut Value, all: bool| {
             if let (Some(m), Some(extra)) = (b.as_object_mut(), extra) {
-                for (k, v) in extra {
+                for (k, v) in extra.iter().filter(|(k, _)| all || HIT_KEYS.contains(&k.as_str())) {
                     m.entry(k.clone()).or_insert_with(|| v.clone());
                 }
             }
+        };
+        let mut bodies = Vec::new();
+        if plan.mode != Mode::Knn {
+            let mut b = build::bm25_leg(plan, plan.k);
+            join(&mut b, true);
             bodies.push(b);
         }
         if let (Some(v), true) = (vector, plan.mode != Mode::Bm25) {
-            bodies.push(build::knn_leg(plan, v, dialect, plan.k));
+            let mut b = build::knn_leg(plan, v, dialect, plan.k);
+            join(&mut b, false);
+            bodies.push(b);
         }
-        let ndjson = build::msearch(plan, &bodies);
-        let req = EngineRequest::new(Method::POST, "/_msearch").ndjson(Bytes::from(ndjson)).idempotent(true);
-        let resp = self.engine_send(req, times).await?;
+        let mut header = Map::new();
+        header.insert("index".into(), json!(plan.target.index));
+        let mut url = QueryString::default();
+        if let Some(p) = params {
+            header.extend(p.header.clone());
+            p.url.iter().for_each(|(k, v)| url.push(k, v));
+        }
+        let mut items = self.msearch(&header, &bodies, &url, times).await?;
         let started = Instant::now();
-        let mut body: Value = resp.json()?;
-        let mut items = match body.get_mut("responses").map(Value::take) {
+        let mut legs = Vec::new();
+        for item in &mut items {
+            legs.push(leg_of(item).map_err(|(t, r)| rejected(400, t, r))?);
+        }
+        let mut it = legs.into_iter();
+        let bm25 = if plan.mode != Mode::Knn { it.next() } else { None };
+        let knn = if plan.mode != Mode::Bm25 { it.next() } else { None };
+        let first = items.into_iter().next().unwrap_or(Value::Null);
+        times.add(SearchStage::Fusion, started.elapsed());
+        Ok((bm25, knn, first))
+    }
+
+    /// One `_msearch` of `bodies`, each under `header`, with the URL's `url`: the answers in
+    /// order; the first failed one is the error (with its status).
+    async fn msearch(
+        &self,
+        header: &Map<String, Value>,
+        bodies: &[Value],
+        url: &QueryString,
+        times: &mut StageTimes,
+    ) -> Result<Vec<Value>, SearchError> {
+        let ndjson = build::msearch_with(&Value::Object(header.clone()), bodies);
+        let path = EnginePath::root().api("_msearch").query(url).build();
+        let req = EngineRequest::new(Method::POST, path).ndjson(Bytes::from(ndjson)).idempotent(true);
+        let resp = self.engine_send(req, times).await?;
+        let mut body: Value = times.time(SearchStage::Fusion, || resp.json())?;
+        let items = match body.get_mut("responses").map(Value::take) {
             Some(Value::Array(items)) => items,
             _ => Vec::new(),
         };
@@ -336,17 +422,13 @@ impl Searcher {
             ))
             .into());
         }
-        let mut legs = Vec::new();
-        for item in &mut items {
-            let status = item.get("status").and_then(Value::as_u64).unwrap_or(400) as u16;
-            legs.push(leg_of(item).map_err(|(t, r)| rejected(status, t, r))?);
+        for item in &items {
+            if let Some((t, r)) = item_error(item) {
+                let status = item.get("status").and_then(Value::as_u64).unwrap_or(400) as u16;
+                return Err(rejected(status, t, r).into());
+            }
         }
-        let mut it = legs.into_iter();
-        let bm25 = if plan.mode != Mode::Knn { it.next() } else { None };
-        let knn = if plan.mode != Mode::Bm25 { it.next() } else { None };
-        let first = items.into_iter().next().unwrap_or(Value::Null);
-        times.add(SearchStage::Fusion, started.elapsed());
-        Ok((bm25, knn, first))
+        Ok(items)
     }
 
     /// Puts an OpenSearch search pipeline once per process (PUT is idempotent).
@@ -446,7 +528,7 @@ impl Searcher {
             let (resp, info) = self.engine_fused(plan, v, caps, None, None, times).await?;
             let legs = match plan.explain {
                 true => {
-                    let (b, k, _) = self.legs(plan, Some(v), caps.info.dialect, None, times).await?;
+                    let (b, k, _) = self.legs(plan, Some(v), caps.info.dialect, None, None, times).await?;
                     b.zip(k)
                 }
                 false => None,
@@ -464,7 +546,7 @@ impl Searcher {
                 },
             }));
         }
-        let (bm25, knn, _) = self.legs(plan, vector, caps.info.dialect, None, times).await?;
+        let (bm25, knn, _) = self.legs(plan, vector, caps.info.dialect, None, None, times).await?;
         let page = times.time(SearchStage::Fusion, || sidecar_page(plan, bm25.as_ref(), knn.as_ref(), plan.k));
         Ok(json!({
             "took": started.elapsed().as_millis() as u64,
@@ -483,6 +565,11 @@ impl Searcher {
     /// pipeline's `auto_hybrid`); a body it would refuse counts as rewritten, so that the
     /// refusal comes from there.
     pub async fn rewrites(&self, index: &str, body: &Value) -> Result<bool, SearchError> {
+        if body.get("retriever").is_some_and(retriever::needs_fusion)
+            || compat::vector_builders(body).map_or(true, |b| !b.is_empty())
+        {
+            return Ok(true);
+        }
         let auto = self.auto_hybrid(index).await?;
         Ok(!matches!(compat::analyse(body, auto.as_ref().map(|t| t.text_fields.as_slice())), Ok(Rewrite::Passthrough)))
     }
@@ -529,6 +616,28 @@ impl Searcher {
                 Err(e) => return Err(QueryError::Invalid(format!("the search body is not JSON: {e}")).into()),
             }
         };
+        let mut parsed = parsed;
+        let resolved = match parsed.as_mut() {
+            Some(v) => self.resolve_builders(v, times).await?,
+            None => false,
+        };
+        if let Some(Value::Object(m)) = &parsed {
+            let caps = self.capabilities().await?;
+            if m.contains_key("retriever") && caps.info.dialect == Dialect::Opensearch {
+                return Err(QueryError::Invalid(
+                    "`retriever` is Elasticsearch's API; OpenSearch has none: use the sidecar's hybrid clause ({\"query\": {\"hybrid\": {\"query\": \"...\"}}})".into(),
+                )
+                .into());
+            }
+            if m.get("retriever").is_some_and(retriever::needs_fusion) && !caps.engine_runs_retrievers() {
+                let resp = self.run_retriever(index, m.clone(), query_string, started, times).await?;
+                return Ok(EsAnswer::Json(resp));
+            }
+        }
+        let body = match (&parsed, resolved) {
+            (Some(v), true) => Bytes::from(v.to_string()),
+            _ => body,
+        };
         let rewrite = match &parsed {
             None => Rewrite::Passthrough,
             Some(v) => {
@@ -556,6 +665,118 @@ impl Searcher {
                 Ok(EsAnswer::Json(resp))
             }
         }
+    }
+
+    /// Replaces every `query_vector_builder.text_embedding` in `body` by the `query_vector` of
+    /// its `model_text`, embedded by the model its `model_id` names (an inference endpoint or a
+    /// model of this sidecar); an id neither names is left to an engine with machine learning,
+    /// and refused (400, naming the known ones) by one without. Returns whether it changed
+    /// anything.
+    async fn resolve_builders(&self, body: &mut Value, times: &mut StageTimes) -> Result<bool, SearchError> {
+        let found = compat::vector_builders(body)?;
+        if found.is_empty() {
+            return Ok(false);
+        }
+        let mut changed = false;
+        for b in found {
+            let model = match self.endpoints.model_for(&b.model_id).await {
+                Ok(m) => m,
+                Err(CatalogError::Invalid(_)) if self.capabilities().await?.engine_serves_ml() => continue,
+                Err(CatalogError::Invalid(why)) => {
+                    return Err(QueryError::Invalid(format!("query_vector_builder at {}: {why}", b.at)).into())
+                }
+                Err(CatalogError::Engine(e)) => return Err(e.into()),
+                Err(e) => return Err(SearchError::Unavailable(e.to_string())),
+            };
+            let vector = self.encode_query(&model, &b.text, times).await?;
+            compat::set_query_vector(body, &b.at, &vector);
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// A search whose `retriever` holds `rrf` or `linear` on a cluster that cannot run them:
+    /// the leaves in one `_msearch` (with the URL's parameters, [`fused_params`]), fused by
+    /// [`retriever::answer`] into Elasticsearch's shape.
+    async fn run_retriever(
+        &self,
+        index: &str,
+        mut body: Map<String, Value>,
+        query_string: &QueryString,
+        started: Instant,
+        times: &mut StageTimes,
+    ) -> Result<Value, SearchError> {
+        let params = fused_params(query_string.pairs())?;
+        body.extend(params.body.clone());
+        if let Some(k) = body.keys().find(|k| !RETRIEVER_BODY_KEYS.contains(&k.as_str())) {
+            return Err(QueryError::Invalid(format!(
+                "`{k}` cannot be combined with a retriever that the sidecar fuses (known: {})",
+                RETRIEVER_BODY_KEYS.join(", ")
+            ))
+            .into());
+        }
+        let count = |k: &str, d: usize| -> Result<usize, QueryError> {
+            match body.get(k) {
+                None | Some(Value::Null) => Ok(d),
+                Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| QueryError::Invalid(format!("`{k}` must be a non-negative integer"))),
+            }
+        };
+        let (size, from) = (count("size", 10)?, count("from", 0)?);
+        if from.saturating_add(size) > self.limits.max_k {
+            return Err(QueryError::Limit(format!("`from` + `size` ({}) is more than {}", from + size, self.limits.max_k)).into());
+        }
+        let plan = retriever::plan(&body["retriever"], from, size)?;
+        let mut bodies: Vec<Value> = plan
+            .leaves
+            .iter()
+            .map(|leaf| {
+                let mut b = leaf.body.clone();
+                for (k, v) in &body {
+                    let shared = HIT_KEYS.contains(&k.as_str()) || k == "_source" || k == "track_total_hits";
+                    if shared || (k == "highlight" && leaf.kind == LeafKind::Standard) {
+                        b[k.as_str()] = v.clone();
+                    }
+                }
+                b
+            })
+            .collect();
+        let aggs = body.get("aggs").or_else(|| body.get("aggregations"));
+        let with_aggs = match aggs.and_then(|a| retriever::aggs_body(&plan, a)) {
+            Some(mut a) => {
+                for k in ["track_total_hits", "timeout", "runtime_mappings"] {
+                    if let Some(v) = body.get(k) {
+                        a[k] = v.clone();
+                    }
+                }
+                bodies.push(a);
+                true
+            }
+            None => false,
+        };
+        let mut header = Map::new();
+        header.insert("index".into(), json!(index));
+        header.extend(params.header.clone());
+        let mut url = QueryString::default();
+        params.url.iter().for_each(|(k, v)| url.push(k, v));
+        let mut items = self.msearch(&header, &bodies, &url, times).await?;
+        let aggs_answer = if with_aggs { items.pop() } else { None };
+        let untracked = body.get("track_total_hits") == Some(&Value::Bool(false));
+        Ok(times.time(SearchStage::Fusion, || {
+            let mut v = retriever::answer(&plan, items, aggs_answer, from, size);
+            v["took"] = json!(started.elapsed().as_millis() as u64);
+            if let Some(h) = v.get_mut("hits").and_then(Value::as_object_mut) {
+                if untracked {
+                    h.remove("total");
+                } else if params.total_as_int {
+                    let n = h.get("total").and_then(|t| t.get("value")).cloned().unwrap_or(json!(0));
+                    h.insert("total".into(), n);
+                }
+            }
+            match &params.filter_path {
+                Some(spec) => filter_path(v, spec),
+                None => v,
+            }
+        }))
     }
 
     /// The search body with each hybrid clause nested in it (by JSON pointer) replaced by its
@@ -602,7 +823,8 @@ impl Searcher {
     }
 
     /// A search whose whole query is a hybrid clause (or rewritten into one): the engine fuses
-    /// where the plan says so, else the sidecar fuses the two legs into an `_search` answer.
+    /// where the plan says so, else the sidecar fuses the two legs into an `_search` answer,
+    /// honouring every URL parameter ([`fused_params`]).
     async fn top_level_hybrid(
         &self,
         index: &str,
@@ -618,6 +840,9 @@ impl Searcher {
             ))
             .into());
         }
+        let params = fused_params(query_string.pairs())?;
+        // the URL wins over the body, as on the engines
+        rest.extend(params.body.clone());
         let plan = self.plan(clause.to_request(index, &rest)?, times).await?;
         for k in ["size", "from", "_source", "highlight"] {
             rest.remove(k);
@@ -632,23 +857,29 @@ impl Searcher {
             }
             return Ok(resp);
         }
-        let (bm25, knn, first) = self.legs(&plan, vector.as_deref(), caps.info.dialect, Some(&rest), times).await?;
-        let page = times.time(SearchStage::Fusion, || sidecar_page(&plan, bm25.as_ref(), knn.as_ref(), plan.k));
-        let mut resp = first;
-        if let Some(m) = resp.as_object_mut() {
-            m.remove("status");
-            m.insert("took".into(), json!(started.elapsed().as_millis() as u64));
-        }
-        if let Some(h) = resp.get_mut("hits").and_then(Value::as_object_mut) {
-            h.insert("max_score".into(), json!(page.max_score));
-            h.insert("hits".into(), Value::Array(page.hits));
-            if plan.mode == Mode::Knn {
-                h.insert(
-                    "total".into(),
-                    json!({"value": page.total, "relation": if page.truncated { "gte" } else { "eq" }}),
-                );
+        let (bm25, knn, first) =
+            self.legs(&plan, vector.as_deref(), caps.info.dialect, Some(&rest), Some(&params), times).await?;
+        Ok(times.time(SearchStage::Fusion, || {
+            let page = sidecar_page(&plan, bm25.as_ref(), knn.as_ref(), plan.k);
+            let total = union_total(&page, bm25.as_ref(), knn.as_ref());
+            let mut resp = first;
+            if let Some(m) = resp.as_object_mut() {
+                m.remove("status");
+                m.insert("took".into(), json!(started.elapsed().as_millis() as u64));
             }
-        }
-        Ok(resp)
+            if let Some(h) = resp.get_mut("hits").and_then(Value::as_object_mut) {
+                h.insert("max_score".into(), json!(page.max_score));
+                h.insert("hits".into(), Value::Array(page.hits));
+                match total {
+                    Some(t) if params.total_as_int => h.insert("total".into(), t.get("value").cloned().unwrap_or(t)),
+                    Some(t) => h.insert("total".into(), t),
+                    None => h.remove("total"),
+                };
+            }
+            match &params.filter_path {
+                Some(spec) => filter_path(resp, spec),
+                None => resp,
+            }
+        }))
     }
 }

@@ -121,6 +121,10 @@ impl Sidecar {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    async fn post_status(&self, path: String, body: Value) -> (u16, Value) {
+        self.post(&path, &body).await
+    }
+
     async fn search(&self, body: Value) -> Value {
         let mut body = body;
         body["index"] = json!(self.index);
@@ -395,6 +399,69 @@ async fn es_compatible_search_passes_through_rewrites_the_clause_and_keeps_aggre
         s.post(&format!("/{i}/_search"), &json!({"query": {"match": {"group": "odd"}}, "size": 200})).await;
     assert!(other["hits"]["hits"].as_array().unwrap().iter().all(|h| h["_source"]["group"] == "odd"));
     assert!(other["hits"]["hits"][0].get("passage").is_none(), "passed through, not rewritten");
+}
+
+/// Every URL parameter of a search the sidecar fuses is honoured where the engines put it, or
+/// refused with a 400 naming it; `hits.total` counts the union of the legs.
+#[tokio::test]
+async fn a_fused_search_honours_every_url_parameter_and_counts_the_union() {
+    let s = fixture().await;
+    let i = s.index.clone();
+    let body = json!({
+        "query": {"hybrid": {"query": "stem cells", "fusion": {"rrf": {}}}},
+        "aggs": {"groups": {"terms": {"field": "group.keyword"}}},
+    });
+    let get = |q: &str| s.post_status(format!("/{i}/_search?{q}"), body.clone());
+    // size and from from the URL (they win over the body's, as on the engines)
+    let (st, v) = get("size=3&from=2").await;
+    assert_eq!(st, 200, "{v}");
+    let same = s.search(json!({"query": "stem cells", "size": 3, "from": 2, "fusion": {"rrf": {}}})).await;
+    assert_eq!(ids(&v), ids(&same));
+    // typed_keys: the aggregation named by its type, as the Java client needs to read it
+    let (_, v) = get("typed_keys=true").await;
+    assert!(v["aggregations"]["sterms#groups"]["buckets"].is_array(), "{v}");
+    // filter_path, applied by the sidecar to the answer it shaped
+    let (_, v) = get("filter_path=hits.hits._id,hits.total&size=2").await;
+    assert_eq!(v.as_object().unwrap().keys().collect::<Vec<_>>(), ["hits"], "{v}");
+    assert_eq!(v["hits"]["hits"][0].as_object().unwrap().len(), 1, "{v}");
+    let (_, v) = get("filter_path=-hits.hits._source,-aggregations&size=2").await;
+    assert!(v.get("aggregations").is_none() && v["hits"]["hits"][0].get("_source").is_none(), "{v}");
+    assert!(v["hits"]["hits"][0]["_id"].is_string(), "{v}");
+    // _source filtering from the URL
+    let (_, v) = get("_source=title").await;
+    let keys: Vec<&String> = v["hits"]["hits"][0]["_source"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["title"], "{v}");
+    let (_, v) = get("_source_excludes=text,title").await;
+    assert!(v["hits"]["hits"][0]["_source"].get("text").is_none() && v["hits"]["hits"][0]["_source"]["group"].is_string());
+    let (_, v) = get("_source=false").await;
+    assert!(v["hits"]["hits"][0].get("_source").is_none(), "{v}");
+    // totals: the union of the legs, as a number with rest_total_hits_as_int, absent untracked
+    let (_, v) = get("size=100").await;
+    let t = &v["hits"]["total"];
+    let distinct = ids(&v).len() as u64;
+    assert!(t["value"].as_u64().unwrap() >= distinct && distinct > 0, "{t} for {distinct} hits");
+    let bm25_only: Value = s
+        .engine
+        .send(EngineRequest::new(Method::POST, format!("/{i}/_count")).json(&json!({"query": {"multi_match": {"query": "stem cells", "fields": ["title^2", "text"]}}})))
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(t["value"].as_u64().unwrap() >= bm25_only["count"].as_u64().unwrap(), "{t} vs {bm25_only}");
+    let (_, v) = get("rest_total_hits_as_int=true").await;
+    assert!(v["hits"]["total"].is_u64(), "{v}");
+    let (_, v) = get("track_total_hits=false").await;
+    assert!(v["hits"].get("total").is_none(), "{v}");
+    // routing, preference, timeout, version: honoured, not refused
+    let (st, v) = get("routing=r1&preference=_local&timeout=5s&version=true&request_cache=false").await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["hits"]["hits"].as_array().unwrap().iter().all(|h| h["_version"].is_u64()), "{v}");
+    // what a fused search cannot honour: a 400 naming the parameter, never ignored
+    for (q, name) in [("scroll=1m", "scroll"), ("sort=title", "sort"), ("q=cells", "q"), ("nope=1", "nope")] {
+        let (st, v) = get(q).await;
+        assert_eq!(st, 400, "{q}: {v}");
+        assert!(v["error"]["reason"].as_str().unwrap().contains(&format!("`{name}`")), "{q}: {v}");
+    }
 }
 
 #[tokio::test]

@@ -157,6 +157,11 @@ impl QueryString {
         self.0.push((key.to_string(), value.to_string()));
     }
 
+    /// The parameters, in the client's order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     fn encoded(&self) -> Option<String> {
         if self.0.is_empty() {
             return None;

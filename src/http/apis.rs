@@ -149,6 +149,13 @@ pub static APIS: &[Api] = &[
     api!("reindex job", G | D, [L("_jobs"), N], Admin, B::None, All),
     api!("sidecar pipelines", G, [L("_sidecar"), L("pipeline")], Admin, B::None, All),
     api!("sidecar pipeline", G | U | D, [L("_sidecar"), L("pipeline"), N], Admin, B::None, All),
+    // Elasticsearch's inference API (text embeddings): reading and embedding need read,
+    // changing the endpoints (cluster state) admin on every index
+    api!("inference endpoints", G, [L("_inference")], Read, B::None, Named),
+    api!("inference endpoint", G | P, [L("_inference"), N], Read, B::None, Named),
+    api!("inference endpoint", U | D, [L("_inference"), N], Admin, B::None, All),
+    api!("inference endpoint", G | P, [L("_inference"), N, N], Read, B::None, Named),
+    api!("inference endpoint", U | D, [L("_inference"), N, N], Admin, B::None, All),
     // scroll and point in time, before the searches whose paths they extend
     api!("clear every scroll", D, [L("_search"), L("scroll"), L("_all")], Admin, B::None, All),
     api!("scroll", G | P | D, [L("_search"), L("scroll")], Read, B::Scroll, Named),

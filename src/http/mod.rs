@@ -9,7 +9,8 @@
 //! served here and those that are not, with why),
 //! `GET /metrics` (Prometheus text), the embedding APIs of [`embed`], the ES-compatible write
 //! APIs of [`ingest`], the search APIs of [`search`], the reindex jobs of [`jobs`], the pipeline API of
-//! [`pipelines`] (`/_sidecar/pipeline`), and every other
+//! [`pipelines`] (`/_sidecar/pipeline`), Elasticsearch's `_inference` text embeddings of
+//! [`inference`], and every other
 //! engine API forwarded unchanged for official clients in [`passthrough`]. Who may call what:
 //! [`auth`].
 //!
@@ -28,6 +29,7 @@ pub mod canonical;
 pub mod embed;
 pub mod error;
 pub mod handles;
+pub mod inference;
 pub mod ingest;
 pub mod jobs;
 pub mod middleware;
@@ -190,6 +192,12 @@ pub fn router(state: AppState) -> Router {
         .route("/_jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/_sidecar/pipeline", get(pipelines::list))
         .route("/_sidecar/pipeline/{name}", get(pipelines::get).put(pipelines::put).delete(pipelines::delete))
+        .route("/_inference", get(inference::list))
+        .route("/_inference/{id}", get(inference::one).put(inference::one).post(inference::one).delete(inference::one))
+        .route(
+            "/_inference/{task}/{id}",
+            get(inference::two).put(inference::two).post(inference::two).delete(inference::two),
+        )
         .route("/_search", get(search::search_all).post(search::search_all))
         .route("/{index}/_search", get(search::search_index).post(search::search_index))
         .route("/", get(passthrough::root).head(passthrough::root))

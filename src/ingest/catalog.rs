@@ -287,26 +287,12 @@ impl Catalog {
         Ok(())
     }
 
-    /// Creates the store index (hidden, one shard, a replica only where a second node exists).
+    /// Creates the store index.
     async fn ensure_store(&self) -> Result<(), CatalogError> {
-        let engine = self.engine()?;
-        let path = EnginePath::root().index(&store_index()).build();
-        let head = engine.send(EngineRequest::new(Method::HEAD, path.clone()).passthrough()).await?;
-        if head.status.is_success() {
-            return Ok(());
-        }
-        let body = json!({
-            "settings": {"index": {"hidden": true, "number_of_shards": 1, "auto_expand_replicas": "0-1"}},
-            "mappings": {"dynamic": false, "properties": {
-                "name": {"type": "keyword"}, "index": {"type": "keyword"}, "updated_ms": {"type": "long"},
-                "definition": {"type": "object", "enabled": false}}},
-        });
-        let r = engine.send(EngineRequest::new(Method::PUT, path).json(&body).passthrough()).await?;
-        // another replica may have created it meanwhile
-        if !r.status.is_success() && !String::from_utf8_lossy(&r.body).contains("already_exists") {
-            return Err(EngineError::from_answer(r.status.as_u16(), &r.body).into());
-        }
-        Ok(())
+        let properties = json!({
+            "name": {"type": "keyword"}, "index": {"type": "keyword"}, "updated_ms": {"type": "long"},
+            "definition": {"type": "object", "enabled": false}});
+        Ok(ensure_hidden_index(self.engine()?, &store_index(), properties).await?)
     }
 
     /// Reads the store; installs a new snapshot when it changed. Returns whether it did.
@@ -464,6 +450,30 @@ impl Catalog {
             s => Err(EngineError::from_answer(s, &r.body).into()),
         }
     }
+}
+
+/// Creates a store index of the sidecar's shared state when it is missing: hidden, one shard,
+/// a replica only where a second node exists, no dynamic mapping. Another replica creating it
+/// meanwhile is fine.
+pub async fn ensure_hidden_index(
+    engine: &EngineClient,
+    index: &crate::types::name::IndexName,
+    properties: Value,
+) -> Result<(), EngineError> {
+    let path = EnginePath::root().index(index).build();
+    let head = engine.send(EngineRequest::new(Method::HEAD, path.clone()).passthrough()).await?;
+    if head.status.is_success() {
+        return Ok(());
+    }
+    let body = json!({
+        "settings": {"index": {"hidden": true, "number_of_shards": 1, "auto_expand_replicas": "0-1"}},
+        "mappings": {"dynamic": false, "properties": properties},
+    });
+    let r = engine.send(EngineRequest::new(Method::PUT, path).json(&body).passthrough()).await?;
+    if !r.status.is_success() && !String::from_utf8_lossy(&r.body).contains("already_exists") {
+        return Err(EngineError::from_answer(r.status.as_u16(), &r.body));
+    }
+    Ok(())
 }
 
 fn store_index() -> crate::types::name::IndexName {

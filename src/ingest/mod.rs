@@ -7,6 +7,8 @@
 //!   item-level 429 retries;
 //! - [`admin`]: the checked changes of the pipeline API (model changes, the index's mapping);
 //! - [`catalog`]: the live pipeline set, stored in the cluster and followed by every replica;
+//! - [`inference`]: the `_inference` text-embedding endpoints, stored in the cluster beside the
+//!   pipelines;
 //! - [`owner`]: which pipeline owns a name (index, alias, data stream, date math, patterns), for
 //!   writes and reads.
 //!
@@ -16,6 +18,7 @@
 pub mod admin;
 pub mod bulk;
 pub mod catalog;
+pub mod inference;
 pub mod mapping;
 pub mod owner;
 pub mod writer;

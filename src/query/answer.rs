@@ -16,14 +16,20 @@ pub struct Leg {
     pub total: Option<Value>,
 }
 
+/// The `(type, reason)` of an `_msearch` item that failed (its root cause's, where it has one).
+pub fn item_error(resp: &Value) -> Option<(String, String)> {
+    let e = resp.get("error")?;
+    let root = e.get("root_cause").and_then(|r| r.get(0)).unwrap_or(e);
+    let field = |k: &str| root.get(k).or_else(|| e.get(k)).and_then(Value::as_str).unwrap_or("").to_string();
+    let reason = if field("reason").is_empty() { e.to_string() } else { field("reason") };
+    Some((field("type"), reason))
+}
+
 /// Reads a leg, moving its hits out of `resp` (they are most of an answer's bytes: no copy of
 /// them is made); an `error` item becomes its `(type, reason)`.
 pub fn leg_of(resp: &mut Value) -> Result<Leg, (String, String)> {
-    if let Some(e) = resp.get("error") {
-        let root = e.get("root_cause").and_then(|r| r.get(0)).unwrap_or(e);
-        let field = |k: &str| root.get(k).or_else(|| e.get(k)).and_then(Value::as_str).unwrap_or("").to_string();
-        let reason = if field("reason").is_empty() { e.to_string() } else { field("reason") };
-        return Err((field("type"), reason));
+    if let Some(e) = item_error(resp) {
+        return Err(e);
     }
     let hits = match resp.pointer_mut("/hits/hits").map(Value::take) {
         Some(Value::Array(hits)) => hits,
@@ -165,6 +171,27 @@ pub fn sidecar_page(plan: &Plan, bm25: Option<&Leg>, knn: Option<&Leg>, depth: u
     Page { hits, total: fused.len(), truncated, max_score: fused.first().map(|f| f.score) }
 }
 
+/// `hits.total` of a fused page: the union of what the legs matched. Exact when no leg was cut
+/// at its depth; otherwise a lower bound (`gte`): the larger of the fused list and each leg's
+/// own total. One leg alone keeps its own total; `None` when the engine counted nothing
+/// (`track_total_hits: false` on the BM25 leg).
+pub fn union_total(page: &Page, bm25: Option<&Leg>, knn: Option<&Leg>) -> Option<Value> {
+    let value = |l: &Leg| l.total.as_ref().and_then(|t| t.get("value").and_then(Value::as_u64).or(t.as_u64()));
+    match (bm25, knn) {
+        (Some(b), None) => b.total.clone(),
+        (None, Some(_)) => Some(json!({"value": page.total, "relation": if page.truncated { "gte" } else { "eq" }})),
+        (Some(b), Some(k)) => {
+            b.total.as_ref()?;
+            if !page.truncated {
+                return Some(json!({"value": page.total, "relation": "eq"}));
+            }
+            let most = [value(b), value(k), Some(page.total as u64)].into_iter().flatten().max().unwrap_or(0);
+            Some(json!({"value": most, "relation": "gte"}))
+        }
+        (None, None) => Some(json!({"value": 0, "relation": "eq"})),
+    }
+}
+
 /// The hits of an engine-fused answer; with `explain`, annotated from the separately run legs
 /// (their ranks and scores; the fused score is the engine's).
 pub fn engine_hits(plan: &Plan, resp: &Value, legs: Option<(&Leg, &Leg)>) -> Vec<Value> {
@@ -263,6 +290,23 @@ mod tests {
         assert!(!page.truncated);
         assert_eq!(page.hits[0]["_id"], "y");
         assert_eq!(page.hits[0]["_score"], 0.7);
+    }
+
+    #[test]
+    fn the_total_counts_the_union_of_the_legs() {
+        let p = plan(json!({"index": "d", "query": "q", "k": 3, "size": 3}), false);
+        let total = |v: u64, rel: &str| Some(json!({"value": v, "relation": rel}));
+        let bm25 = Leg { hits: vec![hit("a", 3.0), hit("b", 2.0)], total: total(2, "eq") };
+        let knn = Leg { hits: vec![hit("b", 0.9), hit("c", 0.8)], total: total(2, "eq") };
+        let page = sidecar_page(&p, Some(&bm25), Some(&knn), 3);
+        assert_eq!(union_total(&page, Some(&bm25), Some(&knn)), total(3, "eq"));
+        // a leg cut at its depth: a lower bound, never below what a leg counted
+        let long = Leg { hits: vec![hit("a", 3.0), hit("b", 2.0), hit("d", 1.0)], total: total(40, "eq") };
+        let page = sidecar_page(&p, Some(&long), Some(&knn), 3);
+        assert_eq!(union_total(&page, Some(&long), Some(&knn)), total(40, "gte"));
+        let untracked = Leg { total: None, ..bm25.clone() };
+        assert_eq!(union_total(&page, Some(&untracked), Some(&knn)), None);
+        assert_eq!(union_total(&page, Some(&long), None), total(40, "eq"));
     }
 
     #[test]

@@ -63,6 +63,36 @@ impl Capabilities {
         self.has_module(RRF_MODULES)
     }
 
+    /// Whether one of `names` is known to be a module of every node (false when unknown).
+    fn surely_has(&self, names: &[&str]) -> bool {
+        self.modules.as_ref().is_some_and(|m| names.iter().any(|n| m.contains(*n)))
+    }
+
+    fn licensed(&self, types: &[&str]) -> bool {
+        self.license.as_deref().is_some_and(|l| types.contains(&l))
+    }
+
+    /// The engine runs the `rrf` and `linear` retrievers itself (Elasticsearch 8.16+, the
+    /// rank-rrf module, an Enterprise or trial licence); else the sidecar runs them.
+    pub fn engine_runs_retrievers(&self) -> bool {
+        self.info.supports_rrf_retriever() && self.rrf_licensed && self.surely_has(RRF_MODULES)
+    }
+
+    /// The engine's `_inference` API serves (the inference module and an Enterprise or trial
+    /// licence); else the sidecar serves `text_embedding` endpoints itself.
+    pub fn engine_serves_inference(&self) -> bool {
+        self.dialect() == Dialect::Elasticsearch
+            && self.licensed(&["enterprise", "trial"])
+            && self.surely_has(&["x-pack-inference", "inference"])
+    }
+
+    /// The engine has machine learning (deployed models can build query vectors).
+    pub fn engine_serves_ml(&self) -> bool {
+        self.dialect() == Dialect::Elasticsearch
+            && self.licensed(&["platinum", "enterprise", "trial"])
+            && self.surely_has(&["x-pack-ml", "ml"])
+    }
+
     /// What this cluster lacks that a user of the sidecar may miss, each with what it costs
     /// and what the sidecar does instead (for `/readyz`). Empty when nothing is known missing.
     pub fn missing(&self) -> Vec<String> {
@@ -289,7 +319,12 @@ pub fn knn_leg(plan: &Plan, vector: &[f32], dialect: Dialect, depth: usize) -> V
 
 /// One `_msearch` NDJSON body with the given legs, all on the plan's index.
 pub fn msearch(plan: &Plan, legs: &[Value]) -> String {
-    let header = json!({"index": plan.target.index}).to_string();
+    msearch_with(&json!({"index": plan.target.index}), legs)
+}
+
+/// One `_msearch` NDJSON body with the given legs, each under `header`.
+pub fn msearch_with(header: &Value, legs: &[Value]) -> String {
+    let header = header.to_string();
     let mut out = String::new();
     for leg in legs {
         out.push_str(&header);

@@ -185,6 +185,74 @@ pub fn analyse(body: &Value, auto_fields: Option<&[String]>) -> Result<Rewrite, 
     Ok(if clauses.is_empty() { Rewrite::Passthrough } else { Rewrite::Nested { clauses } })
 }
 
+/// A `query_vector_builder` found in a search body: where it is (the JSON pointer of the object
+/// holding it: a top-level `knn` section, a `knn` query or a `knn` retriever), and the model and
+/// text to embed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VectorBuilder {
+    pub at: String,
+    pub model_id: String,
+    pub text: String,
+}
+
+/// Most `query_vector_builder`s in one body (each is a text to encode).
+pub const MAX_BUILDERS: usize = 16;
+
+/// Every `query_vector_builder` in `body`, checked: only `text_embedding` with a string
+/// `model_id` and `model_text`, never beside a `query_vector`.
+pub fn vector_builders(body: &Value) -> Result<Vec<VectorBuilder>, QueryError> {
+    fn walk(v: &Value, at: String, out: &mut Vec<VectorBuilder>) -> Result<(), QueryError> {
+        match v {
+            Value::Object(m) => {
+                if let Some(b) = m.get("query_vector_builder") {
+                    let shown = if at.is_empty() { "the body" } else { at.as_str() };
+                    if m.contains_key("query_vector") {
+                        return Err(QueryError::Invalid(format!(
+                            "{shown}: give query_vector or query_vector_builder, not both"
+                        )));
+                    }
+                    let te = b.get("text_embedding").filter(|_| b.as_object().is_some_and(|o| o.len() == 1));
+                    let field = |k: &str| te.and_then(|t| t.get(k)).and_then(Value::as_str).map(String::from);
+                    match (te, field("model_id"), field("model_text")) {
+                        (Some(_), Some(model_id), Some(text)) => {
+                            out.push(VectorBuilder { at: at.clone(), model_id, text });
+                        }
+                        _ => {
+                            return Err(QueryError::Invalid(format!(
+                                "{shown}: query_vector_builder must be {{\"text_embedding\": {{\"model_id\": \"...\", \"model_text\": \"...\"}}}}"
+                            )))
+                        }
+                    }
+                    if out.len() > MAX_BUILDERS {
+                        return Err(QueryError::Limit(format!("the body has more than {MAX_BUILDERS} query_vector_builders")));
+                    }
+                }
+                for (k, x) in m.iter().filter(|(k, _)| k.as_str() != "query_vector_builder") {
+                    walk(x, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out)?;
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(x, format!("{at}/{i}"), out)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(body, String::new(), &mut out)?;
+    Ok(out)
+}
+
+/// Puts `vector` where the builder at `at` was.
+pub fn set_query_vector(body: &mut Value, at: &str, vector: &[f32]) {
+    if let Some(Value::Object(m)) = body.pointer_mut(at) {
+        m.remove("query_vector_builder");
+        m.insert("query_vector".into(), Value::Array(vector.iter().map(|x| serde_json::json!(x)).collect()));
+    }
+}
+
 /// Keys of a body that cannot go with a fused hybrid query.
 pub const CONFLICTING_KEYS: &[&str] = &["sort", "knn", "retriever", "search_after", "rescore", "collapse"];
 
@@ -261,6 +329,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn vector_builders_are_found_wherever_knn_is_and_replaced() {
+        let qvb = |t: &str| json!({"text_embedding": {"model_id": "m", "model_text": t}});
+        let mut body = json!({
+            "knn": {"field": "v", "k": 5, "num_candidates": 10, "query_vector_builder": qvb("a")},
+            "query": {"bool": {"should": [{"knn": {"field": "v", "query_vector_builder": qvb("b")}}]}},
+            "retriever": {"rrf": {"retrievers": [{"knn": {"field": "v", "k": 3, "query_vector_builder": qvb("c")}}]}}
+        });
+        let found = vector_builders(&body).unwrap();
+        let at: Vec<&str> = found.iter().map(|b| b.at.as_str()).collect();
+        assert_eq!(at, ["/knn", "/query/bool/should/0/knn", "/retriever/rrf/retrievers/0/knn"]);
+        assert_eq!(found[2].text, "c");
+        set_query_vector(&mut body, "/knn", &[0.5, 1.0]);
+        assert_eq!(body["knn"]["query_vector"], json!([0.5, 1.0]));
+        assert!(body["knn"].get("query_vector_builder").is_none());
+        let list = json!({"knn": [{"field": "v", "query_vector_builder": qvb("x")}]});
+        assert_eq!(vector_builders(&list).unwrap()[0].at, "/knn/0");
+        for bad in [
+            json!({"knn": {"query_vector_builder": {"text_embedding": {"model_id": "m"}}}}),
+            json!({"knn": {"query_vector_builder": {"other": {}}}}),
+            json!({"knn": {"query_vector": [1], "query_vector_builder": qvb("a")}}),
+        ] {
+            assert!(vector_builders(&bad).is_err(), "{bad}");
+        }
+    }
+
     /// Arbitrary JSON, with the keys the rewriter and the clause check look for over-represented.
     fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
         use proptest::prelude::*;
@@ -302,7 +396,8 @@ mod tests {
             let _ = analyse(&json!({"query": v.clone()}), Some(&fields()));
             let _ = analyse(&v, None);
             let _ = crate::query::request::check_clause(&v, "filter");
-            let _ = crate::query::request::filters_of(Some(v));
+            let _ = crate::query::request::filters_of(Some(v.clone()));
+            let _ = vector_builders(&v);
         }
     }
 }

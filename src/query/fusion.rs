@@ -143,6 +143,72 @@ pub fn fuse(bm25: &[LegHit], knn: &[LegHit], fusion: Fusion) -> Vec<FusedHit> {
     out
 }
 
+/// How [`fuse_lists`] combines its lists: Elasticsearch's `rrf` and `linear` retrievers (and
+/// OpenSearch's score-ranker / normalisation processors), over any number of ranked lists.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Combine {
+    /// `Σ weight_i / (rank_constant + rank_i)`.
+    Rrf { rank_constant: u32 },
+    /// `Σ weight_i · normalised_i(score)`; a list missing a document adds its floor (0, or the
+    /// lowest z for `zscore`).
+    Linear,
+}
+
+/// One ranked list given to [`fuse_lists`], with its weight and (linear) normalisation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightedList {
+    pub hits: Vec<LegHit>,
+    pub weight: f64,
+    /// `None`: the raw scores (Elasticsearch's `none` normalizer).
+    pub normalization: Option<Normalization>,
+}
+
+/// A document fused from several lists: its score and, per list, its (1-based rank, raw score).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ranked {
+    pub id: String,
+    pub score: f64,
+    pub ranks: Vec<Option<(usize, f64)>>,
+}
+
+/// Fuses any number of ranked lists (each already cut to its window), best first; ties by the
+/// best rank on any list, then id. With two lists, weights `(w, 1 − w)` and a normalisation, or
+/// weights 1 and RRF, it ranks as [`fuse`] does.
+pub fn fuse_lists(lists: &[WeightedList], combine: Combine) -> Vec<Ranked> {
+    let ranked: Vec<BTreeMap<&str, (usize, f64)>> = lists.iter().map(|l| ranks(&l.hits)).collect();
+    let normed: Vec<(BTreeMap<&str, f64>, f64)> = lists
+        .iter()
+        .zip(&ranked)
+        .map(|(l, r)| match (combine, l.normalization) {
+            (Combine::Linear, Some(n)) => norm_leg(r, n),
+            _ => (r.iter().map(|(k, v)| (*k, v.1)).collect(), 0.0),
+        })
+        .collect();
+    let mut ids: Vec<&str> = ranked.iter().flat_map(|r| r.keys().copied()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out: Vec<Ranked> = ids
+        .into_iter()
+        .map(|id| {
+            let ranks: Vec<Option<(usize, f64)>> = ranked.iter().map(|r| r.get(id).copied()).collect();
+            let score = lists
+                .iter()
+                .enumerate()
+                .map(|(i, l)| match combine {
+                    Combine::Rrf { rank_constant } => {
+                        ranks[i].map_or(0.0, |(r, _)| l.weight / (f64::from(rank_constant) + r as f64))
+                    }
+                    Combine::Linear => l.weight * normed[i].0.get(id).copied().unwrap_or(normed[i].1),
+                })
+                .sum();
+            Ranked { id: id.to_string(), score, ranks }
+        })
+        .collect();
+    let best = |r: &Ranked| r.ranks.iter().flatten().map(|x| x.0).min().unwrap_or(usize::MAX);
+    out.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| best(a).cmp(&best(b))).then_with(|| a.id.cmp(&b.id)));
+    out
+}
+
 /// The page `[from, from + size)` of a fused list.
 pub fn page(fused: &[FusedHit], from: usize, size: usize) -> &[FusedHit] {
     let start = from.min(fused.len());
@@ -160,6 +226,35 @@ mod tests {
 
     fn leg(ids: &[(&str, f64)]) -> Vec<LegHit> {
         ids.iter().map(|(id, s)| LegHit { id: id.to_string(), score: *s }).collect()
+    }
+
+    #[test]
+    fn many_lists_rank_as_two_legs_do() {
+        let b = leg(&[("a", 3.0), ("b", 2.0), ("c", 1.0)]);
+        let k = leg(&[("c", 0.9), ("d", 0.8), ("a", 0.1)]);
+        let list = |hits: &[LegHit], weight, normalization| WeightedList { hits: hits.to_vec(), weight, normalization };
+        let ids = |v: Vec<String>| v;
+        let two = fuse(&b, &k, Fusion::Rrf { rank_constant: 60, window: 10 });
+        let many = fuse_lists(&[list(&b, 1.0, None), list(&k, 1.0, None)], Combine::Rrf { rank_constant: 60 });
+        assert_eq!(ids(two.iter().map(|h| h.id.clone()).collect()), ids(many.iter().map(|h| h.id.clone()).collect()));
+        for (x, y) in two.iter().zip(&many) {
+            assert!((x.score - y.score).abs() < 1e-12);
+        }
+        let w = Weight::try_from(0.3).unwrap();
+        let two = fuse(&b, &k, Fusion::Linear { weight: w, normalization: Normalization::Minmax });
+        let many = fuse_lists(
+            &[list(&b, 0.3, Some(Normalization::Minmax)), list(&k, 0.7, Some(Normalization::Minmax))],
+            Combine::Linear,
+        );
+        for (x, y) in two.iter().zip(&many) {
+            assert_eq!(x.id, y.id);
+            assert!((x.score - y.score).abs() < 1e-9, "{x:?} {y:?}");
+        }
+        // a weight scales a list's say; no normalisation sums the raw scores
+        let raw = fuse_lists(&[list(&b, 2.0, None), list(&k, 1.0, None)], Combine::Linear);
+        assert_eq!(raw[0].id, "a");
+        assert!((raw[0].score - 6.1).abs() < 1e-12);
+        assert_eq!(raw[0].ranks, vec![Some((1, 3.0)), Some((3, 0.1))]);
     }
 
     /// The naive oracle: hash maps and explicit formulas, no shared helpers.

@@ -1,11 +1,14 @@
 //! Query: turning a user's text into engine requests and fusing what comes back.
 //!
 //! Pure logic only (no I/O): request validation ([`request`]), the engine request bodies of every
-//! dialect and fusion ([`build`]), fusion ([`fusion`]) and the shaping of answers ([`answer`]).
+//! dialect and fusion ([`build`]), fusion ([`fusion`]), the shaping of answers ([`answer`]) and the URL parameters of a fused
+//! search ([`params`]), and Elasticsearch's retrievers run by the sidecar ([`retriever`]).
 //! The I/O around them (encode, send, fuse) lives in `crate::search`.
 
 pub mod answer;
 pub mod build;
 pub mod compat;
 pub mod fusion;
+pub mod params;
 pub mod request;
+pub mod retriever;
