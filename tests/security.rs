@@ -542,6 +542,45 @@ async fn the_pipeline_api_needs_admin_on_every_index_under_every_spelling() {
     }
 }
 
+/// The inference API under every spelling: reading and embedding need a read key; creating and
+/// deleting an endpoint (cluster state) admin on every index; a denied PUT creates nothing.
+#[tokio::test]
+async fn the_inference_api_needs_read_to_embed_and_admin_on_every_index_to_change() {
+    let keys = vec![
+        scoped("reader", "read-key", Scope::Read, &["sec-*"]),
+        scoped("sec-admin", "sec-admin-key", Scope::Admin, &["sec-*"]),
+        ApiKeySetting::Plain(Secret::new("admin-key")),
+    ];
+    let s = sidecar_with("sec", keys, true).await;
+    let id = format!("{}-endpoint", s.index);
+    let def = json!({"service": "elasticsearch", "service_settings": {"model_id": "all-MiniLM-L6-v2"}});
+    let calls: Vec<(&str, Method, String, Body, bool)> = vec![
+        ("put", Method::PUT, format!("/_inference/text_embedding/{id}"), Body::Json(def), true),
+        ("get", Method::GET, format!("/_inference/text_embedding/{id}"), Body::None, false),
+        ("list", Method::GET, "/_inference/_all".into(), Body::None, false),
+        ("embed", Method::POST, format!("/_inference/{id}"), Body::Json(json!({"input": "x"})), false),
+        ("delete", Method::DELETE, format!("/_inference/{id}"), Body::None, true),
+    ];
+    let who = [("reader", "read-key"), ("sec-admin", "sec-admin-key"), ("key-2", "admin-key")];
+    for how in ["as is", "trailing slash", "double slash", "encoded underscore", "upper case"] {
+        for (what, method, path, body, admin) in &calls {
+            let spelt = respell(path, how);
+            for (name, key) in who {
+                let allowed = (key == "admin-key" || !admin) && how != "upper case";
+                let (status, v) = s.call(Some(key), method.clone(), &spelt, body.clone()).await;
+                if allowed {
+                    assert!(status < 300, "{name} {what} {method} {spelt}: {status} {v}");
+                } else {
+                    assert_eq!(status, 403, "{name} {what} {method} {spelt} must be denied: {v}");
+                    assert!(v["error"]["reason"].as_str().unwrap().contains(name), "the reason names the key: {v}");
+                }
+            }
+        }
+    }
+    let (status, _) = s.call(Some("admin-key"), Method::GET, &format!("/_inference/{id}"), Body::None).await;
+    assert_eq!(status, 404, "the last DELETE left nothing; no denied PUT created it again");
+}
+
 /// `path` spelt another way the engines read as the same request (`upper`: one they do not).
 fn respell(path: &str, how: &str) -> String {
     let (p, q) = match path.split_once('?') {
