@@ -121,3 +121,31 @@ r = es.search(pit={"id": pit, "keep_alive": "1m"}, size=100, query={"match_all":
 assert len(r["hits"]["hits"]) == 50, r["hits"]["total"]
 es.close_point_in_time(id=pit)
 print("mget, msearch with a hybrid item, update re-embeds / noop / upsert, scripted updates refused, _cat, alias, scroll 50, pit 50: ok")
+
+# --- Elastic's semantic APIs as its documentation writes them, on a cluster whose licence has
+# none of them: query_vector_builder, the rrf and linear retrievers, the inference API
+te = {"text_embedding": {"model_id": "all-MiniLM-L6-v2", "model_text": "stem cells"}}
+r = es.search(index=index, knn={"field": "text_vector", "k": 3, "num_candidates": 20, "query_vector_builder": te})
+assert len(r["hits"]["hits"]) == 3, r
+lexical = {"standard": {"query": {"match": {"text": "stem cells"}}}}
+semantic = {"knn": {"field": "text_vector", "k": 10, "num_candidates": 20, "query_vector_builder": te}}
+r = es.search(index=index, retriever={"rrf": {"retrievers": [lexical, semantic], "rank_window_size": 10}}, size=5)
+hits = r["hits"]["hits"]
+assert len(hits) == 5 and [h["_rank"] for h in hits] == [1, 2, 3, 4, 5], r
+r = es.search(index=index, retriever={"linear": {"retrievers": [
+    {"retriever": lexical, "weight": 0.5, "normalizer": "minmax"},
+    {"retriever": semantic, "weight": 0.5, "normalizer": "minmax"}], "rank_window_size": 10}},
+    size=3, aggs={"n": {"filter": {"match": {"text": "stem"}}}})
+assert len(r["hits"]["hits"]) == 3 and r["aggregations"]["n"]["doc_count"] > 0, r
+eid = index + "-embeddings"
+es.inference.put(inference_id=eid, task_type="text_embedding", inference_config={
+    "service": "elasticsearch", "service_settings": {"model_id": "all-MiniLM-L6-v2", "num_allocations": 1, "num_threads": 1}})
+got = es.inference.get(inference_id=eid)
+assert got["endpoints"][0]["service_settings"]["dimensions"] == 384, got
+r = es.inference.inference(inference_id=eid, task_type="text_embedding", input=["stem cells", "protein folding"])
+assert [len(e["embedding"]) for e in r["text_embedding"]] == [384, 384], r
+r = es.search(index=index, knn={"field": "text_vector", "k": 3, "num_candidates": 20,
+              "query_vector_builder": {"text_embedding": {"model_id": eid, "model_text": "protein folding"}}})
+assert all(h["_id"].startswith("gz") for h in r["hits"]["hits"]), r
+es.inference.delete(inference_id=eid)
+print("query_vector_builder, retriever rrf (_rank) and linear (aggregations), inference put/get/inference/delete: ok")
