@@ -22,12 +22,12 @@ use crate::ingest::catalog::CatalogError;
 use crate::ingest::inference::Endpoints;
 use crate::ingest::owner::{Owner, Owners, ReadOwner};
 use crate::query::answer::{engine_hits, item_error, leg_of, sidecar_page, union_total, Leg};
-use crate::query::params::{filter_path, fused_params, FusedParams};
 use crate::query::build::{self, Capabilities};
 use crate::query::compat::{self, HybridClause, Rewrite, CONFLICTING_KEYS};
-use crate::query::retriever::{self, LeafKind};
 use crate::query::fusion::Fusion;
+use crate::query::params::{filter_path, fused_params, FusedParams};
 use crate::query::request::{self, Mode, Plan, QueryError, Resolved, SearchRequest, Target};
+use crate::query::retriever::{self, LeafKind};
 use crate::settings::SearchSettings;
 use crate::telemetry::{SearchStage, StageTimes};
 use crate::types::name::{DocId, IndexPattern};
@@ -147,7 +147,15 @@ fn fusion_info(plan: &Plan) -> Value {
 impl Searcher {
     pub fn new(engine: EngineClient, encoders: Arc<EncoderSet>, owners: Arc<Owners>, limits: SearchSettings) -> Self {
         let endpoints = Endpoints::new(Some(engine.clone()), encoders.clone());
-        Searcher { engine, encoders, owners, limits, caps: OnceCell::new(), endpoints, made: Mutex::new(BTreeSet::new()) }
+        Searcher {
+            engine,
+            encoders,
+            owners,
+            limits,
+            caps: OnceCell::new(),
+            endpoints,
+            made: Mutex::new(BTreeSet::new()),
+        }
     }
 
     /// The `_inference` endpoints this searcher resolves model ids with.
@@ -718,41 +726,23 @@ impl Searcher {
         let count = |k: &str, d: usize| -> Result<usize, QueryError> {
             match body.get(k) {
                 None | Some(Value::Null) => Ok(d),
-                Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| QueryError::Invalid(format!("`{k}` must be a non-negative integer"))),
+                Some(v) => v
+                    .as_u64()
+                    .map(|n| n as usize)
+                    .ok_or_else(|| QueryError::Invalid(format!("`{k}` must be a non-negative integer"))),
             }
         };
         let (size, from) = (count("size", 10)?, count("from", 0)?);
         if from.saturating_add(size) > self.limits.max_k {
-            return Err(QueryError::Limit(format!("`from` + `size` ({}) is more than {}", from + size, self.limits.max_k)).into());
+            return Err(QueryError::Limit(format!(
+                "`from` + `size` ({}) is more than {}",
+                from + size,
+                self.limits.max_k
+            ))
+            .into());
         }
         let plan = retriever::plan(&body["retriever"], from, size)?;
-        let mut bodies: Vec<Value> = plan
-            .leaves
-            .iter()
-            .map(|leaf| {
-                let mut b = leaf.body.clone();
-                for (k, v) in &body {
-                    let shared = HIT_KEYS.contains(&k.as_str()) || k == "_source" || k == "track_total_hits";
-                    if shared || (k == "highlight" && leaf.kind == LeafKind::Standard) {
-                        b[k.as_str()] = v.clone();
-                    }
-                }
-                b
-            })
-            .collect();
-        let aggs = body.get("aggs").or_else(|| body.get("aggregations"));
-        let with_aggs = match aggs.and_then(|a| retriever::aggs_body(&plan, a)) {
-            Some(mut a) => {
-                for k in ["track_total_hits", "timeout", "runtime_mappings"] {
-                    if let Some(v) = body.get(k) {
-                        a[k] = v.clone();
-                    }
-                }
-                bodies.push(a);
-                true
-            }
-            None => false,
-        };
+        let (bodies, with_aggs) = retriever_bodies(&plan, &body);
         let mut header = Map::new();
         header.insert("index".into(), json!(index));
         header.extend(params.header.clone());
@@ -882,4 +872,38 @@ impl Searcher {
             }
         }))
     }
+}
+
+/// The `_msearch` bodies of a retriever plan: each leaf with the request's hit keys (and its
+/// highlight on the standard leaves), then, when the request aggregates, one more body that
+/// aggregates over the union of the standard leaves; the flag says whether that body is there.
+fn retriever_bodies(plan: &retriever::RetrieverPlan, body: &Map<String, Value>) -> (Vec<Value>, bool) {
+    let mut bodies: Vec<Value> = plan
+        .leaves
+        .iter()
+        .map(|leaf| {
+            let mut b = leaf.body.clone();
+            for (k, v) in body {
+                let shared = HIT_KEYS.contains(&k.as_str()) || k == "_source" || k == "track_total_hits";
+                if shared || (k == "highlight" && leaf.kind == LeafKind::Standard) {
+                    b[k.as_str()] = v.clone();
+                }
+            }
+            b
+        })
+        .collect();
+    let aggs = body.get("aggs").or_else(|| body.get("aggregations"));
+    let with_aggs = match aggs.and_then(|a| retriever::aggs_body(plan, a)) {
+        Some(mut a) => {
+            for k in ["track_total_hits", "timeout", "runtime_mappings"] {
+                if let Some(v) = body.get(k) {
+                    a[k] = v.clone();
+                }
+            }
+            bodies.push(a);
+            true
+        }
+        None => false,
+    };
+    (bodies, with_aggs)
 }

@@ -244,12 +244,21 @@ async fn what_a_retriever_search_cannot_do_is_a_400_naming_it() {
     let Some(s) = fixture().await else { return };
     let path = format!("/{}/_search", s.index);
     let cases = [
-        (json!({"retriever": {"text_similarity_reranker": {"retriever": standard(), "field": "text", "inference_id": "x", "inference_text": TEXT}}}), "no reranking model"),
+        (
+            json!({"retriever": {"text_similarity_reranker": {"retriever": standard(), "field": "text", "inference_id": "x", "inference_text": TEXT}}}),
+            "no reranking model",
+        ),
         (json!({"retriever": {"rrf": {"retrievers": [standard(), knn(MODEL)]}}, "sort": ["_doc"]}), "`sort`"),
         (json!({"retriever": {"rrf": {"retrievers": [standard(), knn(MODEL)]}}, "size": 20}), "rank_window_size"),
         (json!({"retriever": {"rrf": {"retrievers": [standard()]}}}), "two or more"),
-        (json!({"retriever": {"rrf": {"retrievers": [standard(), {"knn": {"field": "text_vector", "k": 3}}]}}}), "query_vector"),
-        (json!({"retriever": {"linear": {"retrievers": [{"retriever": standard(), "normalizer": "zscore"}]}}}), "normalizer"),
+        (
+            json!({"retriever": {"rrf": {"retrievers": [standard(), {"knn": {"field": "text_vector", "k": 3}}]}}}),
+            "query_vector",
+        ),
+        (
+            json!({"retriever": {"linear": {"retrievers": [{"retriever": standard(), "normalizer": "zscore"}]}}}),
+            "normalizer",
+        ),
     ];
     for (body, want) in cases {
         let (status, v) = s.call(Method::POST, &path, Some(body.clone())).await;
@@ -257,7 +266,11 @@ async fn what_a_retriever_search_cannot_do_is_a_400_naming_it() {
         assert!(v["error"]["reason"].as_str().unwrap().contains(want), "{body} -> {v}");
     }
     let (status, v) = s
-        .call(Method::POST, &format!("{path}?scroll=1m"), Some(json!({"retriever": {"rrf": {"retrievers": [standard(), knn(MODEL)]}}})))
+        .call(
+            Method::POST,
+            &format!("{path}?scroll=1m"),
+            Some(json!({"retriever": {"rrf": {"retrievers": [standard(), knn(MODEL)]}}})),
+        )
         .await;
     assert_eq!(status, 400, "{v}");
     assert!(v["error"]["reason"].as_str().unwrap().contains("`scroll`"), "{v}");
@@ -300,16 +313,37 @@ async fn inference_endpoints_are_stored_in_the_cluster_and_embed_in_elastics_sha
     for (g, w) in got.iter().zip(&want) {
         assert!(common::cosine(g, w) > 0.9999);
     }
-    let q = b.ok(Method::POST, &format!("/_inference/{id}"), json!({"input": "stem cells", "input_type": "search"})).await;
+    let q =
+        b.ok(Method::POST, &format!("/_inference/{id}"), json!({"input": "stem cells", "input_type": "search"})).await;
     let qv: Vec<f32> = serde_json::from_value(q["text_embedding"][0]["embedding"].clone()).unwrap();
     let want = common::embed_with(&b.url, &texts[..1], "query").await;
     assert!(common::cosine(&qv, &want[0]) > 0.9999);
     // what it does not serve, and bad input: 4xx naming the problem
     for (method, path, body, want) in [
-        (Method::PUT, "/_inference/rerank/x", json!({"service": "elasticsearch", "service_settings": {"model_id": MODEL}}), "no reranking model"),
-        (Method::PUT, "/_inference/sparse_embedding/x", json!({"service": "elasticsearch", "service_settings": {"model_id": MODEL}}), "no sparse"),
-        (Method::PUT, "/_inference/text_embedding/openai-x", json!({"service": "openai", "service_settings": {"model_id": "text-embedding-3-small", "api_key": "k"}}), "service `openai`"),
-        (Method::PUT, "/_inference/text_embedding/x", json!({"service": "elasticsearch", "service_settings": {"model_id": "nope"}}), MODEL),
+        (
+            Method::PUT,
+            "/_inference/rerank/x",
+            json!({"service": "elasticsearch", "service_settings": {"model_id": MODEL}}),
+            "no reranking model",
+        ),
+        (
+            Method::PUT,
+            "/_inference/sparse_embedding/x",
+            json!({"service": "elasticsearch", "service_settings": {"model_id": MODEL}}),
+            "no sparse",
+        ),
+        (
+            Method::PUT,
+            "/_inference/text_embedding/openai-x",
+            json!({"service": "openai", "service_settings": {"model_id": "text-embedding-3-small", "api_key": "k"}}),
+            "service `openai`",
+        ),
+        (
+            Method::PUT,
+            "/_inference/text_embedding/x",
+            json!({"service": "elasticsearch", "service_settings": {"model_id": "nope"}}),
+            MODEL,
+        ),
         (Method::POST, &format!("/_inference/text_embedding/{id}"), json!({"inputs": "x"}), "unknown key `inputs`"),
         (Method::POST, "/_inference/text_embedding/no-such-endpoint", json!({"input": "x"}), "not found"),
     ] {

@@ -432,7 +432,9 @@ async fn a_fused_search_honours_every_url_parameter_and_counts_the_union() {
     let keys: Vec<&String> = v["hits"]["hits"][0]["_source"].as_object().unwrap().keys().collect();
     assert_eq!(keys, ["title"], "{v}");
     let (_, v) = get("_source_excludes=text,title").await;
-    assert!(v["hits"]["hits"][0]["_source"].get("text").is_none() && v["hits"]["hits"][0]["_source"]["group"].is_string());
+    assert!(
+        v["hits"]["hits"][0]["_source"].get("text").is_none() && v["hits"]["hits"][0]["_source"]["group"].is_string()
+    );
     let (_, v) = get("_source=false").await;
     assert!(v["hits"]["hits"][0].get("_source").is_none(), "{v}");
     // totals: the union of the legs, as a number with rest_total_hits_as_int, absent untracked
@@ -442,7 +444,10 @@ async fn a_fused_search_honours_every_url_parameter_and_counts_the_union() {
     assert!(t["value"].as_u64().unwrap() >= distinct && distinct > 0, "{t} for {distinct} hits");
     let bm25_only: Value = s
         .engine
-        .send(EngineRequest::new(Method::POST, format!("/{i}/_count")).json(&json!({"query": {"multi_match": {"query": "stem cells", "fields": ["title^2", "text"]}}})))
+        .send(
+            EngineRequest::new(Method::POST, format!("/{i}/_count"))
+                .json(&json!({"query": {"multi_match": {"query": "stem cells", "fields": ["title^2", "text"]}}})),
+        )
         .await
         .unwrap()
         .json()

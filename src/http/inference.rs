@@ -28,13 +28,20 @@ fn check_task(task: &str) -> Result<(), ApiError> {
         "text_embedding" | "_all" => Ok(()),
         "sparse_embedding" => Err(invalid("no sparse embedding model is served by this sidecar (text_embedding only)")),
         "rerank" => Err(invalid("no reranking model is served by this sidecar (text_embedding only)")),
-        "completion" | "chat_completion" => Err(invalid("no completion model is served by this sidecar (text_embedding only)")),
+        "completion" | "chat_completion" => {
+            Err(invalid("no completion model is served by this sidecar (text_embedding only)"))
+        }
         other => Err(invalid(format!("task type `{other}` is not served by this sidecar (text_embedding only)"))),
     }
 }
 
 /// Forwards the call when the cluster serves `_inference` itself.
-async fn forwarded(state: &AppState, method: &Method, segments: &[&str], body: &Bytes) -> Result<Option<Response>, ApiError> {
+async fn forwarded(
+    state: &AppState,
+    method: &Method,
+    segments: &[&str],
+    body: &Bytes,
+) -> Result<Option<Response>, ApiError> {
     if !state.searcher.capabilities().await?.engine_serves_inference() {
         return Ok(None);
     }
@@ -123,18 +130,25 @@ async fn serve(state: &AppState, method: &Method, id: &str, body: &Bytes) -> Res
 async fn infer(state: &AppState, id: &str, body: &Value) -> Result<Response, ApiError> {
     let m = body.as_object().ok_or_else(|| invalid("the body must be a JSON object"))?;
     if let Some(k) = m.keys().find(|k| !["input", "input_type", "task_settings", "timeout"].contains(&k.as_str())) {
-        return Err(invalid(format!("unknown key `{k}` for a text_embedding inference (known: input, input_type, task_settings)")));
+        return Err(invalid(format!(
+            "unknown key `{k}` for a text_embedding inference (known: input, input_type, task_settings)"
+        )));
     }
     let inputs: Vec<String> = match m.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => a
             .iter()
-            .map(|x| x.as_str().map(String::from).ok_or_else(|| invalid("`input` must be a string or a list of strings")))
+            .map(|x| {
+                x.as_str().map(String::from).ok_or_else(|| invalid("`input` must be a string or a list of strings"))
+            })
             .collect::<Result<_, _>>()?,
         _ => return Err(invalid("`input` is required: a string or a list of strings")),
     };
     if inputs.is_empty() || inputs.len() > MAX_INPUTS {
-        return Err(ApiError::new(ErrorCode::LimitExceeded, format!("`input` holds 1 to {MAX_INPUTS} texts, not {}", inputs.len())));
+        return Err(ApiError::new(
+            ErrorCode::LimitExceeded,
+            format!("`input` holds 1 to {MAX_INPUTS} texts, not {}", inputs.len()),
+        ));
     }
     let input_type = m
         .get("input_type")
@@ -145,10 +159,15 @@ async fn infer(state: &AppState, id: &str, body: &Value) -> Result<Response, Api
         "ingest" | "internal_ingest" => TextKind::Passage,
         "search" | "internal_search" => TextKind::Query,
         "classification" | "clustering" => TextKind::Raw,
-        other => return Err(invalid(format!("input_type `{other}` is not one of ingest, search, classification, clustering"))),
+        other => {
+            return Err(invalid(format!(
+                "input_type `{other}` is not one of ingest, search, classification, clustering"
+            )))
+        }
     };
     let endpoint = state.searcher.endpoints().all().await?.get(id).cloned();
-    let endpoint = endpoint.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("Inference endpoint not found [{id}]")))?;
+    let endpoint =
+        endpoint.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("Inference endpoint not found [{id}]")))?;
     let encoder = state.encoders.get(Some(&endpoint.model))?;
     let opts = EncodeOptions {
         kind,
@@ -162,7 +181,9 @@ async fn infer(state: &AppState, id: &str, body: &Value) -> Result<Response, Api
         .into_iter()
         .map(|o| match o {
             Pooled::Vector(v) => Ok(json!({"embedding": v})),
-            Pooled::Tokens(_) => Err(invalid(format!("model `{}` gives token vectors, not one per text", endpoint.model))),
+            Pooled::Tokens(_) => {
+                Err(invalid(format!("model `{}` gives token vectors, not one per text", endpoint.model)))
+            }
         })
         .collect::<Result<_, _>>()?;
     Ok(Json(json!({"text_embedding": embeddings})).into_response())

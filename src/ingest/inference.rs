@@ -90,7 +90,9 @@ pub fn chunking_settings(v: Option<&Value>) -> Result<Value, CatalogError> {
     let int = |k: &str, d: u64| -> Result<u64, CatalogError> {
         match m.get(k) {
             None => Ok(d),
-            Some(x) => x.as_u64().ok_or_else(|| invalid(format!("chunking_settings.{k} must be a non-negative integer"))),
+            Some(x) => {
+                x.as_u64().ok_or_else(|| invalid(format!("chunking_settings.{k} must be a non-negative integer")))
+            }
         }
     };
     let only = |allowed: &[&str]| match m.keys().find(|k| !allowed.contains(&k.as_str())) {
@@ -102,7 +104,9 @@ pub fn chunking_settings(v: Option<&Value>) -> Result<Value, CatalogError> {
             only(&["strategy", "max_chunk_size", "sentence_overlap"])?;
             let (size, overlap) = (int("max_chunk_size", 250)?, int("sentence_overlap", 1)?);
             if !(20..=300).contains(&size) || overlap > 1 {
-                return Err(invalid("chunking_settings: sentence max_chunk_size is 20 to 300 words, sentence_overlap 0 or 1"));
+                return Err(invalid(
+                    "chunking_settings: sentence max_chunk_size is 20 to 300 words, sentence_overlap 0 or 1",
+                ));
             }
             Ok(json!({"strategy": "sentence", "max_chunk_size": size, "sentence_overlap": overlap}))
         }
@@ -110,7 +114,9 @@ pub fn chunking_settings(v: Option<&Value>) -> Result<Value, CatalogError> {
             only(&["strategy", "max_chunk_size", "overlap"])?;
             let (size, overlap) = (int("max_chunk_size", 250)?, int("overlap", 100)?);
             if !(10..=300).contains(&size) || overlap > size / 2 {
-                return Err(invalid("chunking_settings: word max_chunk_size is 10 to 300 words, overlap at most half of it"));
+                return Err(invalid(
+                    "chunking_settings: word max_chunk_size is 10 to 300 words, overlap at most half of it",
+                ));
             }
             Ok(json!({"strategy": "word", "max_chunk_size": size, "overlap": overlap}))
         }
@@ -125,8 +131,12 @@ pub fn chunking_settings(v: Option<&Value>) -> Result<Value, CatalogError> {
 /// Reads a `PUT _inference/[text_embedding/]{id}` body into an endpoint of this sidecar.
 pub fn parse_endpoint(id: &str, body: &Value, encoders: &EncoderSet) -> Result<Endpoint, CatalogError> {
     let m = body.as_object().ok_or_else(|| invalid("the endpoint must be a JSON object"))?;
-    if let Some(k) = m.keys().find(|k| !["service", "service_settings", "task_settings", "chunking_settings"].contains(&k.as_str())) {
-        return Err(invalid(format!("unknown key `{k}` (known: service, service_settings, task_settings, chunking_settings)")));
+    if let Some(k) =
+        m.keys().find(|k| !["service", "service_settings", "task_settings", "chunking_settings"].contains(&k.as_str()))
+    {
+        return Err(invalid(format!(
+            "unknown key `{k}` (known: service, service_settings, task_settings, chunking_settings)"
+        )));
     }
     let service = m.get("service").and_then(Value::as_str).ok_or_else(|| invalid("`service` is required"))?;
     if !SERVICES.contains(&service) {
@@ -139,9 +149,15 @@ pub fn parse_endpoint(id: &str, body: &Value, encoders: &EncoderSet) -> Result<E
         Some(Value::Object(s)) => s.clone(),
         _ => return Err(invalid("`service_settings` must be an object with `model_id`")),
     };
-    let model_id = settings.get("model_id").and_then(Value::as_str).ok_or_else(|| invalid("service_settings.model_id is required"))?;
+    let model_id = settings
+        .get("model_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("service_settings.model_id is required"))?;
     let model = model_named(encoders, model_id).ok_or_else(|| {
-        invalid(format!("service_settings.model_id `{model_id}` is not a model of this sidecar (models: {})", known_models(encoders)))
+        invalid(format!(
+            "service_settings.model_id `{model_id}` is not a model of this sidecar (models: {})",
+            known_models(encoders)
+        ))
     })?;
     let encoder = encoders.get(Some(&model)).map_err(|e| invalid(e.to_string()))?;
     let dims = encoder.info().dims;
@@ -180,11 +196,14 @@ fn from_doc(hit: &Value) -> Option<Endpoint> {
     })
 }
 
+/// The endpoint set as last read, and when.
+type Cached = Option<(Instant, Arc<BTreeMap<String, Endpoint>>)>;
+
 /// The endpoint set, read from the cluster.
 pub struct Endpoints {
     engine: Option<EngineClient>,
     encoders: Arc<EncoderSet>,
-    cache: Mutex<Option<(Instant, Arc<BTreeMap<String, Endpoint>>)>>,
+    cache: Mutex<Cached>,
 }
 
 fn store_index() -> IndexName {
@@ -206,7 +225,9 @@ impl Endpoints {
     }
 
     fn engine(&self) -> Result<&EngineClient, CatalogError> {
-        self.engine.as_ref().ok_or_else(|| CatalogError::Unavailable("this process keeps no inference endpoints".into()))
+        self.engine
+            .as_ref()
+            .ok_or_else(|| CatalogError::Unavailable("this process keeps no inference endpoints".into()))
     }
 
     /// Every endpoint (this replica's copy, at most [`CACHE_FOR`] old).
@@ -217,9 +238,12 @@ impl Endpoints {
             }
         }
         let Some(engine) = self.engine.as_ref() else { return Ok(Arc::default()) };
-        let path = EnginePath::root().index(&store_index()).api("_search").param("size", &MAX_ENDPOINTS.to_string()).build();
+        let path =
+            EnginePath::root().index(&store_index()).api("_search").param("size", &MAX_ENDPOINTS.to_string()).build();
         let r = engine
-            .send(EngineRequest::new(Method::POST, path).json(&json!({"sort": ["_doc"]})).idempotent(true).passthrough())
+            .send(
+                EngineRequest::new(Method::POST, path).json(&json!({"sort": ["_doc"]})).idempotent(true).passthrough(),
+            )
             .await?;
         let set: BTreeMap<String, Endpoint> = match r.status.as_u16() {
             404 => BTreeMap::new(),
@@ -285,7 +309,8 @@ impl Endpoints {
 
     /// Deletes `id`.
     pub async fn delete(&self, id: &str) -> Result<(), CatalogError> {
-        let path = EnginePath::root().index(&store_index()).api("_doc").id(&doc_id(id)?).param("refresh", "true").build();
+        let path =
+            EnginePath::root().index(&store_index()).api("_doc").id(&doc_id(id)?).param("refresh", "true").build();
         let r = self.engine()?.send(EngineRequest::new(Method::DELETE, path).passthrough()).await?;
         self.forget();
         match r.status.as_u16() {
@@ -305,7 +330,8 @@ mod tests {
         assert_eq!(chunking_settings(None).unwrap()["max_chunk_size"], 250);
         assert_eq!(chunking_settings(Some(&json!({"strategy": "word"}))).unwrap()["overlap"], 100);
         assert_eq!(
-            chunking_settings(Some(&json!({"strategy": "sentence", "max_chunk_size": 100, "sentence_overlap": 0}))).unwrap()["sentence_overlap"],
+            chunking_settings(Some(&json!({"strategy": "sentence", "max_chunk_size": 100, "sentence_overlap": 0})))
+                .unwrap()["sentence_overlap"],
             0
         );
         for bad in [
@@ -321,7 +347,8 @@ mod tests {
     #[test]
     fn an_endpoint_must_name_a_loaded_model_of_a_served_service() {
         let none = EncoderSet::default();
-        let e = parse_endpoint("x", &json!({"service": "openai", "service_settings": {"model_id": "m"}}), &none).unwrap_err();
+        let e = parse_endpoint("x", &json!({"service": "openai", "service_settings": {"model_id": "m"}}), &none)
+            .unwrap_err();
         assert!(e.to_string().contains("service `openai` is not served here"), "{e}");
         let e = parse_endpoint("x", &json!({"service": "elasticsearch", "service_settings": {"model_id": "m"}}), &none)
             .unwrap_err();

@@ -224,7 +224,9 @@ pub fn vector_builders(body: &Value) -> Result<Vec<VectorBuilder>, QueryError> {
                         }
                     }
                     if out.len() > MAX_BUILDERS {
-                        return Err(QueryError::Limit(format!("the body has more than {MAX_BUILDERS} query_vector_builders")));
+                        return Err(QueryError::Limit(format!(
+                            "the body has more than {MAX_BUILDERS} query_vector_builders"
+                        )));
                     }
                 }
                 for (k, x) in m.iter().filter(|(k, _)| k.as_str() != "query_vector_builder") {

@@ -304,13 +304,13 @@ mod tests {
         let v = json!({"took": 3, "hits": {"total": {"value": 2}, "hits": [
             {"_id": "a", "_score": 1.0, "_source": {"t": "x"}}, {"_id": "b", "_score": 0.5, "_source": {"t": "y"}}
         ]}, "aggregations": {"sterms#y": {"buckets": []}}});
-        assert_eq!(
-            filter_path(v.clone(), "hits.hits._id"),
-            json!({"hits": {"hits": [{"_id": "a"}, {"_id": "b"}]}})
-        );
+        assert_eq!(filter_path(v.clone(), "hits.hits._id"), json!({"hits": {"hits": [{"_id": "a"}, {"_id": "b"}]}}));
         assert_eq!(filter_path(v.clone(), "took,hits.total"), json!({"took": 3, "hits": {"total": {"value": 2}}}));
         assert_eq!(filter_path(v.clone(), "**._id"), json!({"hits": {"hits": [{"_id": "a"}, {"_id": "b"}]}}));
-        assert_eq!(filter_path(v.clone(), "hits.hits._s*").pointer("/hits/hits/0").unwrap().as_object().unwrap().len(), 2);
+        assert_eq!(
+            filter_path(v.clone(), "hits.hits._s*").pointer("/hits/hits/0").unwrap().as_object().unwrap().len(),
+            2
+        );
         assert_eq!(filter_path(v.clone(), "aggregations.*#y"), json!({"aggregations": {"sterms#y": {"buckets": []}}}));
         let ex = filter_path(v.clone(), "-hits.hits._source,-took");
         assert!(ex.get("took").is_none() && ex.pointer("/hits/hits/0/_source").is_none());

@@ -47,6 +47,10 @@ pub enum Node {
     Fuse { combine: Combine, children: Vec<(Node, f64, Option<Normalization>)>, window: usize, min_score: Option<f64> },
 }
 
+/// A parsed child of a compound retriever: its node, weight, and normaliser (`None` when it
+/// named none, so the parent's default applies).
+type Child = (Node, f64, Option<Option<Normalization>>);
+
 /// A retriever tree ready to run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetrieverPlan {
@@ -62,7 +66,10 @@ fn invalid(m: impl Into<String>) -> QueryError {
 
 /// The single key of a retriever object and its body.
 fn one_key<'a>(v: &'a Value, at: &str) -> Result<(&'a str, &'a Map<String, Value>), QueryError> {
-    let m = v.as_object().filter(|m| m.len() == 1).ok_or_else(|| invalid(format!("{at}: a retriever is an object with one key (standard, knn, rrf, linear)")))?;
+    let m = v
+        .as_object()
+        .filter(|m| m.len() == 1)
+        .ok_or_else(|| invalid(format!("{at}: a retriever is an object with one key (standard, knn, rrf, linear)")))?;
     let (k, b) = m.iter().next().expect("one key");
     let b = b.as_object().ok_or_else(|| invalid(format!("{at}.{k} must be an object")))?;
     Ok((k.as_str(), b))
@@ -72,9 +79,9 @@ fn one_key<'a>(v: &'a Value, at: &str) -> Result<(&'a str, &'a Map<String, Value
 /// or a reranker somewhere. `standard` and `knn` alone run on every licence.
 pub fn needs_fusion(retriever: &Value) -> bool {
     match retriever {
-        Value::Object(m) => m.iter().any(|(k, v)| {
-            matches!(k.as_str(), "rrf" | "linear" | "text_similarity_reranker") || needs_fusion(v)
-        }),
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, v)| matches!(k.as_str(), "rrf" | "linear" | "text_similarity_reranker") || needs_fusion(v)),
         Value::Array(a) => a.iter().any(needs_fusion),
         _ => false,
     }
@@ -84,7 +91,13 @@ fn filters_of(v: Option<&Value>, at: &str) -> Result<Vec<Value>, QueryError> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(a)) => {
-            a.iter().try_for_each(|f| if f.is_object() { Ok(()) } else { Err(invalid(format!("{at}.filter: each filter is a query object"))) })?;
+            a.iter().try_for_each(|f| {
+                if f.is_object() {
+                    Ok(())
+                } else {
+                    Err(invalid(format!("{at}.filter: each filter is a query object")))
+                }
+            })?;
             Ok(a.clone())
         }
         Some(f @ Value::Object(_)) => Ok(vec![f.clone()]),
@@ -134,13 +147,21 @@ struct Parser {
 impl Parser {
     fn leaf(&mut self, kind: LeafKind, body: Value, at: &str) -> Result<Node, QueryError> {
         if self.leaves.len() >= MAX_LEAVES {
-            return Err(QueryError::Limit(format!("{at}: a retriever tree may hold at most {MAX_LEAVES} standard and knn retrievers")));
+            return Err(QueryError::Limit(format!(
+                "{at}: a retriever tree may hold at most {MAX_LEAVES} standard and knn retrievers"
+            )));
         }
         self.leaves.push(Leaf { kind, body });
         Ok(Node::Leaf(self.leaves.len() - 1))
     }
 
-    fn standard(&mut self, b: &Map<String, Value>, filters: Vec<Value>, window: usize, at: &str) -> Result<Node, QueryError> {
+    fn standard(
+        &mut self,
+        b: &Map<String, Value>,
+        filters: Vec<Value>,
+        window: usize,
+        at: &str,
+    ) -> Result<Node, QueryError> {
         only(b, &["query", "filter", "min_score", "_name"], at)?;
         let mut all = filters;
         all.extend(filters_of(b.get("filter"), at)?);
@@ -153,10 +174,27 @@ impl Parser {
         self.leaf(LeafKind::Standard, body, at)
     }
 
-    fn knn(&mut self, b: &Map<String, Value>, filters: Vec<Value>, window: usize, at: &str) -> Result<Node, QueryError> {
+    fn knn(
+        &mut self,
+        b: &Map<String, Value>,
+        filters: Vec<Value>,
+        window: usize,
+        at: &str,
+    ) -> Result<Node, QueryError> {
         only(
             b,
-            &["field", "query_vector", "query_vector_builder", "k", "num_candidates", "similarity", "filter", "rescore_vector", "_name", "boost"],
+            &[
+                "field",
+                "query_vector",
+                "query_vector_builder",
+                "k",
+                "num_candidates",
+                "similarity",
+                "filter",
+                "rescore_vector",
+                "_name",
+                "boost",
+            ],
             at,
         )?;
         if !b.get("field").is_some_and(Value::is_string) {
@@ -166,7 +204,9 @@ impl Parser {
             return Err(invalid(format!("{at}.query_vector_builder was not resolved to a vector")));
         }
         if !b.get("query_vector").is_some_and(Value::is_array) {
-            return Err(invalid(format!("{at}: give query_vector, or query_vector_builder.text_embedding {{model_id, model_text}}")));
+            return Err(invalid(format!(
+                "{at}: give query_vector, or query_vector_builder.text_embedding {{model_id, model_text}}"
+            )));
         }
         let mut knn = b.clone();
         knn.remove("_name");
@@ -184,7 +224,14 @@ impl Parser {
         self.leaf(LeafKind::Knn, body, at)
     }
 
-    fn children(&mut self, b: &Map<String, Value>, linear: bool, filters: &[Value], window: usize, at: &str) -> Result<Vec<(Node, f64, Option<Option<Normalization>>)>, QueryError> {
+    fn children(
+        &mut self,
+        b: &Map<String, Value>,
+        linear: bool,
+        filters: &[Value],
+        window: usize,
+        at: &str,
+    ) -> Result<Vec<Child>, QueryError> {
         let list = b.get("retrievers").and_then(Value::as_array).ok_or_else(|| {
             invalid(format!("{at}.retrievers is required: a list of retrievers (the `query` + `fields` short form is not served by this sidecar; write the retrievers out)"))
         })?;
@@ -197,14 +244,22 @@ impl Parser {
             let wrapped = c.as_object().filter(|m| m.contains_key("retriever"));
             let (inner, weight, norm) = match wrapped {
                 Some(m) => {
-                    only(m, if linear { &["retriever", "weight", "normalizer"] } else { &["retriever", "weight"] }, &cat)?;
+                    only(
+                        m,
+                        if linear { &["retriever", "weight", "normalizer"] } else { &["retriever", "weight"] },
+                        &cat,
+                    )?;
                     let w = number(m, "weight", &cat)?.unwrap_or(1.0);
                     if w < 0.0 {
                         return Err(invalid(format!("{cat}.weight must be 0 or more")));
                     }
                     (&m["retriever"], w, normalizer(m.get("normalizer"), &cat)?)
                 }
-                None if linear => return Err(invalid(format!("{cat}: each linear entry is {{\"retriever\": {{...}}, \"weight\": w, \"normalizer\": n}}"))),
+                None if linear => {
+                    return Err(invalid(format!(
+                        "{cat}: each linear entry is {{\"retriever\": {{...}}, \"weight\": w, \"normalizer\": n}}"
+                    )))
+                }
                 None => (c, 1.0, None),
             };
             out.push((self.node(inner, filters.to_vec(), window, &format!("{cat}.retriever"))?, weight, norm));
@@ -221,7 +276,11 @@ impl Parser {
             "rrf" | "linear" => {
                 let linear = kind == "linear";
                 let mut allowed = vec!["retrievers", "rank_window_size", "filter", "_name"];
-                allowed.extend(if linear { ["normalizer", "min_score"].as_slice() } else { ["rank_constant"].as_slice() });
+                allowed.extend(if linear {
+                    ["normalizer", "min_score"].as_slice()
+                } else {
+                    ["rank_constant"].as_slice()
+                });
                 if b.contains_key("query") || b.contains_key("fields") {
                     return Err(invalid(format!("{at}: the `query` + `fields` short form is not served by this sidecar; write the retrievers out")));
                 }
@@ -238,7 +297,10 @@ impl Parser {
                     Combine::Linear
                 } else {
                     let c = count(b, "rank_constant", &at)?.unwrap_or(60);
-                    Combine::Rrf { rank_constant: u32::try_from(c).map_err(|_| invalid(format!("{at}.rank_constant is too large")))? }
+                    Combine::Rrf {
+                        rank_constant: u32::try_from(c)
+                            .map_err(|_| invalid(format!("{at}.rank_constant is too large")))?,
+                    }
                 };
                 let children = children.into_iter().map(|(n, w, norm)| (n, w, norm.unwrap_or(default_norm))).collect();
                 let min_score = if linear { number(b, "min_score", &at)? } else { None };
@@ -255,7 +317,8 @@ impl Parser {
 }
 
 /// Body keys a retriever search cannot take: they order or replace what the retriever ranks.
-pub const CONFLICTING: &[&str] = &["query", "knn", "sort", "search_after", "rescore", "collapse", "rank", "min_score", "post_filter"];
+pub const CONFLICTING: &[&str] =
+    &["query", "knn", "sort", "search_after", "rescore", "collapse", "rank", "min_score", "post_filter"];
 
 /// Parses the body's `retriever` into leaves and a fusion tree; `size` and `from` (the body's,
 /// the URL's winning) must fit in the top compound's window.
@@ -327,17 +390,13 @@ pub fn fuse_tree(node: &Node, leaves: &[Vec<LegHit>]) -> Vec<Ranked> {
 /// union of the leaves (a lower bound, `gte`, when a leaf was cut at its window); the
 /// aggregations and `_shards` of `aggs` (the standard leaves' union) or of the first leaf.
 pub fn answer(plan: &RetrieverPlan, leaves: Vec<Value>, aggs: Option<Value>, from: usize, size: usize) -> Value {
-    let lists: Vec<Vec<Value>> = leaves
-        .iter()
-        .map(|r| r.pointer("/hits/hits").and_then(Value::as_array).cloned().unwrap_or_default())
-        .collect();
+    let lists: Vec<Vec<Value>> =
+        leaves.iter().map(|r| r.pointer("/hits/hits").and_then(Value::as_array).cloned().unwrap_or_default()).collect();
     let ranked: Vec<Vec<LegHit>> = lists.iter().map(|h| leg_hits(h)).collect();
     let fused = fuse_tree(&plan.root, &ranked);
     let mut order: Vec<usize> = (0..lists.len()).collect();
     order.sort_by_key(|i| plan.leaves.get(*i).map_or(1, |l| usize::from(l.kind != LeafKind::Standard)));
-    let hit_of = |id: &str| {
-        order.iter().find_map(|i| lists[*i].iter().find(|h| super::answer::key(h) == id)).cloned()
-    };
+    let hit_of = |id: &str| order.iter().find_map(|i| lists[*i].iter().find(|h| super::answer::key(h) == id)).cloned();
     let hits: Vec<Value> = fused
         .iter()
         .enumerate()
@@ -364,7 +423,9 @@ pub fn answer(plan: &RetrieverPlan, leaves: Vec<Value>, aggs: Option<Value>, fro
         .zip(&lists)
         .any(|(l, h)| l.body.get("size").and_then(Value::as_u64).is_some_and(|s| h.len() as u64 >= s));
     let counted = |r: &Value| {
-        r.pointer("/hits/total/value").and_then(Value::as_u64).or_else(|| r.pointer("/hits/total").and_then(Value::as_u64))
+        r.pointer("/hits/total/value")
+            .and_then(Value::as_u64)
+            .or_else(|| r.pointer("/hits/total").and_then(Value::as_u64))
     };
     let total = if cut {
         let most = leaves.iter().chain(aggs.iter()).filter_map(counted).chain([union.len() as u64]).max().unwrap_or(0);
@@ -379,10 +440,7 @@ pub fn answer(plan: &RetrieverPlan, leaves: Vec<Value>, aggs: Option<Value>, fro
     if let Some(s) = base.and_then(|b| b.get("_shards")) {
         out.insert("_shards".into(), s.clone());
     }
-    out.insert(
-        "hits".into(),
-        json!({"total": total, "max_score": fused.first().map(|r| r.score), "hits": hits}),
-    );
+    out.insert("hits".into(), json!({"total": total, "max_score": fused.first().map(|r| r.score), "hits": hits}));
     if let Some(a) = aggs.as_ref().and_then(|a| a.get("aggregations")) {
         out.insert("aggregations".into(), a.clone());
     }
@@ -398,9 +456,8 @@ pub fn aggs_body(plan: &RetrieverPlan, aggs: &Value) -> Option<Value> {
         .filter(|l| l.kind == LeafKind::Standard)
         .filter_map(|l| l.body.get("query").cloned())
         .collect();
-    (!queries.is_empty()).then(|| {
-        json!({"size": 0, "query": {"bool": {"should": queries, "minimum_should_match": 1}}, "aggs": aggs})
-    })
+    (!queries.is_empty())
+        .then(|| json!({"size": 0, "query": {"bool": {"should": queries, "minimum_should_match": 1}}, "aggs": aggs}))
 }
 
 #[cfg(test)]
@@ -438,7 +495,11 @@ mod tests {
         assert_eq!(p.leaves.len(), 3);
         let Node::Fuse { children, .. } = &p.root else { panic!() };
         assert_eq!((children[0].1, children[0].2), (2.0, Some(Normalization::Minmax)));
-        assert_eq!((children[1].1, children[1].2), (1.5, Some(Normalization::L2)), "the top-level normalizer is the default");
+        assert_eq!(
+            (children[1].1, children[1].2),
+            (1.5, Some(Normalization::L2)),
+            "the top-level normalizer is the default"
+        );
         let Node::Fuse { children: inner, window, .. } = &children[1].0 else { panic!() };
         assert_eq!((inner[1].1, *window), (3.0, 10));
     }
@@ -447,12 +508,18 @@ mod tests {
     fn what_cannot_be_served_is_named() {
         let cases = [
             (json!({"rrf": {"retrievers": [{"standard": {}}]}}), "two or more"),
-            (json!({"text_similarity_reranker": {"retriever": {"standard": {}}, "field": "t", "inference_id": "x", "inference_text": "y"}}), "no reranking model"),
+            (
+                json!({"text_similarity_reranker": {"retriever": {"standard": {}}, "field": "t", "inference_id": "x", "inference_text": "y"}}),
+                "no reranking model",
+            ),
             (json!({"rrf": {"query": "x", "fields": ["a"]}}), "short form"),
             (json!({"rrf": {"retrievers": [{"standard": {}}, {"knn": {"field": "v", "k": 3}}]}}), "query_vector"),
             (json!({"linear": {"retrievers": [{"standard": {}}]}}), "each linear entry"),
             (json!({"linear": {"retrievers": [{"retriever": {"standard": {}}, "normalizer": "zz"}]}}), "normalizer"),
-            (json!({"rrf": {"retrievers": [{"standard": {}}, {"standard": {}}], "rank_window_size": 5}}), "at least the search's size"),
+            (
+                json!({"rrf": {"retrievers": [{"standard": {}}, {"standard": {}}], "rank_window_size": 5}}),
+                "at least the search's size",
+            ),
             (json!({"rrf": {"retrievers": [{"standard": {"bogus": 1}}, {"standard": {}}]}}), "`bogus`"),
             (json!({"pinned": {}}), "`pinned`"),
         ];
