@@ -28,6 +28,7 @@ use crate::query::fusion::Fusion;
 use crate::query::params::{filter_path, fused_params, FusedParams};
 use crate::query::request::{self, Mode, Plan, QueryError, Resolved, SearchRequest, Target};
 use crate::query::retriever::{self, LeafKind};
+use crate::query::semantic::{self, SemanticHighlight, SemanticTarget};
 use crate::settings::SearchSettings;
 use crate::telemetry::{SearchStage, StageTimes};
 use crate::types::name::{DocId, IndexPattern};
@@ -569,14 +570,19 @@ impl Searcher {
         }))
     }
 
-    /// Whether [`Searcher::es_search`] would rewrite `body` for `index` (a hybrid clause, or the
-    /// pipeline's `auto_hybrid`); a body it would refuse counts as rewritten, so that the
+    /// Whether [`Searcher::es_search`] would rewrite `body` for `index` (a hybrid clause, the
+    /// pipeline's `auto_hybrid`, a `semantic_text` index); a body it would refuse counts as rewritten, so that the
     /// refusal comes from there.
     pub async fn rewrites(&self, index: &str, body: &Value) -> Result<bool, SearchError> {
         if body.get("retriever").is_some_and(retriever::needs_fusion)
             || compat::vector_builders(body).map_or(true, |b| !b.is_empty())
         {
             return Ok(true);
+        }
+        if let ReadOwner::Owned(Owner::Served(p)) = self.read_owner(index).await? {
+            if p.semantic_text.is_some() {
+                return Ok(true);
+            }
         }
         let auto = self.auto_hybrid(index).await?;
         Ok(!matches!(compat::analyse(body, auto.as_ref().map(|t| t.text_fields.as_slice())), Ok(Rewrite::Passthrough)))
@@ -625,10 +631,43 @@ impl Searcher {
             }
         };
         let mut parsed = parsed;
+        let semantic = match parsed.as_mut() {
+            Some(v) => self.resolve_semantic(index, v, times).await?,
+            None => None,
+        };
         let resolved = match parsed.as_mut() {
-            Some(v) => self.resolve_builders(v, times).await?,
+            Some(v) => self.resolve_builders(v, times).await? || semantic.is_some(),
             None => false,
         };
+        let answer = self.es_search_resolved(index, path, parsed, resolved, body, query_string, started, times).await?;
+        match semantic {
+            Some((highlights, targets)) if !highlights.is_empty() => {
+                let mut v = match answer {
+                    EsAnswer::Json(v) => v,
+                    EsAnswer::Raw(resp) if resp.status.is_success() => resp.json()?,
+                    raw => return Ok(raw),
+                };
+                semantic::highlight_answer(&mut v, &highlights, &targets);
+                Ok(EsAnswer::Json(v))
+            }
+            _ => Ok(answer),
+        }
+    }
+
+    /// [`Searcher::es_search_timed`] once the body's builders and semantic queries are resolved
+    /// (`resolved`: `parsed` differs from `body`).
+    #[allow(clippy::too_many_arguments)]
+    async fn es_search_resolved(
+        &self,
+        index: &str,
+        path: String,
+        parsed: Option<Value>,
+        resolved: bool,
+        body: Bytes,
+        query_string: &QueryString,
+        started: Instant,
+        times: &mut StageTimes,
+    ) -> Result<EsAnswer, SearchError> {
         if let Some(Value::Object(m)) = &parsed {
             let caps = self.capabilities().await?;
             if m.contains_key("retriever") && caps.info.dialect == Dialect::Opensearch {
@@ -673,6 +712,44 @@ impl Searcher {
                 Ok(EsAnswer::Json(resp))
             }
         }
+    }
+
+    /// Rewrites Elastic's queries on the index's `semantic_text` field (one the sidecar serves,
+    /// on an Elasticsearch cluster without inference): each `semantic` or `match` clause on it a
+    /// nested kNN over its passages with the text's vector, each kNN on it pointed at the
+    /// passages. Returns the semantic highlights to answer and the fields, or `None` when the
+    /// body has nothing of the kind.
+    async fn resolve_semantic(
+        &self,
+        index: &str,
+        body: &mut Value,
+        times: &mut StageTimes,
+    ) -> Result<Option<(Vec<SemanticHighlight>, Vec<SemanticTarget>)>, SearchError> {
+        let caps = self.capabilities().await?;
+        if caps.info.dialect != Dialect::Elasticsearch || caps.engine_serves_inference() {
+            return Ok(None);
+        }
+        let targets: Vec<SemanticTarget> = match self.read_owner(index).await? {
+            ReadOwner::Owned(Owner::Served(p)) => semantic_target(&p).into_iter().collect(),
+            _ => Vec::new(),
+        };
+        let found = semantic::rewrite(body, &targets)?;
+        if found.clauses.is_empty() && !found.changed && found.highlights.is_empty() {
+            return Ok(None);
+        }
+        let num_candidates = (2 * largest_size(body)).clamp(100, 10_000);
+        let mut highlighted = BTreeSet::new();
+        for c in &found.clauses {
+            let t = targets.iter().find(|t| t.field == c.field).expect("clauses name served fields");
+            let vector = self.encode_query(&t.model, &c.text, times).await?;
+            // inner hits are named per field: the first clause on a field carries its highlight
+            let hl = found.highlights.iter().find(|h| h.field == c.field && highlighted.insert(c.field.clone()));
+            let clause = semantic::nested_knn(c, t, &vector, None, num_candidates, hl);
+            if let Some(slot) = body.pointer_mut(&c.at) {
+                *slot = clause;
+            }
+        }
+        Ok(Some((found.highlights, targets)))
     }
 
     /// Replaces every `query_vector_builder.text_embedding` in `body` by the `query_vector` of
@@ -872,6 +949,35 @@ impl Searcher {
             }
         }))
     }
+}
+
+/// The `semantic_text` field a pipeline stands behind, as its queries see it.
+fn semantic_target(p: &Pipeline) -> Option<SemanticTarget> {
+    let st = p.semantic_text.as_ref()?;
+    Some(SemanticTarget {
+        field: st.field.clone(),
+        passages: p.chunking.as_ref()?.passages_field.clone(),
+        model: p.query_model().to_string(),
+    })
+}
+
+/// The largest `size`, `from + size` or `rank_window_size` a body names (at least 10): the
+/// candidates a semantic query's kNN needs.
+fn largest_size(body: &Value) -> usize {
+    fn walk(v: &Value, most: &mut u64) {
+        match v {
+            Value::Object(m) => {
+                let n = |k: &str| m.get(k).and_then(Value::as_u64).unwrap_or(0);
+                *most = (*most).max(n("size").saturating_add(n("from"))).max(n("rank_window_size"));
+                m.values().for_each(|x| walk(x, most));
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, most)),
+            _ => {}
+        }
+    }
+    let mut most = 10;
+    walk(body, &mut most);
+    most.min(10_000) as usize
 }
 
 /// The `_msearch` bodies of a retriever plan: each leaf with the request's hit keys (and its

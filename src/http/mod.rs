@@ -10,8 +10,8 @@
 //! `GET /metrics` (Prometheus text), the embedding APIs of [`embed`], the ES-compatible write
 //! APIs of [`ingest`], the search APIs of [`search`], the reindex jobs of [`jobs`], the pipeline API of
 //! [`pipelines`] (`/_sidecar/pipeline`), Elasticsearch's `_inference` text embeddings of
-//! [`inference`], and every other
-//! engine API forwarded unchanged for official clients in [`passthrough`]. Who may call what:
+//! [`inference`], `semantic_text` mappings on clusters without inference in [`semantic`], and
+//! every other engine API forwarded unchanged for official clients in [`passthrough`]. Who may call what:
 //! [`auth`].
 //!
 //! Middleware, outermost first: canonical path ([`canonical`], before routing) → response compression → request id → tracing → engine headers (X-Opaque-Id/traceparent
@@ -36,6 +36,7 @@ pub mod middleware;
 pub mod passthrough;
 pub mod pipelines;
 pub mod search;
+pub mod semantic;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -179,6 +179,9 @@ pub async fn any(
     let path = engine_path(&method, &segments)?;
     let body = json_body(&body)?;
     check_pipeline_writes(&state, &segments, body.as_ref()).await?;
+    if let Some(r) = super::semantic::intercept(&state, &method, &segments, &path, &q, body.as_ref()).await? {
+        return Ok(r);
+    }
     let read = safe_to_repeat(route, &method);
     let moves_names = moves_names(&method, &segments);
     let answer = forward(&state, method, path.query(&q), body, read).await;

@@ -253,7 +253,12 @@ impl Admin<'_> {
             .cloned()
             .unwrap_or_default();
         models.extend(want.into_iter().map(|(f, m)| (f, Value::from(m))));
-        meta.insert(META_KEY.into(), json!({"vector_models": models}));
+        let ours = meta.entry(META_KEY).or_insert_with(|| json!({}));
+        if !ours.is_object() {
+            *ours = json!({});
+        }
+        // other records under the key (a semantic_text field's) stay
+        ours["vector_models"] = Value::Object(models);
         let path = EnginePath::root().index(name).api("_mapping").build();
         let resp =
             self.engine.send(EngineRequest::new(Method::PUT, path).json(&json!({"_meta": meta})).passthrough()).await?;

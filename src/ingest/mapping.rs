@@ -156,7 +156,12 @@ pub fn index_body_with(
         insert_path(&mut props, h, t.render("hash_field", &vars)?);
     }
     if let Some(c) = &p.chunking {
-        insert_path(&mut props, &c.passages_field, t.render("passages_field", &vars)?);
+        let mut passages = t.render("passages_field", &vars)?;
+        if p.semantic_text.is_some() {
+            // kept out of `_source`: the best passages are read from the stored text
+            passages["properties"]["text"]["store"] = json!(true);
+        }
+        insert_path(&mut props, &c.passages_field, passages);
     }
     let mut index_settings = t.render("index_settings", &vars)?;
     if info.dialect == Dialect::Elasticsearch && info.version >= Version::new(9, 2, 0) {
@@ -167,9 +172,14 @@ pub fn index_body_with(
             m.insert("mapping".into(), json!({"exclude_source_vectors": false}));
         }
     }
+    let mut mappings = json!({"properties": props});
+    let hidden = p.hidden_fields();
+    if !hidden.is_empty() {
+        mappings["_source"] = json!({"excludes": hidden});
+    }
     Ok(json!({
         "settings": {"index": index_settings},
-        "mappings": {"properties": props},
+        "mappings": mappings,
     }))
 }
 

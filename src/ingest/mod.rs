@@ -9,6 +9,7 @@
 //! - [`catalog`]: the live pipeline set, stored in the cluster and followed by every replica;
 //! - [`inference`]: the `_inference` text-embedding endpoints, stored in the cluster beside the
 //!   pipelines;
+//! - [`semantic`]: Elastic's `semantic_text` mappings as a pipeline's, and back (pure);
 //! - [`owner`]: which pipeline owns a name (index, alias, data stream, date math, patterns), for
 //!   writes and reads.
 //!
@@ -21,4 +22,5 @@ pub mod catalog;
 pub mod inference;
 pub mod mapping;
 pub mod owner;
+pub mod semantic;
 pub mod writer;

@@ -55,7 +55,11 @@ fn leg_hits(leg: &Leg) -> Vec<LegHit> {
 fn passage(hit: &Value, path: &str) -> Option<Value> {
     let inner = hit.get("inner_hits")?.get(path)?.pointer("/hits/hits/0")?;
     Some(json!({
-        "text": inner.pointer("/_source/text").cloned().unwrap_or(Value::Null),
+        "text": inner
+            .pointer("/_source/text")
+            .or_else(|| inner.get("fields")?.get(format!("{path}.text"))?.get(0))
+            .cloned()
+            .unwrap_or(Value::Null),
         "score": inner.get("_score").cloned().unwrap_or(Value::Null),
         "offset": inner.pointer("/_nested/offset").cloned().unwrap_or(Value::Null),
     }))
@@ -244,6 +248,7 @@ mod tests {
             vector_field: "v".into(),
             passages: passages.then(|| "passages".into()),
             hidden: vec![],
+            stored_passages: false,
         };
         crate::query::request::plan(r, target, &SearchSpec::default(), &limits).unwrap()
     }

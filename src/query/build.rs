@@ -164,8 +164,14 @@ pub fn bm25_query(plan: &Plan, boost: Option<f64>) -> Value {
     json!({ "bool": b })
 }
 
-fn inner_hits(path: &str) -> Value {
-    json!({"size": 1, "_source": {"includes": [format!("{path}.text")]}})
+/// The best passage of a hit: its text from `_source`, or from the stored field where the
+/// passages are kept out of `_source` (`semantic_text`).
+fn inner_hits(path: &str, stored: bool) -> Value {
+    if stored {
+        json!({"size": 1, "_source": false, "stored_fields": [format!("{path}.text")]})
+    } else {
+        json!({"size": 1, "_source": {"includes": [format!("{path}.text")]}})
+    }
 }
 
 fn vector_json(v: &[f32]) -> Value {
@@ -186,7 +192,7 @@ pub fn es_knn_section(plan: &Plan, vector: &[f32], boost: Option<f64>, with_inne
         k.insert("boost".into(), json!(x));
     }
     if let (Some(path), true) = (&plan.target.passages, with_inner_hits) {
-        k.insert("inner_hits".into(), inner_hits(path));
+        k.insert("inner_hits".into(), inner_hits(path, plan.target.stored_passages));
     }
     Value::Object(k)
 }
@@ -250,8 +256,7 @@ pub fn knn_clause(plan: &Plan, vector: &[f32], shape: KnnShape, boost: Option<f6
         }
     };
     if let Some(path) = &plan.target.passages {
-        clause =
-            json!({"nested": {"path": path, "score_mode": "max", "query": clause, "inner_hits": inner_hits(path)}});
+        clause = json!({"nested": {"path": path, "score_mode": "max", "query": clause, "inner_hits": inner_hits(path, plan.target.stored_passages)}});
         if let Some(f) = filter {
             clause = json!({"bool": {"must": [clause], "filter": f["bool"]["filter"]}});
         }

@@ -92,6 +92,10 @@ pub struct Target {
     pub passages: Option<String>,
     /// Fields left out of `_source` unless a request asks for them (vectors).
     pub hidden: Vec<String>,
+    /// The passages' text is a stored field (a `semantic_text` index keeps passages out of
+    /// `_source`): the best passage is read from it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stored_passages: bool,
 }
 
 impl Target {
@@ -111,6 +115,7 @@ impl Target {
             vector_field: p.fields[live].vector.clone(),
             passages,
             hidden,
+            stored_passages: p.semantic_text.is_some(),
         }
     }
 
@@ -458,6 +463,7 @@ mod tests {
             vector_field: "text_vector".into(),
             passages: None,
             hidden: vec!["text_vector".into()],
+            stored_passages: false,
         }
     }
 

@@ -386,7 +386,8 @@ pub fn fuse_tree(node: &Node, leaves: &[Vec<LegHit>]) -> Vec<Ranked> {
 
 /// The answer of a retriever search in Elasticsearch's shape: the page `[from, from + size)` of
 /// the fused list, each hit the first leaf's copy (a `standard` leaf's, which carries the
-/// highlight, before a `knn` one's) with the fused `_score` and its `_rank`; `hits.total` the
+/// highlight, before a `knn` one's, with the highlights of the others added) with the fused
+/// `_score` and its `_rank`; `hits.total` the
 /// union of the leaves (a lower bound, `gte`, when a leaf was cut at its window); the
 /// aggregations and `_shards` of `aggs` (the standard leaves' union) or of the first leaf.
 pub fn answer(plan: &RetrieverPlan, leaves: Vec<Value>, aggs: Option<Value>, from: usize, size: usize) -> Value {
@@ -396,7 +397,24 @@ pub fn answer(plan: &RetrieverPlan, leaves: Vec<Value>, aggs: Option<Value>, fro
     let fused = fuse_tree(&plan.root, &ranked);
     let mut order: Vec<usize> = (0..lists.len()).collect();
     order.sort_by_key(|i| plan.leaves.get(*i).map_or(1, |l| usize::from(l.kind != LeafKind::Standard)));
-    let hit_of = |id: &str| order.iter().find_map(|i| lists[*i].iter().find(|h| super::answer::key(h) == id)).cloned();
+    let hit_of = |id: &str| {
+        let mut copies = order.iter().filter_map(|i| lists[*i].iter().find(|h| super::answer::key(h) == id));
+        let mut hit = copies.next()?.clone();
+        // the highlights (and semantic highlights' inner hits) of every leaf that found it
+        for other in copies {
+            for k in ["highlight", "inner_hits"] {
+                let (Some(theirs), Some(m)) = (other.get(k).and_then(Value::as_object), hit.as_object_mut()) else {
+                    continue;
+                };
+                if let Some(ours) = m.entry(k).or_insert_with(|| json!({})).as_object_mut() {
+                    for (f, v) in theirs {
+                        ours.entry(f.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+            }
+        }
+        Some(hit)
+    };
     let hits: Vec<Value> = fused
         .iter()
         .enumerate()

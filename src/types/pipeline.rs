@@ -215,6 +215,24 @@ pub struct Pipeline {
     /// vector of the stored text.
     #[serde(default)]
     pub accept_client_vectors: bool,
+    /// Set when the pipeline stands behind a `semantic_text` field an app mapped through
+    /// Elastic's API: its `semantic`, `match` and `knn` queries are served on the passages, and
+    /// the vectors and passages stay out of `_source` (the app reads back what it wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic_text: Option<SemanticTextSpec>,
+}
+
+/// The `semantic_text` field a pipeline stands behind, as the app mapped it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticTextSpec {
+    /// The field's name (the first source of the pipeline's one `[[fields]]` entry).
+    pub field: String,
+    /// The inference id the mapping named (an endpoint or a model of the sidecar).
+    pub inference_id: String,
+    /// Elastic's `chunking_settings`, as given (the pipeline's `[chunking]` is derived from them).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub chunking_settings: serde_json::Value,
 }
 
 impl Pipeline {
@@ -298,6 +316,7 @@ impl Pipeline {
         self.check_analyzers()?;
         self.check_chunking(&vectors)?;
         self.check_layout()?;
+        self.check_semantic_text()?;
         for (i, f) in self.search.fields.iter().enumerate() {
             check_field(f).map_err(|e| (format!("search.fields[{i}]"), e))?;
         }
@@ -438,6 +457,29 @@ impl Pipeline {
             return bad("vector_index.ef_construction", format!("{} must be between 2 and 4096", v.ef_construction));
         }
         Ok(())
+    }
+
+    /// `semantic_text`: one `[[fields]]` entry whose first source is the field, and `[chunking]`.
+    fn check_semantic_text(&self) -> Result<(), (String, String)> {
+        let Some(st) = &self.semantic_text else { return Ok(()) };
+        if self.fields.len() != 1 || self.fields[0].source.first() != Some(&st.field) {
+            return Err((
+                "semantic_text.field".into(),
+                format!("`{}` must be the first source of the pipeline's one [[fields]] entry", st.field),
+            ));
+        }
+        if self.chunking.is_none() {
+            return Err(("semantic_text".into(), "a semantic_text pipeline needs [chunking]".into()));
+        }
+        Ok(())
+    }
+
+    /// The fields a `semantic_text` pipeline keeps out of `_source`: the vector and the passages.
+    pub fn hidden_fields(&self) -> Vec<&str> {
+        match (&self.semantic_text, &self.chunking) {
+            (Some(_), Some(c)) => vec![self.fields[0].vector.as_str(), c.passages_field.as_str()],
+            _ => Vec::new(),
+        }
     }
 
     /// The model of `fields[i]`.

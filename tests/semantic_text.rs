@@ -1,0 +1,266 @@
+//! Elastic's `semantic_text` served by the sidecar on a cluster without an inference service
+//! (the local Elasticsearch builds run a Basic licence): the requests of Elastic's "semantic
+//! search with semantic_text" and "hybrid search with semantic_text" tutorials, sent in their
+//! shape through the sidecar. The mapping is created with the pipeline behind it (stored in the
+//! cluster), reads back as `semantic_text`, documents read back as written, and the `semantic`,
+//! `match` and `knn` queries, the semantic highlighter and the `rrf` retriever over them answer
+//! in Elastic's shape with the hits of the sidecar's own search for the same parameters.
+//! Real engine, real model; Elasticsearch only (OpenSearch has no `semantic_text`).
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{encoder_settings, engine_url, on_elasticsearch, unique_index};
+use reqwest::Method;
+use semantic_sidecar::commands::eval::Dataset;
+use semantic_sidecar::encoder::EncoderSet;
+use semantic_sidecar::engine::EngineClient;
+use semantic_sidecar::http::{self, AppState};
+use semantic_sidecar::telemetry::Metrics;
+use serde_json::{json, Value};
+
+const MODEL: &str = "all-MiniLM-L6-v2";
+const TEXT: &str = "stem cells differentiate";
+
+struct Sidecar {
+    url: String,
+    http: reqwest::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A sidecar whose pipelines live in the cluster (as `semantic_text` needs).
+async fn sidecar() -> Sidecar {
+    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
+    let engine = EngineClient::new(&settings.engine).unwrap();
+    let metrics = Metrics::new();
+    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
+    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
+    let state = AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(Vec::new()).await;
+    let (url, tx) = http::serve_local(state).await.unwrap();
+    Sidecar { url, http: reqwest::Client::new(), _stop: tx }
+}
+
+impl Sidecar {
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn ok(&self, method: Method, path: &str, body: Value) -> Value {
+        let (status, v) = self.call(method, path, Some(body.clone())).await;
+        assert!(status == 200 || status == 201, "{path} {body} -> {status} {v}");
+        v
+    }
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["hits"]["hits"].as_array().unwrap().iter().map(|h| h["_id"].as_str().unwrap().to_string()).collect()
+}
+
+fn scores(v: &Value) -> Vec<f64> {
+    v["hits"]["hits"].as_array().unwrap().iter().map(|h| h["_score"].as_f64().unwrap()).collect()
+}
+
+/// 80 SciFact documents, as the hybrid tutorial writes them (`content` copied to the
+/// `semantic_text` field).
+async fn load(s: &Sidecar, index: &str) -> Vec<Value> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/scifact");
+    let data = Dataset::load(&dir, "train", Some(80)).unwrap();
+    let mut bulk = String::new();
+    let mut docs = Vec::new();
+    for (i, d) in data.docs.iter().enumerate() {
+        bulk.push_str(&json!({"index": {"_index": index, "_id": d["_id"]}}).to_string());
+        bulk.push('\n');
+        let doc = json!({"title": d["title"], "content": d["text"], "group": if i % 2 == 0 { "even" } else { "odd" }});
+        bulk.push_str(&doc.to_string());
+        bulk.push('\n');
+        docs.push(doc);
+    }
+    let r: Value = common::post_ndjson(&format!("{}/_bulk?refresh=true", s.url), bulk).await;
+    assert_eq!(r["errors"], false, "{r}");
+    docs
+}
+
+#[tokio::test]
+async fn elastics_semantic_text_tutorials_run_unchanged_through_the_sidecar() {
+    if !on_elasticsearch() {
+        common::not_on_this_engine("semantic_text", "semantic_text is Elasticsearch's field type");
+        return;
+    }
+    let s = sidecar().await;
+    let index = unique_index("semantic-text");
+    // the hybrid tutorial's mapping, with an inference id naming the sidecar's model
+    let mapping = json!({"mappings": {"properties": {
+        "title": {"type": "text"},
+        "content": {"type": "text", "copy_to": "semantic_text"},
+        "semantic_text": {"type": "semantic_text", "inference_id": MODEL,
+                          "chunking_settings": {"strategy": "word", "max_chunk_size": 60, "overlap": 20}},
+        "group": {"type": "keyword"}
+    }}});
+    let v = s.ok(Method::PUT, &format!("/{index}"), mapping).await;
+    assert_eq!(v["acknowledged"], true, "{v}");
+    // the mapping reads back as the app wrote it, by both APIs
+    for path in [format!("/{index}/_mapping"), format!("/{index}")] {
+        let (status, v) = s.call(Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{v}");
+        let m = &v[&index]["mappings"];
+        let st = &m["properties"]["semantic_text"];
+        assert_eq!(st["type"], "semantic_text", "{v}");
+        assert_eq!(st["inference_id"], MODEL);
+        assert_eq!(st["model_settings"]["dimensions"], 384);
+        assert_eq!(st["chunking_settings"]["strategy"], "word");
+        assert_eq!(m["properties"].as_object().unwrap().len(), 4, "no field of the sidecar shows: {v}");
+        assert!(m.get("_source").is_none() && m.get("_meta").is_none(), "{v}");
+    }
+    // the pipeline behind it is cluster state
+    let (status, p) = s.call(Method::GET, &format!("/_sidecar/pipeline/semantic-text-{index}"), None).await;
+    assert_eq!(status, 200, "{p}");
+    let docs = load(&s, &index).await;
+    // `_source` comes back as written
+    let (_, d) = s.call(Method::GET, &format!("/{index}/_doc/{}", ids_of(&s, &index).await[0]), None).await;
+    assert!(docs.contains(&d["_source"]), "{d}");
+
+    // the semantic query, `match` on the field and `knn` on it: the sidecar's own kNN over the passages
+    let own = s
+        .ok(
+            Method::POST,
+            "/search",
+            json!({"index": index, "query": TEXT, "mode": "knn", "k": 10, "num_candidates": 100}),
+        )
+        .await;
+    let path = format!("/{index}/_search");
+    let semantic =
+        s.ok(Method::POST, &path, json!({"query": {"semantic": {"field": "semantic_text", "query": TEXT}}})).await;
+    assert_eq!(ids(&semantic), ids(&own), "{semantic}");
+    for (a, b) in scores(&semantic).iter().zip(scores(&own)) {
+        assert!((a - b).abs() < 1e-5, "{a} {b}");
+    }
+    let matched = s.ok(Method::POST, &path, json!({"query": {"match": {"semantic_text": {"query": TEXT}}}})).await;
+    assert_eq!(ids(&matched), ids(&own));
+    let qvb = json!({"text_embedding": {"model_text": TEXT}});
+    let knn_query = s
+        .ok(Method::POST, &path, json!({"query": {"knn": {"field": "semantic_text", "k": 10, "num_candidates": 100, "query_vector_builder": qvb}}}))
+        .await;
+    assert_eq!(ids(&knn_query), ids(&own));
+    let knn_section = s
+        .ok(
+            Method::POST,
+            &path,
+            json!({"knn": {"field": "semantic_text", "k": 10, "num_candidates": 100, "query_vector_builder": qvb}}),
+        )
+        .await;
+    assert_eq!(ids(&knn_section), ids(&own));
+
+    // the semantic highlighter: the best chunks, as many as asked for
+    let body = json!({"query": {"semantic": {"field": "semantic_text", "query": TEXT}}, "_source": ["title"],
+        "highlight": {"fields": {"semantic_text": {"type": "semantic", "number_of_fragments": 2, "order": "score"}}}});
+    let v = s.ok(Method::POST, &path, body).await;
+    assert_eq!(ids(&v), ids(&own));
+    for h in v["hits"]["hits"].as_array().unwrap() {
+        let chunks = h["highlight"]["semantic_text"].as_array().unwrap_or_else(|| panic!("{h}"));
+        assert!(!chunks.is_empty() && chunks.len() <= 2, "{h}");
+        assert!(h.get("inner_hits").is_none() && h["_source"].as_object().unwrap().len() == 1, "{h}");
+        let content = docs.iter().find(|d| d["title"] == h["_source"]["title"]).unwrap()["content"].as_str().unwrap();
+        assert!(content.contains(chunks[0].as_str().unwrap().split_whitespace().next().unwrap()), "{h}");
+    }
+
+    // the hybrid tutorial: rrf over a lexical match and the semantic query = the sidecar's own rrf
+    let body = json!({"retriever": {"rrf": {"retrievers": [
+        {"standard": {"query": {"match": {"content": TEXT}}}},
+        {"standard": {"query": {"semantic": {"field": "semantic_text", "query": TEXT}}}}
+    ], "rank_window_size": 50}}});
+    let v = s.ok(Method::POST, &path, body).await;
+    let own = s
+        .ok(
+            Method::POST,
+            "/search",
+            json!({"index": index, "query": TEXT, "fields": ["content"], "k": 50, "num_candidates": 100,
+            "fusion": {"rrf": {"rank_constant": 60, "window": 50}}}),
+        )
+        .await;
+    assert_eq!(ids(&v), ids(&own), "{v}\n{own}");
+    for (a, b) in scores(&v).iter().zip(scores(&own)) {
+        assert!((a - b).abs() < 1e-9, "{a} {b}");
+    }
+    assert_eq!(v["hits"]["hits"][0]["_rank"], 1);
+
+    // `_update` re-embeds: the document moves to the top for its new text
+    let id = ids_of(&s, &index).await[5].clone();
+    let new_text = "Zebrafish fins regrow after amputation through blastema formation.";
+    s.ok(Method::POST, &format!("/{index}/_update/{id}?refresh=true"), json!({"doc": {"content": new_text}})).await;
+    let v = s
+        .ok(
+            Method::POST,
+            &path,
+            json!({"query": {"semantic": {"field": "semantic_text", "query": "zebrafish fin regeneration"}}}),
+        )
+        .await;
+    assert_eq!(ids(&v)[0], id, "{v}");
+
+    // deleting the index deletes the pipeline behind its field
+    s.ok(Method::DELETE, &format!("/{index}"), json!({})).await;
+    let (status, _) = s.call(Method::GET, &format!("/_sidecar/pipeline/semantic-text-{index}"), None).await;
+    assert_eq!(status, 404);
+}
+
+async fn ids_of(s: &Sidecar, index: &str) -> Vec<String> {
+    let v =
+        s.ok(Method::POST, &format!("/{index}/_search"), json!({"size": 20, "sort": ["_doc"], "_source": false})).await;
+    ids(&v)
+}
+
+#[tokio::test]
+async fn what_semantic_text_cannot_take_is_a_400_naming_it() {
+    if !on_elasticsearch() {
+        common::not_on_this_engine("semantic_text", "semantic_text is Elasticsearch's field type");
+        return;
+    }
+    let s = sidecar().await;
+    let index = unique_index("semantic-text-bad");
+    for (body, want) in [
+        (
+            json!({"mappings": {"properties": {"a": {"type": "semantic_text"}, "b": {"type": "semantic_text"}}}}),
+            "one semantic_text field",
+        ),
+        (json!({"mappings": {"properties": {"a": {"type": "semantic_text", "inference_id": "nope"}}}}), "nope"),
+        (json!({"mappings": {"properties": {"o": {"properties": {"a": {"type": "semantic_text"}}}}}}), "top level"),
+        (
+            json!({"mappings": {"properties": {"a": {"type": "semantic_text", "chunking_settings": {"strategy": "recursive"}}}}}),
+            "chunking_settings",
+        ),
+    ] {
+        let (status, v) = s.call(Method::PUT, &format!("/{index}"), Some(body.clone())).await;
+        assert_eq!(status, 400, "{body} -> {v}");
+        assert!(v["error"]["reason"].as_str().unwrap().contains(want), "{body} -> {v}");
+    }
+    // nothing was left behind
+    let (status, _) = s.call(Method::GET, &format!("/{index}"), None).await;
+    assert_eq!(status, 404);
+    let (status, v) = s
+        .call(
+            Method::PUT,
+            "/_index_template/semantic-template",
+            Some(json!({"index_patterns": ["x-*"], "template": {"mappings": {"properties": {"a": {"type": "semantic_text"}}}}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["reason"].as_str().unwrap().contains("template"));
+    // a semantic query on an index without the field names the problem
+    s.ok(Method::PUT, &format!("/{index}"), json!({"mappings": {"properties": {"t": {"type": "text"}}}})).await;
+    let (status, v) = s
+        .call(
+            Method::POST,
+            &format!("/{index}/_search"),
+            Some(json!({"query": {"semantic": {"field": "t", "query": "x"}}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["reason"].as_str().unwrap().contains("not a semantic_text field"), "{v}");
+    s.ok(Method::DELETE, &format!("/{index}"), json!({})).await;
+}
