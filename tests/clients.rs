@@ -128,6 +128,27 @@ async fn the_official_client_works_unchanged_through_the_sidecar() {
     f.engine.send(EngineRequest::new(Method::DELETE, format!("/{}", f.index))).await.unwrap();
 }
 
+/// Elastic's semantic_text tutorial with elasticsearch-py, through a sidecar whose pipelines
+/// live in the cluster (the mapping creates one).
+#[tokio::test]
+async fn elasticsearch_py_runs_the_semantic_text_tutorial_unchanged() {
+    if !on_elasticsearch() {
+        common::not_on_this_engine("semantic_text client", "semantic_text is Elasticsearch's field type");
+        return;
+    }
+    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
+    let engine = EngineClient::new(&settings.engine).unwrap();
+    let metrics = Metrics::new();
+    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
+    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
+    let major = engine.info().await.unwrap().version.major;
+    let state = AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(Vec::new()).await;
+    let (url, _stop) = http::serve_local(state).await.unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/elasticsearch_py_semantic.py");
+    let lib = format!("{}/pyclients/es{major}", cache());
+    run_python(script, vec![url, unique_index("clients-semantic")], Some(lib)).await;
+}
+
 /// The client of the engine under test: its script's interpreter arguments and `PYTHONPATH`.
 async fn client_lib(f: &Fixture) -> Option<String> {
     if !on_elasticsearch() {
