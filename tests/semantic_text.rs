@@ -264,3 +264,86 @@ async fn what_semantic_text_cannot_take_is_a_400_naming_it() {
     assert!(v["error"]["reason"].as_str().unwrap().contains("not a semantic_text field"), "{v}");
     s.ok(Method::DELETE, &format!("/{index}"), json!({})).await;
 }
+
+/// The first tutorial: an inference endpoint, a `semantic_text` mapping naming it, the data
+/// loaded from a plain index with `_reindex` (in the background, followed with `_tasks`), then
+/// searched; and `_reindex` waiting for completion.
+#[tokio::test]
+async fn the_semantic_search_tutorial_loads_with_reindex_and_an_inference_endpoint() {
+    if !on_elasticsearch() {
+        common::not_on_this_engine("semantic_text", "semantic_text is Elasticsearch's field type");
+        return;
+    }
+    let s = sidecar().await;
+    let raw = unique_index("test-data");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/scifact");
+    let data = Dataset::load(&dir, "train", Some(40)).unwrap();
+    let mut bulk = String::new();
+    for d in &data.docs {
+        bulk.push_str(&json!({"index": {"_index": raw, "_id": d["_id"]}}).to_string());
+        bulk.push('\n');
+        bulk.push_str(&json!({"content": d["text"], "title": d["title"]}).to_string());
+        bulk.push('\n');
+    }
+    let r: Value = common::post_ndjson(&format!("{}/_bulk?refresh=true", s.url), bulk).await;
+    assert_eq!(r["errors"], false, "{r}");
+    let eid = unique_index("my-e5-model");
+    let endpoint = json!({"service": "elasticsearch", "service_settings": {"num_allocations": 1, "num_threads": 1, "model_id": MODEL}});
+    s.ok(Method::PUT, &format!("/_inference/text_embedding/{eid}"), endpoint).await;
+    let index = unique_index("semantic-embeddings");
+    let mapping = json!({"mappings": {"properties": {"content": {"type": "semantic_text", "inference_id": eid}}}});
+    s.ok(Method::PUT, &format!("/{index}"), mapping).await;
+    let v = s
+        .ok(
+            Method::POST,
+            "/_reindex?wait_for_completion=false",
+            json!({"source": {"index": raw, "size": 10}, "dest": {"index": index}}),
+        )
+        .await;
+    let task = v["task"].as_str().unwrap_or_else(|| panic!("{v}")).to_string();
+    let t = std::time::Instant::now();
+    let done = loop {
+        let (status, v) = s.call(Method::GET, &format!("/_tasks/{task}"), None).await;
+        assert_eq!(status, 200, "{v}");
+        if v["completed"] == true {
+            break v;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(120), "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    assert_eq!(done["response"]["created"], 40, "{done}");
+    assert_eq!(done["task"]["status"]["total"], 40, "{done}");
+    let (status, _) = s.call(Method::POST, &format!("/{index}/_refresh"), None).await;
+    assert_eq!(status, 200);
+    let v = s
+        .ok(
+            Method::POST,
+            &format!("/{index}/_search"),
+            json!({"query": {"semantic": {"field": "content", "query": "How does the immune system respond?"}}}),
+        )
+        .await;
+    assert_eq!(v["hits"]["hits"].as_array().unwrap().len(), 10, "{v}");
+    let (_, d) = s.call(Method::GET, &format!("/{index}/_doc/{}", ids(&v)[0]), None).await;
+    assert_eq!(d["_source"].as_object().unwrap().keys().collect::<Vec<_>>(), ["content", "title"], "{d}");
+    // waiting for completion: `_reindex`'s own answer; unknown options are named
+    let again = unique_index("semantic-embeddings-2");
+    let mapping = json!({"mappings": {"properties": {"content": {"type": "semantic_text", "inference_id": eid}}}});
+    s.ok(Method::PUT, &format!("/{again}"), mapping).await;
+    let body = json!({"source": {"index": raw, "query": {"match": {"title": "cells"}}}, "dest": {"index": again}});
+    let v = s.ok(Method::POST, "/_reindex?refresh=true", body).await;
+    let n = v["created"].as_u64().unwrap();
+    assert!(n > 0 && n < 40 && v["total"] == n && v["failures"] == json!([]), "{v}");
+    let (status, e) = s
+        .call(
+            Method::POST,
+            "/_reindex",
+            Some(json!({"source": {"index": raw}, "dest": {"index": again}, "script": {"source": "x"}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"]["reason"].as_str().unwrap().contains("script"), "{e}");
+    for i in [&index, &again, &raw] {
+        s.ok(Method::DELETE, &format!("/{i}"), json!({})).await;
+    }
+    s.ok(Method::DELETE, &format!("/_inference/text_embedding/{eid}"), json!({})).await;
+}

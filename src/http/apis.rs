@@ -262,6 +262,7 @@ pub static APIS: &[Api] = &[
     api!("stored script", G | P | U | D, [L("_scripts"), N], Admin, B::None, All),
     api!("tasks", G, [L("_tasks")], Admin, B::None, All),
     api!("task", G, [L("_tasks"), N], Admin, B::None, All),
+    api!("cancel task", P, [L("_tasks"), N, L("_cancel")], Admin, B::None, All),
     api!("license", G, [L("_license")], Admin, B::None, All),
 ];
 

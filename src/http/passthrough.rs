@@ -10,7 +10,8 @@
 //! `X-Elastic-Product`) comes back as it came. Which key may call what was decided before a
 //! handler here runs ([`super::auth`]). Refused on pipeline indices, and on names that expand
 //! to one (aliases, patterns, date math): `_update_by_query` and `_reindex` into one (their
-//! documents would lose their vectors).
+//! documents would lose their vectors), except `_reindex` whose `dest` names the pipeline's
+//! index: run as a reindex job that embeds, with `_tasks/{id}` for it ([`super::jobs::es_reindex`]).
 
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, RawQuery, State};
@@ -139,8 +140,9 @@ async fn check_pipeline_writes(state: &AppState, segments: &[String], body: Opti
                 .and_then(|v| v.pointer("/dest/index").and_then(Value::as_str).map(String::from));
             if let Some(d) = dest {
                 if let Some(i) = state.ingestor.owners().any_owned(&state.engine, &d).await? {
+                    // served as a job (reindex_into_pipeline) when one pipeline owns it plainly
                     return refuse(format!(
-                        "_reindex into `{d}` (pipeline index `{i}`) is refused: it would copy documents without their vectors; use POST /_jobs/reindex, which embeds them"
+                        "_reindex into `{d}` (pipeline index `{i}`) is refused: name the pipeline's index itself (the documents are embedded by a reindex job), or use POST /_jobs/reindex"
                     ));
                 }
             }
@@ -178,6 +180,9 @@ pub async fn any(
     }
     let path = engine_path(&method, &segments)?;
     let body = json_body(&body)?;
+    if let Some(r) = sidecar_jobs(&state, &method, &segments, &q, body.as_ref()).await? {
+        return Ok(r);
+    }
     check_pipeline_writes(&state, &segments, body.as_ref()).await?;
     if let Some(r) = super::semantic::intercept(&state, &method, &segments, &path, &q, body.as_ref()).await? {
         return Ok(r);
@@ -190,6 +195,41 @@ pub async fn any(
         state.ingestor.owners().invalidate();
     }
     answer
+}
+
+/// `_reindex` into an index a served pipeline owns (by its name or the pipeline's `index`),
+/// run as a reindex job that embeds; `_tasks/{id}` and `_tasks/{id}/_cancel` for such a job.
+async fn sidecar_jobs(
+    state: &AppState,
+    method: &Method,
+    segments: &[String],
+    q: &QueryString,
+    body: Option<&Bytes>,
+) -> Result<Option<Response>, ApiError> {
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match (method.clone(), seg.as_slice()) {
+        (Method::POST, ["_reindex"]) => {
+            let Some(v) = body.and_then(|b| serde_json::from_slice::<Value>(b).ok()) else { return Ok(None) };
+            let Some(dest) = v.pointer("/dest/index").and_then(Value::as_str) else { return Ok(None) };
+            let route = match state.ingestor.owners().for_write(&state.engine, dest).await? {
+                Ok(r) => r,
+                Err(why) => return Err(ApiError::new(ErrorCode::InvalidInput, why)),
+            };
+            match route.owner {
+                crate::ingest::owner::Owner::Served(p) if p.index == dest || route.target == dest => {
+                    super::jobs::es_reindex(state, &p.name, dest, q, &v).await.map(Some)
+                }
+                _ => Ok(None),
+            }
+        }
+        (Method::GET, ["_tasks", id]) if crate::reindex::is_job_id(id) => {
+            super::jobs::es_task(state, id).await.map(Some)
+        }
+        (Method::POST, ["_tasks", id, "_cancel"]) if crate::reindex::is_job_id(id) => {
+            super::jobs::es_task_cancel(state, id).await.map(Some)
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Whether a request may change what a name resolves to: alias changes, index or data stream
