@@ -10,7 +10,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{encoder_settings, engine_url, on_elasticsearch, unique_index};
+use common::{encoder_settings, engine_url, on_elasticsearch, unique_index, JsonClient};
 use reqwest::Method;
 use semantic_sidecar::commands::eval::Dataset;
 use semantic_sidecar::encoder::EncoderSet;
@@ -34,10 +34,16 @@ fn pipeline(index: &str) -> Pipeline {
 }
 
 struct Sidecar {
-    url: String,
+    client: JsonClient,
     index: String,
-    http: reqwest::Client,
     _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl std::ops::Deref for Sidecar {
+    type Target = JsonClient;
+    fn deref(&self) -> &JsonClient {
+        &self.client
+    }
 }
 
 async fn sidecar_for(index: &str) -> Sidecar {
@@ -49,7 +55,7 @@ async fn sidecar_for(index: &str) -> Sidecar {
     let state =
         AppState::with_encoders(settings, engine, metrics, encoders).with_pipelines(vec![pipeline(index)]).unwrap();
     let (url, tx) = http::serve_local(state).await.unwrap();
-    Sidecar { url, index: index.to_string(), http: reqwest::Client::new(), _stop: tx }
+    Sidecar { client: JsonClient::new(url), index: index.to_string(), _stop: tx }
 }
 
 static INDEX: OnceCell<String> = OnceCell::const_new();
@@ -86,22 +92,6 @@ async fn index() -> String {
 }
 
 impl Sidecar {
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: Method, path: &str, body: Value) -> Value {
-        let (status, v) = self.call(method, path, Some(body.clone())).await;
-        assert_eq!(status, 200, "{path} {body} -> {v}");
-        v
-    }
-
     /// The sidecar's own hybrid (`POST /search`) for the same text and parameters.
     async fn own(&self, extra: Value) -> Value {
         let mut body = json!({"index": self.index, "query": TEXT, "k": 50, "num_candidates": 100});

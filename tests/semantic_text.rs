@@ -11,7 +11,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{encoder_settings, engine_url, on_elasticsearch, unique_index};
+use common::{encoder_settings, engine_url, on_elasticsearch, unique_index, JsonClient};
 use reqwest::Method;
 use semantic_sidecar::commands::eval::Dataset;
 use semantic_sidecar::encoder::EncoderSet;
@@ -24,13 +24,24 @@ const MODEL: &str = "all-MiniLM-L6-v2";
 const TEXT: &str = "stem cells differentiate";
 
 struct Sidecar {
-    url: String,
-    http: reqwest::Client,
+    client: JsonClient,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-/// A sidecar whose pipelines live in the cluster (as `semantic_text` needs).
-async fn sidecar() -> Sidecar {
+impl std::ops::Deref for Sidecar {
+    type Target = JsonClient;
+    fn deref(&self) -> &JsonClient {
+        &self.client
+    }
+}
+
+/// A sidecar whose pipelines live in the cluster (as `semantic_text` needs), on Elasticsearch
+/// only (OpenSearch has no `semantic_text`: the test says so and stops).
+async fn sidecar() -> Option<Sidecar> {
+    if !on_elasticsearch() {
+        common::not_on_this_engine("semantic_text", "semantic_text is Elasticsearch's field type");
+        return None;
+    }
     let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
     let engine = EngineClient::new(&settings.engine).unwrap();
     let metrics = Metrics::new();
@@ -38,25 +49,7 @@ async fn sidecar() -> Sidecar {
     let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
     let state = AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(Vec::new()).await;
     let (url, tx) = http::serve_local(state).await.unwrap();
-    Sidecar { url, http: reqwest::Client::new(), _stop: tx }
-}
-
-impl Sidecar {
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: Method, path: &str, body: Value) -> Value {
-        let (status, v) = self.call(method, path, Some(body.clone())).await;
-        assert!(status == 200 || status == 201, "{path} {body} -> {status} {v}");
-        v
-    }
+    Some(Sidecar { client: JsonClient::new(url), _stop: tx })
 }
 
 fn ids(v: &Value) -> Vec<String> {
@@ -89,11 +82,7 @@ async fn load(s: &Sidecar, index: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn elastics_semantic_text_tutorials_run_unchanged_through_the_sidecar() {
-    if !on_elasticsearch() {
-        common::not_on_this_engine("semantic_text", "semantic_text is Elasticsearch's field type");
-        return;
-    }
-    let s = sidecar().await;
+    let Some(s) = sidecar().await else { return };
     let index = unique_index("semantic-text");
     // the hybrid tutorial's mapping, with an inference id naming the sidecar's model
     let mapping = json!({"mappings": {"properties": {
@@ -217,11 +206,7 @@ async fn ids_of(s: &Sidecar, index: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn what_semantic_text_cannot_take_is_a_400_naming_it() {
-    if !on_elasticsearch() {
-        common::not_on_this_engine("semantic_text", "semantic_text is Elasticsearch's field type");
-        return;
-    }
-    let s = sidecar().await;
+    let Some(s) = sidecar().await else { return };
     let index = unique_index("semantic-text-bad");
     for (body, want) in [
         (
@@ -270,11 +255,7 @@ async fn what_semantic_text_cannot_take_is_a_400_naming_it() {
 /// searched; and `_reindex` waiting for completion.
 #[tokio::test]
 async fn the_semantic_search_tutorial_loads_with_reindex_and_an_inference_endpoint() {
-    if !on_elasticsearch() {
-        common::not_on_this_engine("semantic_text", "semantic_text is Elasticsearch's field type");
-        return;
-    }
-    let s = sidecar().await;
+    let Some(s) = sidecar().await else { return };
     let raw = unique_index("test-data");
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/scifact");
     let data = Dataset::load(&dir, "train", Some(40)).unwrap();

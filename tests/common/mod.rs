@@ -519,3 +519,37 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// JSON calls to a sidecar under test: the status and the JSON answer (`Null` when not JSON).
+pub struct JsonClient {
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl JsonClient {
+    pub fn new(url: String) -> JsonClient {
+        JsonClient { url, http: reqwest::Client::new() }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut r = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// The answer of a call that must succeed (200 or 201).
+    pub async fn ok(&self, method: reqwest::Method, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let (status, v) = self.call(method, path, Some(body.clone())).await;
+        assert!(status == 200 || status == 201, "{path} {body} -> {status} {v}");
+        v
+    }
+}
