@@ -149,6 +149,32 @@ async fn elasticsearch_py_runs_the_semantic_text_tutorial_unchanged() {
     run_python(script, vec![url, unique_index("clients-semantic")], Some(lib)).await;
 }
 
+/// LangChain's ElasticsearchStore with `DenseVectorStrategy(hybrid=True)` (an `rrf` retriever)
+/// and `DenseVectorStrategy(model_id=...)` (a `query_vector_builder`) on a pipeline index.
+#[tokio::test]
+async fn langchain_elasticsearch_store_searches_hybrid_and_by_model_id() {
+    if !on_elasticsearch() {
+        common::not_on_this_engine("LangChain ElasticsearchStore", "it is Elasticsearch's LangChain store");
+        return;
+    }
+    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
+    let engine = EngineClient::new(&settings.engine).unwrap();
+    let metrics = Metrics::new();
+    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
+    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
+    let state = AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(Vec::new()).await;
+    let (url, _stop) = http::serve_local(state).await.unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/langchain_store.py");
+    let lib = format!("{}/pyclients/langchain", cache());
+    let args = vec![
+        url,
+        unique_index("clients-langchain"),
+        unique_index("clients-langchain-piped"),
+        "all-MiniLM-L6-v2".into(),
+    ];
+    run_python(script, args, Some(lib)).await;
+}
+
 /// The client of the engine under test: its script's interpreter arguments and `PYTHONPATH`.
 async fn client_lib(f: &Fixture) -> Option<String> {
     if !on_elasticsearch() {

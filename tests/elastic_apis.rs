@@ -308,6 +308,15 @@ async fn inference_endpoints_are_stored_in_the_cluster_and_embed_in_elastics_sha
     let qv: Vec<f32> = serde_json::from_value(q["text_embedding"][0]["embedding"].clone()).unwrap();
     let want = common::embed_with(&b.url, &texts[..1], "query").await;
     assert!(common::cosine(&qv, &want[0]) > 0.9999);
+    // the trained-model inference API, as code that checks a model is deployed calls it
+    for path in [format!("/_ml/trained_models/{MODEL}/_infer"), format!("/_ml/trained_models/{id}/deployment/_infer")] {
+        let v = b.ok(Method::POST, &path, json!({"docs": [{"text_field": "stem cells"}]})).await;
+        let got: Vec<f32> = serde_json::from_value(v["inference_results"][0]["predicted_value"].clone()).unwrap();
+        assert!(common::cosine(&got, &want[0]) > 0.9999, "{v}");
+    }
+    let (status, v) =
+        b.call(Method::POST, "/_ml/trained_models/nope/_infer", Some(json!({"docs": [{"text_field": "x"}]}))).await;
+    assert_eq!(status, 404, "{v}");
     // what it does not serve, and bad input: 4xx naming the problem
     for (method, path, body, want) in [
         (

@@ -156,6 +156,16 @@ pub static APIS: &[Api] = &[
     api!("inference endpoint", U | D, [L("_inference"), N], Admin, B::None, All),
     api!("inference endpoint", G | P, [L("_inference"), N, N], Read, B::None, Named),
     api!("inference endpoint", U | D, [L("_inference"), N, N], Admin, B::None, All),
+    // trained-model inference (embeddings of a sidecar model where the cluster has no ML)
+    api!("trained model infer", P, [L("_ml"), L("trained_models"), N, L("_infer")], Read, B::None, Named),
+    api!(
+        "trained model infer",
+        P,
+        [L("_ml"), L("trained_models"), N, L("deployment"), L("_infer")],
+        Read,
+        B::None,
+        Named
+    ),
     // scroll and point in time, before the searches whose paths they extend
     api!("clear every scroll", D, [L("_search"), L("scroll"), L("_all")], Admin, B::None, All),
     api!("scroll", G | P | D, [L("_search"), L("scroll")], Read, B::Scroll, Named),

@@ -188,3 +188,64 @@ async fn infer(state: &AppState, id: &str, body: &Value) -> Result<Response, Api
         .collect::<Result<_, _>>()?;
     Ok(Json(json!({"text_embedding": embeddings})).into_response())
 }
+
+/// Elasticsearch's trained-model inference, `POST /_ml/trained_models/{id}[/deployment]/_infer`
+/// with `{"docs": [{"text_field": "..."}, ...]}`, where the cluster has no machine learning:
+/// the text embeddings of the sidecar model `id` names (a model or an inference endpoint; the
+/// query prefix, as for `query_vector_builder`) as `{"inference_results": [{"predicted_value":
+/// [...]}]}`. Code that checks that a model is deployed before using its id in a
+/// `query_vector_builder` (LangChain's `DenseVectorStrategy(model_id=...)`) finds the model; an
+/// unknown id is a 404, as Elasticsearch answers.
+pub async fn ml_infer(
+    State(state): State<AppState>,
+    Path(params): Path<Vec<(String, String)>>,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id = params.into_iter().find(|(k, _)| k == "id").map(|(_, v)| v).unwrap_or_default();
+    if state.searcher.capabilities().await?.engine_serves_ml() {
+        let model = DocId::try_from(id.as_str()).map_err(|e| invalid(format!("`{id}`: {e}")))?;
+        let mut path = EnginePath::root().api("_ml").api("trained_models").name(&model);
+        if uri.path().contains("/deployment/") {
+            path = path.api("deployment");
+        }
+        let mut req = EngineRequest::new(Method::POST, path.api("_infer").build()).passthrough();
+        if let Some(b) = passthrough::json_body(&body)? {
+            req = req.json_bytes(b);
+        }
+        return Ok(engine_answer(state.engine.send(req).await?));
+    }
+    let model = state.searcher.endpoints().model_for(&id).await.map_err(|e| {
+        let e = ApiError::new(ErrorCode::NotFound, format!("Could not find trained model [{id}]: {e}"));
+        ApiError { status: Some(axum::http::StatusCode::NOT_FOUND), ..e }
+    })?;
+    let body = object(&body)?;
+    let docs = body
+        .get("docs")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid("`docs` is required: a list of {field: text} objects"))?;
+    if docs.is_empty() || docs.len() > MAX_INPUTS {
+        return Err(ApiError::new(
+            ErrorCode::LimitExceeded,
+            format!("`docs` holds 1 to {MAX_INPUTS} documents, not {}", docs.len()),
+        ));
+    }
+    let texts: Vec<Input> = docs
+        .iter()
+        .map(|d| match d.as_object().map(|m| m.values().collect::<Vec<_>>()).as_deref() {
+            Some([Value::String(s)]) => Ok(Input::Text(s.clone())),
+            _ => Err(invalid("each of `docs` is an object with one text field, e.g. {\"text_field\": \"...\"}")),
+        })
+        .collect::<Result<_, _>>()?;
+    let opts = EncodeOptions { kind: TextKind::Query, truncate: true, ..EncodeOptions::default() };
+    let out = state.encoders.get(Some(&model))?.encode(texts, opts).await?;
+    let results: Vec<Value> = out
+        .outputs
+        .into_iter()
+        .map(|o| match o {
+            Pooled::Vector(v) => Ok(json!({"predicted_value": v})),
+            Pooled::Tokens(_) => Err(invalid(format!("model `{model}` gives token vectors, not one per text"))),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Json(json!({"inference_results": results})).into_response())
+}

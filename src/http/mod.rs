@@ -199,6 +199,8 @@ pub fn router(state: AppState) -> Router {
             "/_inference/{task}/{id}",
             get(inference::two).put(inference::two).post(inference::two).delete(inference::two),
         )
+        .route("/_ml/trained_models/{id}/_infer", post(inference::ml_infer))
+        .route("/_ml/trained_models/{id}/deployment/_infer", post(inference::ml_infer))
         .route("/_search", get(search::search_all).post(search::search_all))
         .route("/{index}/_search", get(search::search_index).post(search::search_index))
         .route("/", get(passthrough::root).head(passthrough::root))

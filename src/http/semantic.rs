@@ -216,18 +216,17 @@ async fn get_app_view(state: &AppState, path: &EnginePath, q: &QueryString) -> R
     Ok(axum::response::IntoResponse::into_response(axum::Json(v)))
 }
 
-/// `DELETE /{index}`; the pipelines behind the `semantic_text` fields of the indices it
-/// deleted go with them.
+/// `DELETE /{index}` (one concrete name); the pipeline behind its `semantic_text` field goes
+/// with it.
 async fn delete_index(state: &AppState, index: &str, q: &QueryString) -> Result<Response, ApiError> {
-    let pattern = crate::types::name::IndexPattern::try_from(index)?;
-    let path = EnginePath::root().pattern(&pattern).query(q).build();
+    let name = IndexName::try_from(index)?;
+    let path = EnginePath::root().index(&name).query(q).build();
     let resp = state.engine.send(EngineRequest::new(Method::DELETE, path).passthrough()).await?;
     state.ingestor.owners().invalidate();
     if resp.status.is_success() {
-        let names: Vec<&str> = index.split(',').collect();
         let snapshot = state.catalog.snapshot();
         for (s, _) in snapshot.all() {
-            if s.pipeline.semantic_text.is_some() && names.contains(&s.pipeline.index.as_str()) {
+            if s.pipeline.semantic_text.is_some() && s.pipeline.index == index {
                 if let Err(e) = state.catalog.delete(&s.pipeline.name, None).await {
                     tracing::warn!(pipeline = %s.pipeline.name, error = %e, "the semantic_text pipeline of a deleted index stays");
                 }
