@@ -175,6 +175,43 @@ async fn langchain_elasticsearch_store_searches_hybrid_and_by_model_id() {
     run_python(script, args, Some(lib)).await;
 }
 
+/// Elastic's semantic APIs with the official JS client, through a sidecar whose pipelines live
+/// in the cluster.
+#[tokio::test]
+async fn the_js_client_runs_elastics_semantic_apis_unchanged() {
+    if !on_elasticsearch() {
+        common::not_on_this_engine("JS client semantic APIs", "semantic_text and retrievers are Elasticsearch's API");
+        return;
+    }
+    let modules = format!("{}/jsclients/node_modules", cache());
+    assert!(
+        std::path::Path::new(&modules).join("@elastic/elasticsearch").is_dir(),
+        "no JS client at {modules}: run scripts/setup"
+    );
+    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
+    let engine = EngineClient::new(&settings.engine).unwrap();
+    let metrics = Metrics::new();
+    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
+    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
+    let state = AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(Vec::new()).await;
+    let (url, _stop) = http::serve_local(state).await.unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/js/elastic_semantic.js");
+    let index = unique_index("clients-js");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .args([url, index, "all-MiniLM-L6-v2".into()])
+            .env("NODE_PATH", modules)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+}
+
 /// The client of the engine under test: its script's interpreter arguments and `PYTHONPATH`.
 async fn client_lib(f: &Fixture) -> Option<String> {
     if !on_elasticsearch() {
