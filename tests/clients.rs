@@ -212,6 +212,40 @@ async fn the_js_client_runs_elastics_semantic_apis_unchanged() {
     assert!(out.status.success(), "{text}");
 }
 
+/// Elastic's semantic APIs with the official Java client, which always asks for `typed_keys`.
+#[tokio::test]
+async fn the_java_client_reads_typed_aggregations_of_semantic_and_fused_searches() {
+    if !on_elasticsearch() {
+        common::not_on_this_engine("Java client semantic APIs", "semantic_text and retrievers are Elasticsearch's API");
+        return;
+    }
+    let lib = format!("{}/javaclients/lib", cache());
+    assert!(std::path::Path::new(&lib).is_dir(), "no Java client at {lib}: run scripts/setup");
+    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
+    let engine = EngineClient::new(&settings.engine).unwrap();
+    let metrics = Metrics::new();
+    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
+    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
+    let state = AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(Vec::new()).await;
+    let (url, _stop) = http::serve_local(state).await.unwrap();
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/java/SemanticApis.java");
+    let index = unique_index("clients-java");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("java")
+            .arg("-cp")
+            .arg(format!("{lib}/*"))
+            .arg(source)
+            .args([url, index, "all-MiniLM-L6-v2".into()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+}
+
 /// The client of the engine under test: its script's interpreter arguments and `PYTHONPATH`.
 async fn client_lib(f: &Fixture) -> Option<String> {
     if !on_elasticsearch() {
