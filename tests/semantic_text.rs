@@ -328,3 +328,81 @@ async fn the_semantic_search_tutorial_loads_with_reindex_and_an_inference_endpoi
     }
     s.ok(Method::DELETE, &format!("/_inference/text_embedding/{eid}"), json!({})).await;
 }
+
+fn ndcg_at_10(ranked: &[String], judged: &std::collections::BTreeMap<String, u32>) -> f64 {
+    let gain = |g: u32| (2f64.powi(g as i32) - 1.0);
+    let dcg: f64 = ranked
+        .iter()
+        .take(10)
+        .enumerate()
+        .map(|(i, d)| gain(*judged.get(d).unwrap_or(&0)) / (i as f64 + 2.0).log2())
+        .sum();
+    let mut ideal: Vec<u32> = judged.values().copied().collect();
+    ideal.sort_unstable_by(|a, b| b.cmp(a));
+    let idcg: f64 = ideal.iter().take(10).enumerate().map(|(i, g)| gain(*g) / (i as f64 + 2.0).log2()).sum();
+    if idcg == 0.0 {
+        0.0
+    } else {
+        dcg / idcg
+    }
+}
+
+/// Quality: SciFact train (200 documents, 150 of the queries judged on them) through `semantic_text`
+/// and `retriever.rrf` scores the nDCG@10 of the pipeline path (a pipeline index of the same
+/// texts, model, chunking and BM25 analysis, searched with the sidecar's own RRF).
+#[tokio::test]
+async fn scifact_through_semantic_text_and_rrf_scores_like_the_pipeline_path() {
+    let Some(s) = sidecar().await else { return };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/scifact");
+    let data = Dataset::load(&dir, "train", Some(200)).unwrap();
+    let (semantic, piped) = (unique_index("scifact-semantic"), unique_index("scifact-pipeline"));
+    let chunking = json!({"strategy": "word", "max_chunk_size": 150, "overlap": 50});
+    let mapping = json!({"mappings": {"properties": {
+        "title": {"type": "text", "copy_to": "body"}, "text": {"type": "text", "copy_to": "body"},
+        "body": {"type": "semantic_text", "inference_id": MODEL, "chunking_settings": chunking}}}});
+    s.ok(Method::PUT, &format!("/{semantic}"), mapping).await;
+    let (max_tokens, overlap) = semantic_sidecar::ingest::semantic::token_chunking(&chunking, 256);
+    let pipeline = json!({"index": piped, "model": MODEL, "analyzer": "standard",
+        "fields": [{"source": ["title", "text"], "vector": "vector"}],
+        "chunking": {"max_tokens": max_tokens, "overlap": overlap}, "search": {"fields": ["title", "text"]}});
+    s.ok(Method::PUT, &format!("/_sidecar/pipeline/{piped}"), pipeline).await;
+    for index in [&semantic, &piped] {
+        for batch in data.docs.chunks(50) {
+            let mut bulk = String::new();
+            for d in batch {
+                bulk.push_str(&json!({"index": {"_index": index, "_id": d["_id"]}}).to_string());
+                bulk.push('\n');
+                bulk.push_str(&json!({"title": d["title"], "text": d["text"]}).to_string());
+                bulk.push('\n');
+            }
+            let r: Value = common::post_ndjson(&format!("{}/_bulk?refresh=true", s.url), bulk).await;
+            assert_eq!(r["errors"], false, "{r}");
+        }
+    }
+    let (mut a, mut b) = (0.0, 0.0);
+    let queries = &data.queries[..data.queries.len().min(150)];
+    for (qid, text) in queries {
+        let body = json!({"retriever": {"rrf": {"retrievers": [
+            {"standard": {"query": {"multi_match": {"query": text, "fields": ["title", "text"]}}}},
+            {"standard": {"query": {"semantic": {"field": "body", "query": text}}}}
+        ], "rank_window_size": 50}}, "size": 10, "_source": false});
+        let v = s.ok(Method::POST, &format!("/{semantic}/_search"), body).await;
+        a += ndcg_at_10(&ids(&v), &data.qrels[qid]);
+        let own = json!({"index": piped, "query": text, "size": 10, "k": 50, "num_candidates": 100,
+            "fusion": {"rrf": {"rank_constant": 60, "window": 50}}});
+        b += ndcg_at_10(&ids(&s.ok(Method::POST, "/search", own).await), &data.qrels[qid]);
+    }
+    let n = queries.len() as f64;
+    let (a, b) = (a / n, b / n);
+    println!(
+        "SciFact train, {} queries over {} documents: nDCG@10 semantic_text + rrf {a:.4}, pipeline {b:.4}",
+        queries.len(),
+        data.docs.len()
+    );
+    assert!(n >= 100.0, "{n} queries");
+    assert!((a - b).abs() <= 0.005, "semantic_text + rrf {a:.4} vs pipeline {b:.4}");
+    for index in [&semantic, &piped] {
+        s.ok(Method::DELETE, &format!("/{index}"), json!({})).await;
+    }
+    s.call(Method::DELETE, &format!("/_sidecar/pipeline/{piped}"), None).await;
+}
