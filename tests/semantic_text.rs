@@ -178,6 +178,10 @@ async fn elastics_semantic_text_tutorials_run_unchanged_through_the_sidecar() {
         assert!((a - b).abs() < 1e-9, "{a} {b}");
     }
     assert_eq!(v["hits"]["hits"][0]["_rank"], 1);
+    // the multi-field format (9.1) of the same search
+    let short =
+        json!({"retriever": {"rrf": {"query": TEXT, "fields": ["content", "semantic_text"], "rank_window_size": 50}}});
+    assert_eq!(ids(&s.ok(Method::POST, &path, short).await), ids(&v));
 
     // `_update` re-embeds: the document moves to the top for its new text
     let id = ids_of(&s, &index).await[5].clone();

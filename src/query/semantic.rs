@@ -6,6 +6,8 @@
 //!   `F_sidecar_chunks.vector`, scored by the best passage (as Elasticsearch scores them);
 //! - a `knn` query, a top-level `knn` section or a `knn` retriever on `F` searches the passages'
 //!   vectors, its `query_vector_builder` taking the field's model where it names none;
+//! - the multi-field format of `rrf` and `linear` (`query` + `fields`) is written out into a
+//!   lexical `multi_match` retriever and a `semantic` retriever per `semantic_text` field;
 //! - the `semantic` highlighter on `F` returns the best passages of the clause on `F`
 //!   (`number_of_fragments`, default 5; `order` `score` or `none`).
 //!
@@ -77,12 +79,71 @@ fn known(targets: &[SemanticTarget]) -> String {
 /// kNN on one of them at its passages. A `semantic` clause naming another field is refused.
 pub fn rewrite(body: &mut Value, targets: &[SemanticTarget]) -> Result<Found, QueryError> {
     let mut found = Found::default();
+    if let Some(r) = body.get_mut("retriever") {
+        found.changed = expand_multi_field(r, "retriever", targets)?;
+    }
     walk(body, String::new(), targets, &mut found)?;
     if found.clauses.len() > MAX_CLAUSES {
         return Err(QueryError::Limit(format!("the body has more than {MAX_CLAUSES} semantic queries")));
     }
     found.highlights = highlights(body, targets)?;
     Ok(found)
+}
+
+/// Elastic's multi-field format of the `rrf` and `linear` retrievers, `{"query": text,
+/// "fields": [...]}`, written out: the lexical fields (boosts kept) in one `multi_match`
+/// retriever, each `semantic_text` field a `semantic` retriever (in `linear`, a field's boost is
+/// its weight). Returns whether it wrote anything.
+fn expand_multi_field(r: &mut Value, at: &str, targets: &[SemanticTarget]) -> Result<bool, QueryError> {
+    let Some(m) = r.as_object_mut() else { return Ok(false) };
+    let mut changed = false;
+    for (kind, b) in m.iter_mut() {
+        let here = format!("{at}.{kind}");
+        let Some(b) = b.as_object_mut() else { continue };
+        if let Some(Value::Array(children)) = b.get_mut("retrievers") {
+            for (i, c) in children.iter_mut().enumerate() {
+                let inner = if c.get("retriever").is_some() { &mut c["retriever"] } else { c };
+                changed |= expand_multi_field(inner, &format!("{here}.retrievers[{i}]"), targets)?;
+            }
+        }
+        if !(kind == "rrf" || kind == "linear") || !(b.contains_key("query") || b.contains_key("fields")) {
+            continue;
+        }
+        let (Some(Value::String(text)), Some(Value::Array(fields))) = (b.remove("query"), b.remove("fields")) else {
+            return Err(invalid(format!(
+                "{here}: the multi-field format needs `query` (a string) and `fields` (a list)"
+            )));
+        };
+        let (mut lexical, mut children) = (Vec::new(), Vec::new());
+        for f in &fields {
+            let f = f.as_str().ok_or_else(|| invalid(format!("{here}.fields: field names are strings")))?;
+            let (name, boost) = match f.split_once('^') {
+                Some((n, b)) => (n, b.parse::<f64>().ok()),
+                None => (f, None),
+            };
+            if targets.iter().any(|t| t.field == name) {
+                let q = json!({"standard": {"query": {"semantic": {"field": name, "query": text}}}});
+                children.push(match boost.filter(|_| kind == "linear") {
+                    Some(w) => json!({"retriever": q, "weight": w}),
+                    None => q,
+                });
+            } else {
+                lexical.push(json!(f));
+            }
+        }
+        if !lexical.is_empty() {
+            children.insert(0, json!({"standard": {"query": {"multi_match": {"query": text, "fields": lexical}}}}));
+        }
+        if children.len() < 2 && kind == "rrf" {
+            return Err(invalid(format!(
+                "{here}: `query` + `fields` needs lexical fields and a semantic_text field to fuse (semantic_text fields here: {})",
+                known(targets)
+            )));
+        }
+        b.insert("retrievers".into(), Value::Array(children));
+        changed = true;
+    }
+    Ok(changed)
 }
 
 /// Whether the object at `at` holds its `knn` as a *section* (the top-level `knn`, a `knn`
@@ -390,6 +451,28 @@ mod tests {
         let before = plain.clone();
         assert_eq!(rewrite(&mut plain, &targets()).unwrap(), Found::default());
         assert_eq!(plain, before);
+    }
+
+    #[test]
+    fn the_multi_field_format_is_written_out_by_field_kind() {
+        let mut body =
+            json!({"retriever": {"rrf": {"query": "q", "fields": ["title^2", "st"], "rank_window_size": 20}}});
+        let f = rewrite(&mut body, &targets()).unwrap();
+        assert!(f.changed);
+        assert_eq!(f.clauses.len(), 1, "the semantic retriever's query is then found as a clause");
+        let r = &body["retriever"]["rrf"];
+        assert_eq!(
+            r["retrievers"][0],
+            json!({"standard": {"query": {"multi_match": {"query": "q", "fields": ["title^2"]}}}})
+        );
+        assert_eq!(r["rank_window_size"], 20);
+        assert!(r.get("query").is_none() && r.get("fields").is_none());
+        let mut linear =
+            json!({"retriever": {"linear": {"query": "q", "fields": ["st^3", "body"], "normalizer": "minmax"}}});
+        rewrite(&mut linear, &targets()).unwrap();
+        assert_eq!(linear["retriever"]["linear"]["retrievers"][1]["weight"], 3.0);
+        let mut lexical = json!({"retriever": {"rrf": {"query": "q", "fields": ["title"]}}});
+        assert!(rewrite(&mut lexical, &targets()).unwrap_err().to_string().contains("semantic_text field"));
     }
 
     #[test]
