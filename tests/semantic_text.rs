@@ -334,7 +334,7 @@ async fn the_semantic_search_tutorial_loads_with_reindex_and_an_inference_endpoi
 }
 
 fn ndcg_at_10(ranked: &[String], judged: &std::collections::BTreeMap<String, u32>) -> f64 {
-    let gain = |g: u32| (2f64.powi(g as i32) - 1.0);
+    let gain = |g: u32| 2f64.powi(g as i32) - 1.0;
     let dcg: f64 = ranked
         .iter()
         .take(10)
