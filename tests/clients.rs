@@ -70,20 +70,12 @@ fn cache() -> String {
 /// Runs `script args` with the test venv's python (and `PYTHONPATH`), printing what it printed;
 /// fails when it fails.
 async fn run_python(script: PathBuf, args: Vec<String>, pythonpath: Option<String>) {
-    let py = python();
-    let out = tokio::task::spawn_blocking(move || {
-        let mut c = Command::new(py);
-        c.arg(&script).args(&args);
-        if let Some(p) = pythonpath {
-            c.env("PYTHONPATH", p);
-        }
-        c.output().unwrap()
-    })
-    .await
-    .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    assert!(out.status.success(), "{text}");
+    let mut c = Command::new(python());
+    c.arg(&script).args(&args);
+    if let Some(p) = pythonpath {
+        c.env("PYTHONPATH", p);
+    }
+    common::run_client(c).await;
 }
 
 #[tokio::test]
@@ -136,14 +128,9 @@ async fn elasticsearch_py_runs_the_semantic_text_tutorial_unchanged() {
         common::not_on_this_engine("semantic_text client", "semantic_text is Elasticsearch's field type");
         return;
     }
-    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
-    let engine = EngineClient::new(&settings.engine).unwrap();
-    let metrics = Metrics::new();
-    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
-    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
+    let engine = EngineClient::new(&encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]).engine).unwrap();
     let major = engine.info().await.unwrap().version.major;
-    let state = AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(Vec::new()).await;
-    let (url, _stop) = http::serve_local(state).await.unwrap();
+    let (url, _stop) = common::serve_with_cluster_pipelines().await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/elasticsearch_py_semantic.py");
     let lib = format!("{}/pyclients/es{major}", cache());
     run_python(script, vec![url, unique_index("clients-semantic")], Some(lib)).await;
@@ -157,13 +144,7 @@ async fn langchain_elasticsearch_store_searches_hybrid_and_by_model_id() {
         common::not_on_this_engine("LangChain ElasticsearchStore", "it is Elasticsearch's LangChain store");
         return;
     }
-    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
-    let engine = EngineClient::new(&settings.engine).unwrap();
-    let metrics = Metrics::new();
-    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
-    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
-    let state = AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(Vec::new()).await;
-    let (url, _stop) = http::serve_local(state).await.unwrap();
+    let (url, _stop) = common::serve_with_cluster_pipelines().await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/langchain_store.py");
     let lib = format!("{}/pyclients/langchain", cache());
     let args = vec![
@@ -188,28 +169,12 @@ async fn the_js_client_runs_elastics_semantic_apis_unchanged() {
         std::path::Path::new(&modules).join("@elastic/elasticsearch").is_dir(),
         "no JS client at {modules}: run scripts/setup"
     );
-    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
-    let engine = EngineClient::new(&settings.engine).unwrap();
-    let metrics = Metrics::new();
-    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
-    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
-    let state = AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(Vec::new()).await;
-    let (url, _stop) = http::serve_local(state).await.unwrap();
+    let (url, _stop) = common::serve_with_cluster_pipelines().await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/js/elastic_semantic.js");
     let index = unique_index("clients-js");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .args([url, index, "all-MiniLM-L6-v2".into()])
-            .env("NODE_PATH", modules)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    assert!(out.status.success(), "{text}");
+    let mut node = Command::new("node");
+    node.arg(script).args([url, index, "all-MiniLM-L6-v2".into()]).env("NODE_PATH", modules);
+    common::run_client(node).await;
 }
 
 /// Elastic's semantic APIs with the official Java client, which always asks for `typed_keys`.
@@ -221,29 +186,12 @@ async fn the_java_client_reads_typed_aggregations_of_semantic_and_fused_searches
     }
     let lib = format!("{}/javaclients/lib", cache());
     assert!(std::path::Path::new(&lib).is_dir(), "no Java client at {lib}: run scripts/setup");
-    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
-    let engine = EngineClient::new(&settings.engine).unwrap();
-    let metrics = Metrics::new();
-    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
-    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
-    let state = AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(Vec::new()).await;
-    let (url, _stop) = http::serve_local(state).await.unwrap();
+    let (url, _stop) = common::serve_with_cluster_pipelines().await;
     let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/java/SemanticApis.java");
     let index = unique_index("clients-java");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("java")
-            .arg("-cp")
-            .arg(format!("{lib}/*"))
-            .arg(source)
-            .args([url, index, "all-MiniLM-L6-v2".into()])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    assert!(out.status.success(), "{text}");
+    let mut java = Command::new("java");
+    java.arg("-cp").arg(format!("{lib}/*")).arg(source).args([url, index, "all-MiniLM-L6-v2".into()]);
+    common::run_client(java).await;
 }
 
 /// The client of the engine under test: its script's interpreter arguments and `PYTHONPATH`.

@@ -11,13 +11,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{encoder_settings, engine_url, on_elasticsearch, unique_index, JsonClient};
+use common::{on_elasticsearch, unique_index, JsonClient};
 use reqwest::Method;
 use semantic_sidecar::commands::eval::Dataset;
-use semantic_sidecar::encoder::EncoderSet;
-use semantic_sidecar::engine::EngineClient;
-use semantic_sidecar::http::{self, AppState};
-use semantic_sidecar::telemetry::Metrics;
 use serde_json::{json, Value};
 
 const MODEL: &str = "all-MiniLM-L6-v2";
@@ -42,13 +38,7 @@ async fn sidecar() -> Option<Sidecar> {
         common::not_on_this_engine("semantic_text", "semantic_text is Elasticsearch's field type");
         return None;
     }
-    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
-    let engine = EngineClient::new(&settings.engine).unwrap();
-    let metrics = Metrics::new();
-    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
-    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
-    let state = AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(Vec::new()).await;
-    let (url, tx) = http::serve_local(state).await.unwrap();
+    let (url, tx) = common::serve_with_cluster_pipelines().await;
     Some(Sidecar { client: JsonClient::new(url), _stop: tx })
 }
 

@@ -553,3 +553,25 @@ impl JsonClient {
         v
     }
 }
+
+/// An in-process sidecar with the configured models whose pipelines live in the cluster (what a
+/// `semantic_text` mapping or the pipeline API needs): its URL and the sender that stops it.
+pub async fn serve_with_cluster_pipelines() -> (String, tokio::sync::oneshot::Sender<()>) {
+    use semantic_sidecar::{encoder::EncoderSet, engine::EngineClient, http, telemetry::Metrics};
+    let settings = encoder_settings(&[("SIDECAR__ENGINE__URLS", &engine_url())]);
+    let engine = EngineClient::new(&settings.engine).unwrap();
+    let metrics = Metrics::new();
+    let (es, em) = (settings.encoder.clone(), metrics.encoder.clone());
+    let encoders = tokio::task::spawn_blocking(move || EncoderSet::load(&es, &em)).await.unwrap().unwrap();
+    let state =
+        http::AppState::with_encoders(settings, engine, metrics, encoders).with_cluster_pipelines(Vec::new()).await;
+    http::serve_local(state).await.unwrap()
+}
+
+/// Runs a client program, prints what it printed, and fails when it fails.
+pub async fn run_client(mut command: std::process::Command) {
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+}
