@@ -400,3 +400,37 @@ async fn scifact_through_semantic_text_and_rrf_scores_like_the_pipeline_path() {
     }
     s.call(Method::DELETE, &format!("/_sidecar/pipeline/{piped}"), None).await;
 }
+
+/// `PUT /{index}/_mapping` (either spelling) adding a `semantic_text` field to an existing
+/// index: the pipeline is stored, the mapping reads back as written, new documents are embedded.
+#[tokio::test]
+async fn a_semantic_text_field_added_to_an_existing_index_is_served() {
+    let Some(s) = sidecar().await else { return };
+    let index = unique_index("semantic-text-added");
+    s.ok(Method::PUT, &format!("/{index}"), json!({"mappings": {"properties": {"title": {"type": "text"}}}})).await;
+    let add = json!({"properties": {"notes": {"type": "semantic_text", "inference_id": MODEL}}});
+    s.ok(Method::PUT, &format!("/{index}/_mappings"), add.clone()).await;
+    s.ok(Method::PUT, &format!("/{index}/_mapping"), add).await;
+    let (_, v) = s.call(Method::GET, &format!("/{index}/_mapping"), None).await;
+    let props = &v[&index]["mappings"]["properties"];
+    assert_eq!(props["notes"]["type"], "semantic_text", "{v}");
+    assert_eq!(props.as_object().unwrap().len(), 2, "{v}");
+    for (id, notes) in
+        [("1", "The cat sat on the warm windowsill all afternoon."), ("2", "Quarterly revenue grew by twelve percent.")]
+    {
+        s.ok(Method::PUT, &format!("/{index}/_doc/{id}?refresh=true"), json!({"title": id, "notes": notes})).await;
+    }
+    let v = s
+        .ok(
+            Method::POST,
+            &format!("/{index}/_search"),
+            json!({"query": {"semantic": {"field": "notes", "query": "a sleeping pet"}}}),
+        )
+        .await;
+    assert_eq!(ids(&v), ["1", "2"], "{v}");
+    let other = json!({"properties": {"more": {"type": "semantic_text"}}});
+    let (status, e) = s.call(Method::PUT, &format!("/{index}/_mapping"), Some(other)).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"]["reason"].as_str().unwrap().contains("one per index"), "{e}");
+    s.ok(Method::DELETE, &format!("/{index}"), json!({})).await;
+}

@@ -62,7 +62,7 @@ pub async fn intercept(
             }
             _ => Ok(None),
         },
-        (Method::PUT | Method::POST, [index, "_mapping"]) if !index.starts_with('_') => match parsed() {
+        (Method::PUT | Method::POST, [index, "_mapping" | "_mappings"]) if !index.starts_with('_') => match parsed() {
             Some(b) if mentions_semantic_text(&b) => put_mapping(state, index, q, b).await.map(Some),
             _ => Ok(None),
         },
@@ -75,7 +75,7 @@ pub async fn intercept(
             }
         }
         (Method::GET, [index]) if !index.starts_with('_') => Ok(Some(get_app_view(state, path, q).await?)),
-        (Method::GET, [.., "_mapping"]) => Ok(Some(get_app_view(state, path, q).await?)),
+        (Method::GET, [.., "_mapping" | "_mappings"]) => Ok(Some(get_app_view(state, path, q).await?)),
         (Method::DELETE, [index]) if !index.starts_with('_') => delete_index(state, index, q).await.map(Some),
         _ => Ok(None),
     }
