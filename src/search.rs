@@ -740,7 +740,7 @@ impl Searcher {
         let num_candidates = (2 * largest_size(body)).clamp(100, 10_000);
         let mut highlighted = BTreeSet::new();
         for c in &found.clauses {
-            let t = targets.iter().find(|t| t.field == c.field).expect("clauses name served fields");
+            let Some(t) = targets.iter().find(|t| t.field == c.field) else { continue };
             let vector = self.encode_query(&t.model, &c.text, times).await?;
             // inner hits are named per field: the first clause on a field carries its highlight
             let hl = found.highlights.iter().find(|h| h.field == c.field && highlighted.insert(c.field.clone()));
