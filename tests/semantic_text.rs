@@ -428,6 +428,14 @@ async fn a_semantic_text_field_added_to_an_existing_index_is_served() {
         )
         .await;
     assert_eq!(ids(&v), ["1", "2"], "{v}");
+    // a list of texts, as Elastic's semantic_text takes
+    let list = json!({"title": "3", "notes": ["Tides follow the moon.", "Sourdough needs a starter."]});
+    s.ok(Method::PUT, &format!("/{index}/_doc/3?refresh=true"), list.clone()).await;
+    let baking = json!({"query": {"semantic": {"field": "notes", "query": "baking bread"}}});
+    let v = s.ok(Method::POST, &format!("/{index}/_search"), baking).await;
+    assert_eq!(ids(&v)[0], "3", "{v}");
+    let (_, d) = s.call(Method::GET, &format!("/{index}/_doc/3"), None).await;
+    assert_eq!(d["_source"]["notes"], list["notes"], "{d}");
     let other = json!({"properties": {"more": {"type": "semantic_text"}}});
     let (status, e) = s.call(Method::PUT, &format!("/{index}/_mapping"), Some(other)).await;
     assert_eq!(status, 400, "{e}");

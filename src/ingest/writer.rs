@@ -635,6 +635,11 @@ impl Ingestor {
                             parts.push(s.as_str());
                         }
                     }
+                    // a semantic_text field takes a list of texts, as Elastic's does
+                    Some(Value::Array(a)) if p.semantic_text.is_some() && a.iter().all(Value::is_string) => {
+                        present.push(f.as_str());
+                        parts.extend(a.iter().filter_map(Value::as_str).filter(|s| !s.is_empty()));
+                    }
                     Some(other) => {
                         return Err((
                             400,
