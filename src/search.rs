@@ -617,7 +617,6 @@ impl Searcher {
         times: &mut StageTimes,
     ) -> Result<EsAnswer, SearchError> {
         let started = Instant::now();
-        let path = EnginePath::root().pattern(pattern).api("_search").query(query_string).build();
         let joined = pattern.parts().collect::<Vec<_>>().join(",");
         let index = joined.as_str();
         // a body is parsed before anything is forwarded: never passed on unread
@@ -639,7 +638,12 @@ impl Searcher {
             Some(v) => self.resolve_builders(v, times).await? || semantic.is_some(),
             None => false,
         };
-        let answer = self.es_search_resolved(index, path, parsed, resolved, body, query_string, started, times).await?;
+        // a body changed here is sent as re-serialised, any other byte for byte
+        let body = match (&parsed, resolved) {
+            (Some(v), true) => Bytes::from(v.to_string()),
+            _ => body,
+        };
+        let answer = self.es_search_resolved(pattern, parsed, body, query_string, started, times).await?;
         match semantic {
             Some((highlights, targets)) if !highlights.is_empty() => {
                 let mut v = match answer {
@@ -655,19 +659,19 @@ impl Searcher {
     }
 
     /// [`Searcher::es_search_timed`] once the body's builders and semantic queries are resolved
-    /// (`resolved`: `parsed` differs from `body`).
-    #[allow(clippy::too_many_arguments)]
+    /// (`body`: the bytes to forward, `parsed` as JSON).
     async fn es_search_resolved(
         &self,
-        index: &str,
-        path: String,
+        pattern: &IndexPattern,
         parsed: Option<Value>,
-        resolved: bool,
         body: Bytes,
         query_string: &QueryString,
         started: Instant,
         times: &mut StageTimes,
     ) -> Result<EsAnswer, SearchError> {
+        let path = EnginePath::root().pattern(pattern).api("_search").query(query_string).build();
+        let joined = pattern.parts().collect::<Vec<_>>().join(",");
+        let index = joined.as_str();
         if let Some(Value::Object(m)) = &parsed {
             let caps = self.capabilities().await?;
             if m.contains_key("retriever") && caps.info.dialect == Dialect::Opensearch {
@@ -681,10 +685,6 @@ impl Searcher {
                 return Ok(EsAnswer::Json(resp));
             }
         }
-        let body = match (&parsed, resolved) {
-            (Some(v), true) => Bytes::from(v.to_string()),
-            _ => body,
-        };
         let rewrite = match &parsed {
             None => Rewrite::Passthrough,
             Some(v) => {
