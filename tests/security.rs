@@ -581,6 +581,76 @@ async fn the_inference_api_needs_read_to_embed_and_admin_on_every_index_to_chang
     assert_eq!(status, 404, "the last DELETE left nothing; no denied PUT created it again");
 }
 
+/// The routes added for Elastic's semantic APIs under every spelling: trained-model inference
+/// needs read (no index), a job's task and its cancel need admin on every index, `_reindex`
+/// into a pipeline index (named only in the body) admin on every index; a `semantic_text`
+/// index (which stores a pipeline) is created only by a key with admin on that index name.
+#[tokio::test]
+async fn the_semantic_api_routes_need_their_scope_under_every_spelling() {
+    let keys = vec![
+        scoped("reader", "read-key", Scope::Read, &["sec-*"]),
+        scoped("sec-admin", "sec-admin-key", Scope::Admin, &["sec-*"]),
+        ApiKeySetting::Plain(Secret::new("admin-key")),
+    ];
+    let s = sidecar_with("sec", keys, true).await;
+    let docs = Body::Json(json!({"docs": [{"text_field": "stem cells"}]}));
+    let reindex = Body::Json(json!({"source": {"index": "sec-no-such-source"}, "dest": {"index": s.index}}));
+    // (what, method, path, body, needs admin on every index, the status an allowed key gets)
+    let calls: Vec<(&str, Method, String, Body, bool, u16)> = vec![
+        ("infer", Method::POST, "/_ml/trained_models/all-MiniLM-L6-v2/_infer".into(), docs.clone(), false, 200),
+        (
+            "deployment infer",
+            Method::POST,
+            "/_ml/trained_models/all-MiniLM-L6-v2/deployment/_infer".into(),
+            docs,
+            false,
+            200,
+        ),
+        ("job task", Method::GET, "/_tasks/rx-1-abcd".into(), Body::None, true, 404),
+        ("cancel job task", Method::POST, "/_tasks/rx-1-abcd/_cancel".into(), Body::None, true, 404),
+        ("reindex into a pipeline index", Method::POST, "/_reindex".into(), reindex, true, 400),
+    ];
+    let who = [("reader", "read-key"), ("sec-admin", "sec-admin-key"), ("key-2", "admin-key")];
+    for how in ["as is", "trailing slash", "double slash", "encoded underscore", "upper case"] {
+        for (what, method, path, body, admin, ok) in &calls {
+            let spelt = respell(path, how);
+            for (name, key) in who {
+                let (status, v) = s.call(Some(key), method.clone(), &spelt, body.clone()).await;
+                if how == "upper case" || (*admin && key != "admin-key") {
+                    assert_eq!(status, 403, "{name} {what} {method} {spelt} must be denied: {v}");
+                    assert!(v["error"]["reason"].as_str().unwrap().contains(name), "the reason names the key: {v}");
+                } else {
+                    assert_eq!(status, *ok, "{name} {what} {method} {spelt}: {v}");
+                }
+            }
+        }
+    }
+    if !common::on_elasticsearch() {
+        common::not_on_this_engine("semantic_text index scopes", "semantic_text is Elasticsearch's field type");
+        return;
+    }
+    let mapping = Body::Json(json!({"mappings": {"properties": {"body": {"type": "semantic_text"}}}}));
+    for how in ["as is", "trailing slash", "double slash"] {
+        let own = format!("{}-st", s.index);
+        let other = unique_index("other-st");
+        for (name, key, path) in [("reader", "read-key", &own), ("sec-admin", "sec-admin-key", &other)] {
+            let (status, v) = s.call(Some(key), Method::PUT, &respell(&format!("/{path}"), how), mapping.clone()).await;
+            assert_eq!(status, 403, "{name} {how} PUT /{path}: {v}");
+            assert!(v["error"]["reason"].as_str().unwrap().contains(name), "the reason names the key: {v}");
+        }
+        for (i, p) in [(&own, "/_sidecar/pipeline/semantic-text-"), (&other, "/_sidecar/pipeline/semantic-text-")] {
+            let (status, _) = s.call(Some("admin-key"), Method::GET, &format!("{p}{i}"), Body::None).await;
+            assert_eq!(status, 404, "a denied PUT stored no pipeline for {i}");
+        }
+        let (status, v) =
+            s.call(Some("sec-admin-key"), Method::PUT, &respell(&format!("/{own}"), how), mapping.clone()).await;
+        assert_eq!(status, 200, "{how}: {v}");
+        let (status, v) =
+            s.call(Some("sec-admin-key"), Method::DELETE, &respell(&format!("/{own}"), how), Body::None).await;
+        assert_eq!(status, 200, "{how}: {v}");
+    }
+}
+
 /// `path` spelt another way the engines read as the same request (`upper`: one they do not).
 fn respell(path: &str, how: &str) -> String {
     let (p, q) = match path.split_once('?') {
