@@ -168,24 +168,8 @@ async fn infer(state: &AppState, id: &str, body: &Value) -> Result<Response, Api
     let endpoint = state.searcher.endpoints().all().await?.get(id).cloned();
     let endpoint =
         endpoint.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("Inference endpoint not found [{id}]")))?;
-    let encoder = state.encoders.get(Some(&endpoint.model))?;
-    let opts = EncodeOptions {
-        kind,
-        truncate: true,
-        lane: if inputs.len() > 1 { Lane::Bulk } else { Lane::Interactive },
-        ..EncodeOptions::default()
-    };
-    let out = encoder.encode(inputs.into_iter().map(Input::Text).collect(), opts).await?;
-    let embeddings: Vec<Value> = out
-        .outputs
-        .into_iter()
-        .map(|o| match o {
-            Pooled::Vector(v) => Ok(json!({"embedding": v})),
-            Pooled::Tokens(_) => {
-                Err(invalid(format!("model `{}` gives token vectors, not one per text", endpoint.model)))
-            }
-        })
-        .collect::<Result<_, _>>()?;
+    let embeddings: Vec<Value> =
+        embed(state, &endpoint.model, inputs, kind).await?.into_iter().map(|v| json!({"embedding": v})).collect();
     Ok(Json(json!({"text_embedding": embeddings})).into_response())
 }
 
@@ -230,22 +214,31 @@ pub async fn ml_infer(
             format!("`docs` holds 1 to {MAX_INPUTS} documents, not {}", docs.len()),
         ));
     }
-    let texts: Vec<Input> = docs
+    let texts: Vec<String> = docs
         .iter()
         .map(|d| match d.as_object().map(|m| m.values().collect::<Vec<_>>()).as_deref() {
-            Some([Value::String(s)]) => Ok(Input::Text(s.clone())),
+            Some([Value::String(s)]) => Ok(s.clone()),
             _ => Err(invalid("each of `docs` is an object with one text field, e.g. {\"text_field\": \"...\"}")),
         })
         .collect::<Result<_, _>>()?;
-    let opts = EncodeOptions { kind: TextKind::Query, truncate: true, ..EncodeOptions::default() };
-    let out = state.encoders.get(Some(&model))?.encode(texts, opts).await?;
-    let results: Vec<Value> = out
-        .outputs
+    let results: Vec<Value> = embed(&state, &model, texts, TextKind::Query)
+        .await?
+        .into_iter()
+        .map(|v| json!({"predicted_value": v}))
+        .collect();
+    Ok(Json(json!({"inference_results": results})).into_response())
+}
+
+/// One vector per text from `model` (the bulk lane for more than one text).
+async fn embed(state: &AppState, model: &str, texts: Vec<String>, kind: TextKind) -> Result<Vec<Vec<f32>>, ApiError> {
+    let lane = if texts.len() > 1 { Lane::Bulk } else { Lane::Interactive };
+    let opts = EncodeOptions { kind, truncate: true, lane, ..EncodeOptions::default() };
+    let out = state.encoders.get(Some(model))?.encode(texts.into_iter().map(Input::Text).collect(), opts).await?;
+    out.outputs
         .into_iter()
         .map(|o| match o {
-            Pooled::Vector(v) => Ok(json!({"predicted_value": v})),
+            Pooled::Vector(v) => Ok(v),
             Pooled::Tokens(_) => Err(invalid(format!("model `{model}` gives token vectors, not one per text"))),
         })
-        .collect::<Result<_, _>>()?;
-    Ok(Json(json!({"inference_results": results})).into_response())
+        .collect()
 }

@@ -24,7 +24,8 @@ impl From<CatalogError> for ApiError {
     }
 }
 
-fn admin(state: &AppState) -> Admin<'_> {
+/// The pipeline API's operations for this replica (also behind `semantic_text` mappings).
+pub(super) fn admin(state: &AppState) -> Admin<'_> {
     Admin { owners: state.ingestor.owners(), encoders: &state.encoders, engine: &state.engine }
 }
 

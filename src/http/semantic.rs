@@ -26,7 +26,6 @@ use super::{engine_answer, AppState};
 use crate::engine::dialect::Dialect;
 use crate::engine::path::{EnginePath, QueryString};
 use crate::engine::EngineRequest;
-use crate::ingest::admin::Admin;
 use crate::ingest::inference::chunking_settings;
 use crate::ingest::mapping::{index_body_with, ModelShape};
 use crate::ingest::semantic::{
@@ -35,10 +34,6 @@ use crate::ingest::semantic::{
 };
 use crate::types::name::IndexName;
 use crate::types::pipeline::Pipeline;
-
-fn admin(state: &AppState) -> Admin<'_> {
-    Admin { owners: state.ingestor.owners(), encoders: &state.encoders, engine: &state.engine }
-}
 
 /// Serves the request when it is one of the module's; `None`: forward it as it is.
 pub async fn intercept(
@@ -142,7 +137,7 @@ async fn engine_side(state: &AppState, app: &Value, p: &Pipeline, with_source: b
 /// Stores `p` (the index exists with its mapping).
 async fn store(state: &AppState, p: &Pipeline) -> Result<(), ApiError> {
     let def = serde_json::to_value(p).map_err(|e| invalid(e.to_string()))?;
-    admin(state).put(&p.name, &def, None).await?;
+    super::pipelines::admin(state).put(&p.name, &def, None).await?;
     Ok(())
 }
 
