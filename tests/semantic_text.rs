@@ -42,6 +42,13 @@ async fn sidecar() -> Option<Sidecar> {
     Some(Sidecar { client: JsonClient::new(url), _stop: tx })
 }
 
+/// A `GET` that must answer 200.
+async fn get(s: &Sidecar, path: &str) -> Value {
+    let (status, v) = s.call(Method::GET, path, None).await;
+    assert_eq!(status, 200, "{path} -> {v}");
+    v
+}
+
 fn ids(v: &Value) -> Vec<String> {
     v["hits"]["hits"].as_array().unwrap().iter().map(|h| h["_id"].as_str().unwrap().to_string()).collect()
 }
@@ -221,15 +228,27 @@ async fn what_semantic_text_cannot_take_is_a_400_naming_it() {
     // nothing was left behind
     let (status, _) = s.call(Method::GET, &format!("/{index}"), None).await;
     assert_eq!(status, 404);
+    // a legacy template is pointed to the composable one; a bad field in a template is named
+    let (status, v) = s
+        .call(
+            Method::PUT,
+            "/_template/semantic-template",
+            Some(json!({"index_patterns": ["x-*"], "mappings": {"properties": {"a": {"type": "semantic_text"}}}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["reason"].as_str().unwrap().contains("_index_template"), "{v}");
     let (status, v) = s
         .call(
             Method::PUT,
             "/_index_template/semantic-template",
-            Some(json!({"index_patterns": ["x-*"], "template": {"mappings": {"properties": {"a": {"type": "semantic_text"}}}}})),
+            Some(json!({"index_patterns": ["x-*"], "template": {"mappings": {"properties": {"a": {"type": "semantic_text", "inference_id": "nope"}}}}})),
         )
         .await;
     assert_eq!(status, 400, "{v}");
-    assert!(v["error"]["reason"].as_str().unwrap().contains("template"));
+    assert!(v["error"]["reason"].as_str().unwrap().contains("nope"), "{v}");
+    let (status, _) = s.call(Method::GET, "/_index_template/semantic-template", None).await;
+    assert_eq!(status, 404, "a refused template is not stored");
     // a semantic query on an index without the field names the problem
     s.ok(Method::PUT, &format!("/{index}"), json!({"mappings": {"properties": {"t": {"type": "text"}}}})).await;
     let (status, v) = s
@@ -441,4 +460,100 @@ async fn a_semantic_text_field_added_to_an_existing_index_is_served() {
     assert_eq!(status, 400, "{e}");
     assert!(e["error"]["reason"].as_str().unwrap().contains("one per index"), "{e}");
     s.ok(Method::DELETE, &format!("/{index}"), json!({})).await;
+}
+
+/// Elastic's templates: a component template with the field, an index template composed of it
+/// (with a field copied into it), and an index template with the field of its own. Every index
+/// they make gets its pipeline: made by `PUT /{index}`, by a first `_bulk`, by a first `_doc`.
+#[tokio::test]
+async fn semantic_text_in_templates_serves_every_index_made_from_them() {
+    let Some(s) = sidecar().await else { return };
+    let prefix = unique_index("semantic-tpl");
+    let (component, composed, own) = (format!("{prefix}-c"), format!("{prefix}-t"), format!("{prefix}-own"));
+    let chunking = json!({"strategy": "word", "max_chunk_size": 60, "overlap": 20});
+    let field = json!({"type": "semantic_text", "inference_id": MODEL, "chunking_settings": chunking});
+    s.ok(
+        Method::PUT,
+        &format!("/_component_template/{component}"),
+        json!({"template": {"mappings": {"properties": {"body": field}}}}),
+    )
+    .await;
+    let v = get(&s, &format!("/_component_template/{component}")).await;
+    let shown = &v["component_templates"][0]["component_template"]["template"]["mappings"];
+    assert_eq!(shown["properties"]["body"]["type"], "semantic_text", "{v}");
+    assert_eq!(shown["properties"]["body"]["chunking_settings"], chunking, "{v}");
+    assert_eq!(shown["properties"].as_object().unwrap().len(), 1, "the sidecar's fields are not shown: {v}");
+    s.ok(
+        Method::PUT,
+        &format!("/_index_template/{composed}"),
+        json!({"index_patterns": [format!("{prefix}-a-*")], "composed_of": [component], "priority": 500,
+               "template": {"mappings": {"properties": {"title": {"type": "text", "copy_to": "body"}}}}}),
+    )
+    .await;
+    s.ok(
+        Method::PUT,
+        &format!("/_index_template/{own}"),
+        json!({"index_patterns": [format!("{prefix}-b-*")], "priority": 500,
+               "template": {"mappings": {"properties": {"notes": {"type": "semantic_text"}}}}}),
+    )
+    .await;
+    let v = get(&s, &format!("/_index_template/{own}")).await;
+    let shown = &v["index_templates"][0]["index_template"]["template"]["mappings"]["properties"];
+    assert_eq!(shown["notes"]["type"], "semantic_text", "{v}");
+    let (status, v) = s.call(Method::POST, &format!("/_index_template/_simulate_index/{prefix}-a-1"), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["template"]["mappings"]["properties"]["body"]["type"], "semantic_text", "{v}");
+
+    let texts = ["The cat sat on the warm windowsill all afternoon.", "Quarterly revenue grew by twelve percent."];
+    let pet = |field: &str| json!({"query": {"semantic": {"field": field, "query": "a sleeping pet"}}});
+    // made by a first _bulk
+    let a1 = format!("{prefix}-a-1");
+    let mut bulk = String::new();
+    for (id, t) in texts.iter().enumerate() {
+        bulk.push_str(&format!(
+            "{}\n{}\n",
+            json!({"index": {"_index": a1, "_id": id.to_string()}}),
+            json!({"body": t})
+        ));
+    }
+    let r = common::post_ndjson(&format!("{}/_bulk?refresh=true", s.url), bulk).await;
+    assert_eq!(r["errors"], false, "{r}");
+    let v = s.ok(Method::POST, &format!("/{a1}/_search"), pet("body")).await;
+    assert_eq!(ids(&v), ["0", "1"], "both documents embedded, the cat first: {v}");
+    let (_, d) = s.call(Method::GET, &format!("/{a1}/_doc/0"), None).await;
+    assert_eq!(d["_source"], json!({"body": texts[0]}), "{d}");
+    let v = get(&s, &format!("/{a1}/_mapping")).await;
+    assert_eq!(v[&a1]["mappings"]["properties"]["body"]["chunking_settings"], chunking, "{v}");
+    // made by PUT /{index}, written through the field copied into the semantic_text one
+    let a2 = format!("{prefix}-a-2");
+    let (status, v) = s.call(Method::PUT, &format!("/{a2}"), None).await;
+    assert_eq!(status, 200, "{v}");
+    for (id, t) in texts.iter().enumerate() {
+        s.ok(Method::PUT, &format!("/{a2}/_doc/{id}?refresh=true"), json!({"title": t})).await;
+    }
+    let v = s.ok(Method::POST, &format!("/{a2}/_search"), pet("body")).await;
+    assert_eq!(ids(&v), ["0", "1"], "{v}");
+    // made by a first _doc, from a template with the field of its own (the default model)
+    let b1 = format!("{prefix}-b-1");
+    for (id, t) in texts.iter().enumerate() {
+        s.ok(Method::PUT, &format!("/{b1}/_doc/{id}?refresh=true"), json!({"notes": t})).await;
+    }
+    let v = s.ok(Method::POST, &format!("/{b1}/_search"), pet("notes")).await;
+    assert_eq!(ids(&v), ["0", "1"], "{v}");
+    // each index has its own pipeline, which goes with it
+    let pipelines = get(&s, "/_sidecar/pipeline").await.to_string();
+    for i in [&a1, &a2, &b1] {
+        assert!(pipelines.contains(&format!("semantic-text-{i}")), "{pipelines}");
+        s.ok(Method::DELETE, &format!("/{i}"), json!({})).await;
+    }
+    let pipelines = get(&s, "/_sidecar/pipeline").await.to_string();
+    assert!(!pipelines.contains(&prefix), "{pipelines}");
+    for t in [
+        format!("/_index_template/{composed}"),
+        format!("/_index_template/{own}"),
+        format!("/_component_template/{component}"),
+    ] {
+        let (status, v) = s.call(Method::DELETE, &t, None).await;
+        assert_eq!(status, 200, "{t} -> {v}");
+    }
 }

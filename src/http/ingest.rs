@@ -68,6 +68,8 @@ async fn run_bulk(
     }
     .map_err(|e| invalid(e.reason))?;
     let default_index = index.as_deref();
+    // an index a semantic_text template would make is made first, with its pipeline
+    super::semantic::adopt(&state, items.iter().filter_map(|i| i.index(default_index))).await?;
     // items through an alias, data stream or date math are embedded by the pipeline owning
     // where they land
     let routed = state.ingestor.route(&state.engine, &mut items, default_index).await?;
@@ -101,6 +103,7 @@ async fn run_bulk(
 /// Where a one-document write to `name` goes (an alias's write index, date math's index, a data
 /// stream) and the pipeline that embeds it; refused when that pipeline cannot be served here.
 async fn write_owner(state: &AppState, name: &str) -> Result<(String, Option<Arc<Pipeline>>), ApiError> {
+    super::semantic::adopt(state, [name]).await?;
     match state.ingestor.owners().for_write(&state.engine, name).await? {
         Err(why) => Err(invalid(why)),
         Ok(WriteRoute { owner: Owner::Unavailable(_, why), .. }) => Err(ApiError::new(ErrorCode::Unavailable, why)),

@@ -211,6 +211,7 @@ async fn sidecar_jobs(
         (Method::POST, ["_reindex"]) => {
             let Some(v) = body.and_then(|b| serde_json::from_slice::<Value>(b).ok()) else { return Ok(None) };
             let Some(dest) = v.pointer("/dest/index").and_then(Value::as_str) else { return Ok(None) };
+            super::semantic::adopt(state, [dest]).await?;
             let route = match state.ingestor.owners().for_write(&state.engine, dest).await? {
                 Ok(r) => r,
                 Err(why) => return Err(ApiError::new(ErrorCode::InvalidInput, why)),

@@ -10,8 +10,15 @@
 //! - `GET /{index}`, `GET /{index}/_mapping`: the answer shows `semantic_text` as Elasticsearch
 //!   does, without the sidecar's fields;
 //! - `DELETE /{index}`: the pipeline behind its `semantic_text` field goes with it;
-//! - index and component templates naming `semantic_text`: refused (400), since an index made
-//!   from a template would have no pipeline.
+//! - `PUT _index_template/{name}` and `PUT _component_template/{name}` with a `semantic_text`
+//!   field: stored with the engine mapping (the field's settings recorded in its `_meta`);
+//!   `GET` of templates and `POST _index_template/_simulate*` show `semantic_text` again;
+//! - an index such a template makes, by `PUT /{index}` or by a first write (`_bulk`, `_doc`,
+//!   `_create`, `_reindex`): the sidecar asks the engine which mapping the index will get
+//!   (`_index_template/_simulate_index`), creates it and stores the pipeline behind the field
+//!   before the write is routed ([`adopt`]);
+//! - legacy templates (`_template`) naming `semantic_text`: refused (400), pointing to
+//!   `_index_template`.
 //!
 //! One `semantic_text` field per index is served. A cluster whose own inference service works
 //! gets every request unchanged.
@@ -29,8 +36,8 @@ use crate::engine::EngineRequest;
 use crate::ingest::inference::chunking_settings;
 use crate::ingest::mapping::{index_body_with, ModelShape};
 use crate::ingest::semantic::{
-    app_view_of_answer, engine_mappings, mentions_semantic_text, pipeline_for, pipeline_name, record, semantic_fields,
-    vector_field, SemanticMapping,
+    app_view, app_view_of_answer, engine_mappings, mentions_semantic_text, pipeline_for, pipeline_name, record,
+    records_semantic_text, semantic_fields, vector_field, SemanticMapping,
 };
 use crate::types::name::IndexName;
 use crate::types::pipeline::Pipeline;
@@ -55,22 +62,33 @@ pub async fn intercept(
             Some(b) if b.get("mappings").is_some_and(mentions_semantic_text) => {
                 create_index(state, index, q, b).await.map(Some)
             }
-            _ => Ok(None),
+            _ => create_from_template(state, index, q, body).await,
         },
         (Method::PUT | Method::POST, [index, "_mapping" | "_mappings"]) if !index.starts_with('_') => match parsed() {
             Some(b) if mentions_semantic_text(&b) => put_mapping(state, index, q, b).await.map(Some),
             _ => Ok(None),
         },
-        (Method::PUT | Method::POST, ["_index_template" | "_component_template" | "_template", name]) => {
+        (Method::PUT | Method::POST, ["_index_template" | "_component_template", name])
+            if !name.starts_with('_') =>
+        {
             match parsed() {
-                Some(b) if mentions_semantic_text(&b) => Err(invalid(format!(
-                    "template `{name}` maps a semantic_text field: this cluster has no inference service and the sidecar serves semantic_text on indices created through it (PUT /{{index}} with the field in its mappings), not from templates"
-                ))),
+                Some(b) if mentions_semantic_text(&b) => put_template(state, method, name, path, q, b).await.map(Some),
                 _ => Ok(None),
             }
         }
-        (Method::GET, [index]) if !index.starts_with('_') => Ok(Some(get_app_view(state, path, q).await?)),
-        (Method::GET, [.., "_mapping" | "_mappings"]) => Ok(Some(get_app_view(state, path, q).await?)),
+        (Method::PUT | Method::POST, ["_template", name]) => match parsed() {
+            Some(b) if mentions_semantic_text(&b) => Err(invalid(format!(
+                "legacy template `{name}` maps a semantic_text field: the sidecar serves semantic_text in composable templates; put it as PUT _index_template/{name} (index_patterns, template.mappings)"
+            ))),
+            _ => Ok(None),
+        },
+        (Method::GET, [index]) if !index.starts_with('_') => Ok(Some(get_app_view(state, method, path, q, None).await?)),
+        (Method::GET, [.., "_mapping" | "_mappings"]) | (Method::GET, ["_index_template" | "_component_template", ..]) => {
+            Ok(Some(get_app_view(state, method, path, q, None).await?))
+        }
+        (Method::POST, ["_index_template", "_simulate_index" | "_simulate", ..]) => {
+            Ok(Some(get_app_view(state, method, path, q, body).await?))
+        }
         (Method::DELETE, [index]) if !index.starts_with('_') => delete_index(state, index, q).await.map(Some),
         _ => Ok(None),
     }
@@ -147,23 +165,13 @@ async fn create_index(state: &AppState, index: &str, q: &QueryString, mut body: 
     let m = one_field(&body["mappings"])?;
     let p = plan(state, index, &m).await?;
     body["mappings"] = engine_side(state, &body["mappings"], &p, true).await?;
-    let at = EnginePath::root().index(&name);
-    let resp = state
-        .engine
-        .send(EngineRequest::new(Method::PUT, at.clone().query(q).build()).json(&body).passthrough())
-        .await?;
+    let at = EnginePath::root().index(&name).query(q).build();
+    let resp = state.engine.send(EngineRequest::new(Method::PUT, at).json(&body).passthrough()).await?;
     state.ingestor.owners().invalidate();
     if !resp.status.is_success() {
         return Ok(engine_answer(resp));
     }
-    if let Err(e) = store(state, &p).await {
-        let undo = state.engine.send(EngineRequest::new(Method::DELETE, at.build()).passthrough()).await;
-        if !undo.is_ok_and(|r| r.status.is_success()) {
-            tracing::warn!(index, "could not delete the index whose semantic_text pipeline was refused");
-        }
-        state.ingestor.owners().invalidate();
-        return Err(e);
-    }
+    store_or_undo(state, &name, &p).await?;
     Ok(engine_answer(resp))
 }
 
@@ -198,9 +206,139 @@ async fn put_mapping(state: &AppState, index: &str, q: &QueryString, body: Value
     Ok(engine_answer(resp))
 }
 
-/// A `GET` of indices or mappings, the `semantic_text` fields shown as the app mapped them.
-async fn get_app_view(state: &AppState, path: &EnginePath, q: &QueryString) -> Result<Response, ApiError> {
-    let req = EngineRequest::new(Method::GET, path.clone().query(q).build()).passthrough().idempotent(true);
+/// `PUT _index_template/{name}` or `PUT _component_template/{name}` whose `template.mappings`
+/// has a `semantic_text` field: checked as an index's would be (the model, the chunking),
+/// stored with the engine mapping and the field's record.
+async fn put_template(
+    state: &AppState,
+    method: &Method,
+    name: &str,
+    path: &EnginePath,
+    q: &QueryString,
+    mut body: Value,
+) -> Result<Response, ApiError> {
+    let mappings = body.pointer("/template/mappings").filter(|m| mentions_semantic_text(m)).cloned().ok_or_else(|| {
+        invalid(format!(
+            "template `{name}`: a semantic_text field is served in `template.mappings.properties`, not elsewhere in a template"
+        ))
+    })?;
+    let m = one_field(&mappings)?;
+    // the template's own pipeline is never stored: each index it makes gets one named after it
+    let p = plan(state, TEMPLATE_PLACEHOLDER, &m).await?;
+    body["template"]["mappings"] = engine_side(state, &mappings, &p, true).await?;
+    let req = EngineRequest::new(method.clone(), path.clone().query(q).build()).json(&body).passthrough();
+    Ok(engine_answer(state.engine.send(req).await?))
+}
+
+/// The index name a template's field is planned for (checks only; never stored).
+const TEMPLATE_PLACEHOLDER: &str = "semantic-text-template";
+
+/// The pipeline an index named `index` needs when the templates would give it a recorded
+/// `semantic_text` field; `None` when no template would.
+async fn template_pipeline(state: &AppState, index: &IndexName) -> Result<Option<Pipeline>, ApiError> {
+    let path = EnginePath::root().api("_index_template").api("_simulate_index").index(index).build();
+    let r = state.engine.send(EngineRequest::new(Method::POST, path).passthrough().idempotent(true)).await?;
+    if !r.status.is_success() {
+        return Ok(None);
+    }
+    let simulated: Value = r.json()?;
+    let Some(mappings) = simulated.pointer("/template/mappings").filter(|m| records_semantic_text(m)) else {
+        return Ok(None);
+    };
+    let m = one_field(&app_view(mappings))
+        .map_err(|e| invalid(format!("the templates matching index `{index}` map semantic_text: {}", e.reason)))?;
+    plan(state, index.as_str(), &m).await.map(Some)
+}
+
+/// `PUT /{index}` without a `semantic_text` field of its own: when a template gives the index
+/// one, the index is created as the template says and the pipeline behind the field stored.
+async fn create_from_template(
+    state: &AppState,
+    index: &str,
+    q: &QueryString,
+    body: Option<&Bytes>,
+) -> Result<Option<Response>, ApiError> {
+    let Ok(name) = IndexName::try_from(index) else { return Ok(None) };
+    let Some(p) = template_pipeline(state, &name).await? else { return Ok(None) };
+    let mut req = EngineRequest::new(Method::PUT, EnginePath::root().index(&name).query(q).build()).passthrough();
+    if let Some(b) = body.filter(|b| !b.is_empty()) {
+        let v: Value = serde_json::from_slice(b).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+        req = req.json(&v);
+    }
+    let resp = state.engine.send(req).await?;
+    state.ingestor.owners().invalidate();
+    if !resp.status.is_success() {
+        return Ok(Some(engine_answer(resp)));
+    }
+    store_or_undo(state, &name, &p).await?;
+    Ok(Some(engine_answer(resp)))
+}
+
+/// Before a write to names that may not exist yet: each one a template would give a
+/// `semantic_text` field is created with its pipeline, so that the write is embedded (the
+/// engine would otherwise create it on the write, without vectors). Names that exist, that a
+/// pipeline owns, or that are not one concrete index name are left as they are.
+pub async fn adopt<'a>(state: &AppState, names: impl IntoIterator<Item = &'a str>) -> Result<(), ApiError> {
+    let caps = state.searcher.capabilities().await?;
+    if caps.info.dialect != Dialect::Elasticsearch || caps.engine_serves_inference() || !state.catalog.is_stored() {
+        return Ok(());
+    }
+    let snapshot = state.catalog.snapshot();
+    let names: std::collections::BTreeSet<&str> = names.into_iter().collect();
+    for n in names {
+        let Ok(name) = IndexName::try_from(n) else { continue };
+        if snapshot.all().any(|(s, _)| s.pipeline.index == n) {
+            continue;
+        }
+        let r = state.ingestor.owners().resolve(&state.engine, n).await?;
+        if r.write.is_some() || !r.indices.is_empty() {
+            continue;
+        }
+        let Some(p) = template_pipeline(state, &name).await? else { continue };
+        let path = EnginePath::root().index(&name).build();
+        let resp = state.engine.send(EngineRequest::new(Method::PUT, path).passthrough()).await?;
+        state.ingestor.owners().invalidate();
+        // another replica's write may have created it a moment ago: its pipeline is stored again
+        let exists = resp.body.windows(32).any(|w| w == b"resource_already_exists_exception");
+        if !resp.status.is_success() && !exists {
+            return Ok(());
+        }
+        if exists {
+            store(state, &p).await?;
+        } else {
+            store_or_undo(state, &name, &p).await?;
+        }
+        tracing::info!(index = n, pipeline = %p.name, "index made from a semantic_text template, with its pipeline");
+    }
+    Ok(())
+}
+
+/// Stores `p` for the index just created; deletes the index again when `p` cannot be stored.
+async fn store_or_undo(state: &AppState, index: &IndexName, p: &Pipeline) -> Result<(), ApiError> {
+    let Err(e) = store(state, p).await else { return Ok(()) };
+    let at = EnginePath::root().index(index).build();
+    let undo = state.engine.send(EngineRequest::new(Method::DELETE, at).passthrough()).await;
+    if !undo.is_ok_and(|r| r.status.is_success()) {
+        tracing::warn!(index = index.as_str(), "could not delete the index whose semantic_text pipeline was refused");
+    }
+    state.ingestor.owners().invalidate();
+    Err(e)
+}
+
+/// A read of indices, mappings or templates (a `GET`, or a template simulation), the
+/// `semantic_text` fields shown as the app mapped them.
+async fn get_app_view(
+    state: &AppState,
+    method: &Method,
+    path: &EnginePath,
+    q: &QueryString,
+    body: Option<&Bytes>,
+) -> Result<Response, ApiError> {
+    let mut req = EngineRequest::new(method.clone(), path.clone().query(q).build()).passthrough().idempotent(true);
+    if let Some(b) = body.filter(|b| !b.is_empty()) {
+        let v: Value = serde_json::from_slice(b).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+        req = req.json(&v);
+    }
     let resp = state.engine.send(req).await?;
     let recorded = resp.status.is_success() && resp.body.windows(13).any(|w| w == b"semantic_text");
     if !recorded {

@@ -266,14 +266,31 @@ pub fn app_view(mappings: &Value) -> Value {
     Value::Object(out)
 }
 
-/// A mapping or index answer (`{index: {mappings: …}}`) with every index's mappings as the app
-/// mapped them ([`app_view`]).
+/// An answer of the index, mapping or template APIs (`{index: {mappings: …}}`,
+/// `{index_templates: [{index_template: {template: {mappings: …}}}]}`, a simulated template…)
+/// with every `mappings` object in it shown as the app mapped it ([`app_view`]).
 pub fn app_view_of_answer(answer: &mut Value) {
-    for def in answer.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
-        if let Some(m) = def.get_mut("mappings") {
-            *m = app_view(m);
+    match answer {
+        Value::Object(m) => {
+            for (k, v) in m.iter_mut() {
+                if k == "mappings" && v.is_object() {
+                    *v = app_view(v);
+                } else {
+                    app_view_of_answer(v);
+                }
+            }
         }
+        Value::Array(a) => a.iter_mut().for_each(app_view_of_answer),
+        _ => {}
     }
+}
+
+/// Whether an index's `mappings` (as the engine holds them) record a `semantic_text` field.
+pub fn records_semantic_text(mappings: &Value) -> bool {
+    mappings
+        .pointer(&format!("/_meta/{META_KEY}/{RECORD_KEY}"))
+        .and_then(Value::as_object)
+        .is_some_and(|m| !m.is_empty())
 }
 
 #[cfg(test)]
@@ -351,5 +368,21 @@ mod tests {
         assert_eq!(view["_meta"], json!({"team": "search"}));
         let plain = json!({"properties": {"a": {"type": "text"}}});
         assert_eq!(app_view(&plain), plain);
+        assert!(records_semantic_text(&engine) && !records_semantic_text(&plain));
+        // every shape of answer: indices, index and component templates, a simulated index
+        let mut answers = json!([
+            {"my-index": {"mappings": engine.clone()}},
+            {"index_templates": [{"name": "t", "index_template": {"index_patterns": ["a*"], "template": {"mappings": engine.clone()}}}]},
+            {"component_templates": [{"name": "c", "component_template": {"template": {"mappings": engine.clone()}}}]},
+            {"template": {"mappings": engine.clone(), "settings": {}}, "overlapping": []}
+        ]);
+        app_view_of_answer(&mut answers);
+        let shown: Vec<&Value> = vec![
+            &answers[0]["my-index"]["mappings"],
+            &answers[1]["index_templates"][0]["index_template"]["template"]["mappings"],
+            &answers[2]["component_templates"][0]["component_template"]["template"]["mappings"],
+            &answers[3]["template"]["mappings"],
+        ];
+        assert!(shown.iter().all(|m| **m == view), "{answers:#}");
     }
 }
