@@ -21,7 +21,7 @@ use crate::error::ErrorCode;
 use crate::ingest::catalog::CatalogError;
 use crate::ingest::inference::Endpoints;
 use crate::ingest::owner::{Owner, Owners, ReadOwner};
-use crate::query::answer::{engine_hits, item_error, leg_of, sidecar_page, union_total, Leg};
+use crate::query::answer::{engine_hits, item_error, read_msearch, sidecar_page, union_total, Leg, LegAnswer};
 use crate::query::build::{self, Capabilities};
 use crate::query::compat::{self, HybridClause, Rewrite, CONFLICTING_KEYS};
 use crate::query::fusion::Fusion;
@@ -130,6 +130,23 @@ pub struct Searcher {
 
 fn rejected(status: u16, error_type: String, reason: String) -> EngineError {
     EngineError::Rejected { status, error_type, reason }
+}
+
+/// That an `_msearch` answered each of `expected` searches, none of them with an error (the
+/// first error is refused with its status).
+fn check_items<V: std::borrow::Borrow<Value>>(expected: usize, items: &[V]) -> Result<(), SearchError> {
+    if items.len() != expected {
+        return Err(
+            EngineError::InvalidResponse(format!("_msearch answered {} of {expected} searches", items.len())).into()
+        );
+    }
+    for item in items.iter().map(|i| i.borrow()) {
+        if let Some((t, r)) = item_error(item) {
+            let status = item.get("status").and_then(Value::as_u64).unwrap_or(400) as u16;
+            return Err(rejected(status, t, r).into());
+        }
+    }
+    Ok(())
 }
 
 fn fusion_info(plan: &Plan) -> Value {
@@ -391,22 +408,35 @@ impl Searcher {
             header.extend(p.header.clone());
             p.url.iter().for_each(|(k, v)| url.push(k, v));
         }
-        let mut items = self.msearch(&header, &bodies, &url, times).await?;
-        let started = Instant::now();
+        let items = self.msearch_legs(&header, &bodies, &url, times).await?;
+        let mut first = None;
         let mut legs = Vec::new();
-        for item in &mut items {
-            legs.push(leg_of(item).map_err(|(t, r)| rejected(400, t, r))?);
+        for item in items {
+            legs.push(item.leg.map_err(|(t, r)| rejected(400, t, r))?);
+            first.get_or_insert(item.head);
         }
         let mut it = legs.into_iter();
         let bm25 = if plan.mode != Mode::Knn { it.next() } else { None };
         let knn = if plan.mode != Mode::Bm25 { it.next() } else { None };
-        let first = items.into_iter().next().unwrap_or(Value::Null);
-        times.add(SearchStage::Fusion, started.elapsed());
-        Ok((bm25, knn, first))
+        Ok((bm25, knn, first.unwrap_or(Value::Null)))
     }
 
-    /// One `_msearch` of `bodies`, each under `header`, with the URL's `url`: the answers in
-    /// order; the first failed one is the error (with its status).
+    /// Sends one `_msearch` of `bodies`, each under `header`, with the URL's `url`.
+    async fn send_msearch(
+        &self,
+        header: &Map<String, Value>,
+        bodies: &[Value],
+        url: &QueryString,
+        times: &mut StageTimes,
+    ) -> Result<EngineResponse, SearchError> {
+        let ndjson = build::msearch_with(&Value::Object(header.clone()), bodies);
+        let path = EnginePath::root().api("_msearch").query(url).build();
+        let req = EngineRequest::new(Method::POST, path).ndjson(Bytes::from(ndjson)).idempotent(true);
+        self.engine_send(req, times).await
+    }
+
+    /// One `_msearch` of `bodies` (see [`Searcher::send_msearch`]): the answers in order; the
+    /// first failed one is the error (with its status).
     async fn msearch(
         &self,
         header: &Map<String, Value>,
@@ -414,29 +444,31 @@ impl Searcher {
         url: &QueryString,
         times: &mut StageTimes,
     ) -> Result<Vec<Value>, SearchError> {
-        let ndjson = build::msearch_with(&Value::Object(header.clone()), bodies);
-        let path = EnginePath::root().api("_msearch").query(url).build();
-        let req = EngineRequest::new(Method::POST, path).ndjson(Bytes::from(ndjson)).idempotent(true);
-        let resp = self.engine_send(req, times).await?;
+        let resp = self.send_msearch(header, bodies, url, times).await?;
         let mut body: Value = times.time(SearchStage::Fusion, || resp.json())?;
         let items = match body.get_mut("responses").map(Value::take) {
             Some(Value::Array(items)) => items,
             _ => Vec::new(),
         };
-        if items.len() != bodies.len() {
-            return Err(EngineError::InvalidResponse(format!(
-                "_msearch answered {} of {} searches",
-                items.len(),
-                bodies.len()
-            ))
-            .into());
-        }
-        for item in &items {
-            if let Some((t, r)) = item_error(item) {
-                let status = item.get("status").and_then(Value::as_u64).unwrap_or(400) as u16;
-                return Err(rejected(status, t, r).into());
-            }
-        }
+        check_items(bodies.len(), &items)?;
+        Ok(items)
+    }
+
+    /// One `_msearch` of the legs `bodies`, read for fusion ([`read_msearch`]: a hit's
+    /// `_source` is built only when it makes the page).
+    async fn msearch_legs(
+        &self,
+        header: &Map<String, Value>,
+        bodies: &[Value],
+        url: &QueryString,
+        times: &mut StageTimes,
+    ) -> Result<Vec<LegAnswer>, SearchError> {
+        let resp = self.send_msearch(header, bodies, url, times).await?;
+        let items = times
+            .time(SearchStage::Fusion, || read_msearch(&resp.body))
+            .map_err(|e| EngineError::InvalidResponse(format!("the engine's _msearch answer: {e}")))?;
+        let heads: Vec<&Value> = items.iter().map(|i| &i.head).collect();
+        check_items(bodies.len(), &heads)?;
         Ok(items)
     }
 

@@ -1,8 +1,11 @@
 //! Shaping what the engine answered: reading legs, fusing them, paging, passages and explain.
 //! Pure.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::fusion::{fuse, page, FusedHit, Fusion, LegHit};
@@ -11,9 +14,76 @@ use super::request::{Mode, Plan, Resolved};
 /// One leg's answer (a `_search` response or one `_msearch` item).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Leg {
-    pub hits: Vec<Value>,
+    pub hits: Vec<Hit>,
     /// `hits.total` as the engine gave it.
     pub total: Option<Value>,
+}
+
+/// One hit of a leg: its identity and score read, the rest kept as the engine wrote it until
+/// the hit makes the page (most of a leg's hits never do, and their `_source` is most of the
+/// answer's bytes).
+#[derive(Clone, Debug)]
+pub struct Hit {
+    /// `_index/_id` ([`key`]).
+    pub key: String,
+    pub score: f64,
+    raw: Box<RawValue>,
+}
+
+impl PartialEq for Hit {
+    fn eq(&self, other: &Hit) -> bool {
+        self.key == other.key && self.score == other.score && self.raw.get() == other.raw.get()
+    }
+}
+
+/// What identifies a hit, read from its JSON (everything else skipped, not built).
+#[derive(Deserialize)]
+struct HitHead<'a> {
+    #[serde(borrow, default, rename = "_index")]
+    index: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "_id")]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, rename = "_score")]
+    score: Option<f64>,
+}
+
+impl Hit {
+    fn of_raw(raw: &RawValue) -> Result<Hit, serde_json::Error> {
+        let head: HitHead = serde_json::from_str(raw.get())?;
+        let key = format!("{}/{}", head.index.as_deref().unwrap_or(""), head.id.as_deref().unwrap_or(""));
+        Ok(Hit { key, score: head.score.unwrap_or(0.0), raw: raw.to_owned() })
+    }
+
+    /// A hit from its JSON value.
+    pub fn of_value(v: &Value) -> Hit {
+        let raw =
+            serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("{}"));
+        Hit { key: key(v), score: v.get("_score").and_then(Value::as_f64).unwrap_or(0.0), raw }
+    }
+
+    /// The whole hit, built.
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.raw.get()).unwrap_or_else(|_| json!({}))
+    }
+
+    /// Only the hit's `inner_hits` and `highlight` (what another leg's copy of a hit adds),
+    /// built; its `_source` is skipped.
+    fn extras(&self) -> Value {
+        #[derive(Deserialize)]
+        struct Extras {
+            inner_hits: Option<Value>,
+            highlight: Option<Value>,
+        }
+        let mut out = Map::new();
+        if let Ok(e) = serde_json::from_str::<Extras>(self.raw.get()) {
+            for (k, v) in [("inner_hits", e.inner_hits), ("highlight", e.highlight)] {
+                if let Some(v) = v {
+                    out.insert(k.into(), v);
+                }
+            }
+        }
+        Value::Object(out)
+    }
 }
 
 /// The `(type, reason)` of an `_msearch` item that failed (its root cause's, where it has one).
@@ -25,14 +95,69 @@ pub fn item_error(resp: &Value) -> Option<(String, String)> {
     Some((field("type"), reason))
 }
 
-/// Reads a leg, moving its hits out of `resp` (they are most of an answer's bytes: no copy of
-/// them is made); an `error` item becomes its `(type, reason)`.
+/// The hits of one leg, `hits.total` and every other key of its answer (`took`, `_shards`,
+/// `aggregations`, `error`, …, and `hits` without its `hits`), built.
+#[derive(Deserialize)]
+struct RawItem<'a> {
+    #[serde(borrow, default)]
+    hits: Option<RawHits<'a>>,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct RawHits<'a> {
+    #[serde(borrow, default)]
+    hits: Vec<&'a RawValue>,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct RawMsearch<'a> {
+    #[serde(borrow, default)]
+    responses: Vec<RawItem<'a>>,
+}
+
+/// One `_msearch` item read for fusion: the item without its hits, and its leg (or the
+/// `(type, reason)` of its error).
+pub struct LegAnswer {
+    pub head: Value,
+    pub leg: Result<Leg, (String, String)>,
+}
+
+/// An `_msearch` answer's items, each hit read only as far as fusion needs ([`Hit`]).
+pub fn read_msearch(body: &[u8]) -> Result<Vec<LegAnswer>, serde_json::Error> {
+    let m: RawMsearch = serde_json::from_slice(body)?;
+    let mut out = Vec::with_capacity(m.responses.len());
+    for item in m.responses {
+        let mut head = item.rest;
+        let (hits, rest) = match item.hits {
+            Some(h) => (h.hits, Some(h.rest)),
+            None => (Vec::new(), None),
+        };
+        let total = rest.as_ref().and_then(|r| r.get("total").cloned());
+        if let Some(r) = rest {
+            head.insert("hits".into(), Value::Object(r));
+        }
+        let head = Value::Object(head);
+        let leg = match item_error(&head) {
+            Some(e) => Err(e),
+            None => Ok(Leg { hits: hits.into_iter().map(Hit::of_raw).collect::<Result<_, _>>()?, total }),
+        };
+        out.push(LegAnswer { head, leg });
+    }
+    Ok(out)
+}
+
+/// The leg of one answer (a `_search` response or one `_msearch` item, its hits taken out), or
+/// the `(type, reason)` of its error.
 pub fn leg_of(resp: &mut Value) -> Result<Leg, (String, String)> {
     if let Some(e) = item_error(resp) {
         return Err(e);
     }
     let hits = match resp.pointer_mut("/hits/hits").map(Value::take) {
-        Some(Value::Array(hits)) => hits,
+        Some(Value::Array(hits)) => hits.iter().map(Hit::of_value).collect(),
         _ => Vec::new(),
     };
     Ok(Leg { hits, total: resp.pointer("/hits/total").cloned() })
@@ -45,10 +170,7 @@ pub fn key(hit: &Value) -> String {
 }
 
 fn leg_hits(leg: &Leg) -> Vec<LegHit> {
-    leg.hits
-        .iter()
-        .map(|h| LegHit { id: key(h), score: h.get("_score").and_then(Value::as_f64).unwrap_or(0.0) })
-        .collect()
+    leg.hits.iter().map(|h| LegHit { id: h.key.clone(), score: h.score }).collect()
 }
 
 /// The best passage of a kNN hit over nested passages: its text, score and position.
@@ -92,21 +214,27 @@ fn leg_explain(rank_score: Option<(usize, f64)>, contribution: Option<f64>) -> V
 
 /// One output hit: the engine's hit (BM25's copy preferred, it carries the highlight) with the
 /// fused `_score`, the best passage and, with `explain`, what each leg said.
-fn output_hit(plan: &Plan, f: &FusedHit, by_key: &BTreeMap<String, (Option<&Value>, Option<&Value>)>) -> Value {
-    let (b, k) = by_key.get(&f.id).copied().unwrap_or((None, None));
-    let mut hit = b.or(k).cloned().unwrap_or_else(|| json!({}));
+fn output_hit(plan: &Plan, f: &FusedHit, by_key: &BTreeMap<&str, (Option<&Hit>, Option<&Hit>)>) -> Value {
+    let (b, k) = by_key.get(f.id.as_str()).copied().unwrap_or((None, None));
+    let mut hit = b.or(k).map(Hit::value).unwrap_or_else(|| json!({}));
+    let passages = plan.target.passages.as_deref();
+    // what the kNN leg's copy adds (its best passage, its highlight), built only when needed
+    let (best, knn_highlight) = match (b, k) {
+        (None, Some(_)) => (passages.and_then(|p| passage(&hit, p)), None),
+        (Some(_), Some(k)) if passages.is_some() || hit.get("highlight").is_none() => {
+            let k = k.extras();
+            (passages.and_then(|p| passage(&k, p)), k.get("highlight").cloned())
+        }
+        _ => (None, None),
+    };
     let Some(m) = hit.as_object_mut() else { return hit };
     m.remove("inner_hits");
     m.insert("_score".into(), json!(f.score));
-    if !m.contains_key("highlight") {
-        if let Some(h) = k.and_then(|k| k.get("highlight")) {
-            m.insert("highlight".into(), h.clone());
-        }
+    if let (false, Some(h)) = (m.contains_key("highlight"), knn_highlight) {
+        m.insert("highlight".into(), h);
     }
-    if let (Some(path), Some(k)) = (&plan.target.passages, k) {
-        if let Some(p) = passage(k, path) {
-            m.insert("passage".into(), p);
-        }
+    if let Some(p) = best {
+        m.insert("passage".into(), p);
     }
     if plan.explain {
         let fused = matches!(plan.mode, Mode::Hybrid);
@@ -133,8 +261,8 @@ pub struct Page {
     pub max_score: Option<f64>,
 }
 
-fn index_hits(leg: Option<&Leg>) -> BTreeMap<String, &Value> {
-    leg.map(|l| l.hits.iter().map(|h| (key(h), h)).collect()).unwrap_or_default()
+fn index_hits(leg: Option<&Leg>) -> BTreeMap<&str, &Hit> {
+    leg.map(|l| l.hits.iter().map(|h| (h.key.as_str(), h)).collect()).unwrap_or_default()
 }
 
 fn single(leg: &Leg, on_bm25: bool) -> Vec<FusedHit> {
@@ -163,12 +291,12 @@ pub fn sidecar_page(plan: &Plan, bm25: Option<&Leg>, knn: Option<&Leg>, depth: u
         (None, None, _) => Vec::new(),
     };
     let (bi, ki) = (index_hits(bm25), index_hits(knn));
-    let mut by_key: BTreeMap<String, (Option<&Value>, Option<&Value>)> = BTreeMap::new();
-    for (id, h) in &bi {
-        by_key.entry(id.clone()).or_default().0 = Some(h);
+    let mut by_key: BTreeMap<&str, (Option<&Hit>, Option<&Hit>)> = BTreeMap::new();
+    for (id, h) in bi {
+        by_key.entry(id).or_default().0 = Some(h);
     }
-    for (id, h) in &ki {
-        by_key.entry(id.clone()).or_default().1 = Some(h);
+    for (id, h) in ki {
+        by_key.entry(id).or_default().1 = Some(h);
     }
     let truncated = [bm25, knn].iter().flatten().any(|l| l.hits.len() >= depth);
     let hits = page(&fused, plan.from, plan.size).iter().map(|f| output_hit(plan, f, &by_key)).collect();
@@ -262,12 +390,12 @@ mod tests {
         let p = plan(json!({"index": "d", "query": "q", "explain": true, "size": 2, "k": 3}), true);
         let mut b1 = hit("a", 3.0);
         b1["highlight"] = json!({"text": ["<em>a</em>"]});
-        let bm25 = Leg { hits: vec![b1, hit("b", 2.0), hit("c", 1.0)], total: None };
+        let bm25 = Leg { hits: [b1, hit("b", 2.0), hit("c", 1.0)].iter().map(Hit::of_value).collect(), total: None };
         let mut k1 = hit("b", 0.9);
         k1["inner_hits"] = json!({"passages": {"hits": {"hits": [
             {"_score": 0.9, "_nested": {"field": "passages", "offset": 2}, "_source": {"text": "best part of b"}}
         ]}}});
-        let knn = Leg { hits: vec![k1, hit("d", 0.8)], total: None };
+        let knn = Leg { hits: [k1, hit("d", 0.8)].iter().map(Hit::of_value).collect(), total: None };
         let page = sidecar_page(&p, Some(&bm25), Some(&knn), 3);
         assert_eq!(page.total, 4);
         assert!(page.truncated);
@@ -289,7 +417,7 @@ mod tests {
     #[test]
     fn a_single_leg_keeps_its_order_and_scores() {
         let p = plan(json!({"index": "d", "query": "q", "mode": "knn", "from": 1, "size": 1}), false);
-        let knn = Leg { hits: vec![hit("x", 0.9), hit("y", 0.7)], total: None };
+        let knn = Leg { hits: [hit("x", 0.9), hit("y", 0.7)].iter().map(Hit::of_value).collect(), total: None };
         let page = sidecar_page(&p, None, Some(&knn), 50);
         assert_eq!(page.total, 2);
         assert!(!page.truncated);
@@ -301,12 +429,17 @@ mod tests {
     fn the_total_counts_the_union_of_the_legs() {
         let p = plan(json!({"index": "d", "query": "q", "k": 3, "size": 3}), false);
         let total = |v: u64, rel: &str| Some(json!({"value": v, "relation": rel}));
-        let bm25 = Leg { hits: vec![hit("a", 3.0), hit("b", 2.0)], total: total(2, "eq") };
-        let knn = Leg { hits: vec![hit("b", 0.9), hit("c", 0.8)], total: total(2, "eq") };
+        let bm25 =
+            Leg { hits: [hit("a", 3.0), hit("b", 2.0)].iter().map(Hit::of_value).collect(), total: total(2, "eq") };
+        let knn =
+            Leg { hits: [hit("b", 0.9), hit("c", 0.8)].iter().map(Hit::of_value).collect(), total: total(2, "eq") };
         let page = sidecar_page(&p, Some(&bm25), Some(&knn), 3);
         assert_eq!(union_total(&page, Some(&bm25), Some(&knn)), total(3, "eq"));
         // a leg cut at its depth: a lower bound, never below what a leg counted
-        let long = Leg { hits: vec![hit("a", 3.0), hit("b", 2.0), hit("d", 1.0)], total: total(40, "eq") };
+        let long = Leg {
+            hits: [hit("a", 3.0), hit("b", 2.0), hit("d", 1.0)].iter().map(Hit::of_value).collect(),
+            total: total(40, "eq"),
+        };
         let page = sidecar_page(&p, Some(&long), Some(&knn), 3);
         assert_eq!(union_total(&page, Some(&long), Some(&knn)), total(40, "gte"));
         let untracked = Leg { total: None, ..bm25.clone() };
@@ -318,5 +451,34 @@ mod tests {
     fn an_error_item_names_its_type_and_reason() {
         let mut item = json!({"error": {"root_cause": [{"type": "query_shard_exception", "reason": "no such field"}], "type": "search_phase_execution_exception", "reason": "all shards failed"}, "status": 400});
         assert_eq!(leg_of(&mut item).unwrap_err(), ("query_shard_exception".into(), "no such field".into()));
+    }
+
+    #[test]
+    fn an_msearch_answer_is_read_for_fusion_with_every_other_key_kept() {
+        let body = json!({"took": 3, "responses": [
+            {"took": 2, "timed_out": false, "_shards": {"total": 1}, "status": 200,
+             "aggregations": {"g": {"buckets": [{"key": "x", "doc_count": 1}]}},
+             "hits": {"total": {"value": 2, "relation": "eq"}, "max_score": 3.0, "hits": [
+                hit("a\"b", 3.0),
+                {"_index": "d", "_id": "c", "_score": null, "_source": {"text": "é \u{e9} \n"}, "sort": [1]}
+             ]}},
+            {"error": {"root_cause": [{"type": "query_shard_exception", "reason": "no such field"}], "type": "search_phase_execution_exception", "reason": "all shards failed"}, "status": 400}
+        ]});
+        let items = read_msearch(body.to_string().as_bytes()).unwrap();
+        assert_eq!(items.len(), 2);
+        let leg = items[0].leg.as_ref().unwrap();
+        assert_eq!(leg.total, Some(json!({"value": 2, "relation": "eq"})));
+        assert_eq!((leg.hits[0].key.as_str(), leg.hits[0].score), ("d/a\"b", 3.0));
+        assert_eq!((leg.hits[1].key.as_str(), leg.hits[1].score), ("d/c", 0.0));
+        assert_eq!(leg.hits[0].value(), hit("a\"b", 3.0), "a hit is built back exactly");
+        assert_eq!(leg.hits[1].value()["_source"]["text"], "é é \n");
+        let head = &items[0].head;
+        assert_eq!(head["aggregations"]["g"]["buckets"][0]["key"], "x");
+        assert_eq!(head["hits"], json!({"total": {"value": 2, "relation": "eq"}, "max_score": 3.0}));
+        assert_eq!(head["_shards"]["total"], 1);
+        assert_eq!(items[1].leg.as_ref().unwrap_err(), &("query_shard_exception".into(), "no such field".into()));
+        assert_eq!(items[1].head["status"], 400);
+        assert!(read_msearch(b"{\"responses\": [").is_err(), "a cut answer is an error, not a panic");
+        assert!(read_msearch(b"{}").unwrap().is_empty());
     }
 }
