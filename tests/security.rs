@@ -649,6 +649,32 @@ async fn the_semantic_api_routes_need_their_scope_under_every_spelling() {
             s.call(Some("sec-admin-key"), Method::DELETE, &respell(&format!("/{own}"), how), Body::None).await;
         assert_eq!(status, 200, "{how}: {v}");
     }
+    // a template reaches every index it may make: admin on every index, under every spelling
+    let name = format!("{}-tpl", s.index);
+    let template = Body::Json(json!({"index_patterns": [format!("{name}-*")],
+        "template": {"mappings": {"properties": {"body": {"type": "semantic_text"}}}}}));
+    let put = format!("/_index_template/{name}");
+    let simulate = format!("/_index_template/_simulate_index/{name}-1");
+    for how in ["as is", "trailing slash", "double slash", "encoded underscore"] {
+        for (who, key) in [("reader", "read-key"), ("sec-admin", "sec-admin-key")] {
+            for (method, path, body) in [(Method::PUT, &put, template.clone()), (Method::POST, &simulate, Body::None)] {
+                let (status, v) = s.call(Some(key), method.clone(), &respell(path, how), body).await;
+                assert_eq!(status, 403, "{who} {how} {method} {path}: {v}");
+            }
+        }
+        let (status, _) = s.call(Some("admin-key"), Method::GET, &put, Body::None).await;
+        assert_eq!(status, 404, "a denied PUT stored no template");
+    }
+    let (status, v) = s.call(Some("admin-key"), Method::PUT, &put, template).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = s.call(Some("admin-key"), Method::POST, &simulate, Body::None).await;
+    assert_eq!(
+        (status, &v["template"]["mappings"]["properties"]["body"]["type"]),
+        (200, &json!("semantic_text")),
+        "{v}"
+    );
+    let (status, v) = s.call(Some("admin-key"), Method::DELETE, &put, Body::None).await;
+    assert_eq!(status, 200, "{v}");
 }
 
 /// `path` spelt another way the engines read as the same request (`upper`: one they do not).

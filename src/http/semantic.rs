@@ -279,17 +279,21 @@ async fn create_from_template(
 /// engine would otherwise create it on the write, without vectors). Names that exist, that a
 /// pipeline owns, or that are not one concrete index name are left as they are.
 pub async fn adopt<'a>(state: &AppState, names: impl IntoIterator<Item = &'a str>) -> Result<(), ApiError> {
-    let caps = state.searcher.capabilities().await?;
-    if caps.info.dialect != Dialect::Elasticsearch || caps.engine_serves_inference() || !state.catalog.is_stored() {
+    // only one concrete index name can be made by a write; the rest is the engine's to refuse
+    let snapshot = state.catalog.snapshot();
+    let names: std::collections::BTreeSet<&str> = names
+        .into_iter()
+        .filter(|n| IndexName::try_from(*n).is_ok() && !snapshot.all().any(|(s, _)| s.pipeline.index == *n))
+        .collect();
+    if names.is_empty() || !state.catalog.is_stored() {
         return Ok(());
     }
-    let snapshot = state.catalog.snapshot();
-    let names: std::collections::BTreeSet<&str> = names.into_iter().collect();
+    let caps = state.searcher.capabilities().await?;
+    if caps.info.dialect != Dialect::Elasticsearch || caps.engine_serves_inference() {
+        return Ok(());
+    }
     for n in names {
-        let Ok(name) = IndexName::try_from(n) else { continue };
-        if snapshot.all().any(|(s, _)| s.pipeline.index == n) {
-            continue;
-        }
+        let name = IndexName::try_from(n)?;
         let r = state.ingestor.owners().resolve(&state.engine, n).await?;
         if r.write.is_some() || !r.indices.is_empty() {
             continue;
