@@ -608,6 +608,7 @@ impl Searcher {
     pub async fn rewrites(&self, index: &str, body: &Value) -> Result<bool, SearchError> {
         if body.get("retriever").is_some_and(retriever::needs_fusion)
             || compat::vector_builders(body).map_or(true, |b| !b.is_empty())
+            || compat::neural_queries(body).map_or(true, |n| !n.is_empty())
         {
             return Ok(true);
         }
@@ -784,17 +785,48 @@ impl Searcher {
         Ok(Some((found.highlights, targets)))
     }
 
+    /// OpenSearch's `neural` queries on a cluster without the neural-search plugin: each
+    /// becomes a `knn` query with the query vector of the sidecar model its `model_id` names.
+    /// Whether the body changed.
+    async fn resolve_neural(&self, body: &mut Value, times: &mut StageTimes) -> Result<bool, SearchError> {
+        let found = compat::neural_queries(body);
+        if found.as_ref().is_ok_and(Vec::is_empty) {
+            return Ok(false);
+        }
+        // Elasticsearch has no neural query, and a cluster with the plugin runs its own
+        let caps = self.capabilities().await?;
+        if caps.info.dialect != Dialect::Opensearch || caps.neural_search {
+            return Ok(false);
+        }
+        for n in &found? {
+            let model = match self.endpoints.model_for(&n.model_id).await {
+                Ok(m) => m,
+                Err(CatalogError::Invalid(why)) => {
+                    return Err(
+                        QueryError::Invalid(format!("the neural query at {} on `{}`: {why}", n.at, n.field)).into()
+                    )
+                }
+                Err(CatalogError::Engine(e)) => return Err(e.into()),
+                Err(e) => return Err(SearchError::Unavailable(e.to_string())),
+            };
+            let vector = self.encode_query(&model, &n.text, times).await?;
+            compat::set_neural_vector(body, n, &vector);
+        }
+        Ok(true)
+    }
+
     /// Replaces every `query_vector_builder.text_embedding` in `body` by the `query_vector` of
     /// its `model_text`, embedded by the model its `model_id` names (an inference endpoint or a
     /// model of this sidecar); an id neither names is left to an engine with machine learning,
     /// and refused (400, naming the known ones) by one without. Returns whether it changed
     /// anything.
     async fn resolve_builders(&self, body: &mut Value, times: &mut StageTimes) -> Result<bool, SearchError> {
+        let neural = self.resolve_neural(body, times).await?;
         let found = compat::vector_builders(body)?;
         if found.is_empty() {
-            return Ok(false);
+            return Ok(neural);
         }
-        let mut changed = false;
+        let mut changed = neural;
         for b in found {
             let model = match self.endpoints.model_for(&b.model_id).await {
                 Ok(m) => m,

@@ -116,7 +116,7 @@ impl Capabilities {
             }
             Dialect::Opensearch => {
                 if !self.neural_search {
-                    out.push("neural-search plugin: no hybrid query or search pipelines; engine fusion uses bool.should boosts, sidecar fusion works".into());
+                    out.push("neural-search plugin: no hybrid query or search pipelines; engine fusion uses bool.should boosts, sidecar fusion works, the neural query is served by the sidecar".into());
                 }
             }
         }

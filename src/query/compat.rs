@@ -255,6 +255,127 @@ pub fn set_query_vector(body: &mut Value, at: &str, vector: &[f32]) {
     }
 }
 
+/// An OpenSearch `neural` query clause: where it is (a JSON pointer to the object holding it),
+/// the vector field, the model and text to embed, and the `knn` parameters it keeps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NeuralQuery {
+    pub at: String,
+    pub field: String,
+    pub model_id: String,
+    pub text: String,
+    /// `k` / `min_score` / `max_distance`, `filter`, `method_parameters`, `rescore`,
+    /// `expand_nested_docs`, `boost`: as the `knn` query takes them.
+    pub knn: Map<String, Value>,
+}
+
+/// What a `neural` clause may hold besides `query_text` and `model_id` (passed to `knn`).
+const NEURAL_KNN_KEYS: &[&str] =
+    &["k", "min_score", "max_distance", "filter", "method_parameters", "rescore", "expand_nested_docs", "boost"];
+
+/// One `neural` clause's parameters, checked.
+fn neural_query(at: &str, field: &str, params: &Map<String, Value>) -> Result<NeuralQuery, QueryError> {
+    let bad = |why: String| QueryError::Invalid(format!("the neural query at {at} on `{field}`: {why}"));
+    if params.contains_key("query_image") {
+        return Err(bad("`query_image` needs an image model, and this sidecar serves text models only".into()));
+    }
+    if let Some(k) = params
+        .keys()
+        .find(|k| !["query_text", "model_id"].contains(&k.as_str()) && !NEURAL_KNN_KEYS.contains(&k.as_str()))
+    {
+        return Err(bad(format!("`{k}` is not served (known: query_text, model_id, {})", NEURAL_KNN_KEYS.join(", "))));
+    }
+    let text = match params.get("query_text") {
+        Some(Value::String(t)) if !t.trim().is_empty() => t.clone(),
+        _ => return Err(bad("`query_text` must be a non-empty string".into())),
+    };
+    let model_id = match params.get("model_id") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(_) => return Err(bad("`model_id` must be a non-empty string".into())),
+        None => {
+            return Err(bad(
+                "`model_id` is required (no neural_query_enricher default is served): name a sidecar model".into(),
+            ))
+        }
+    };
+    let mut knn: Map<String, Value> = params
+        .iter()
+        .filter(|(k, _)| NEURAL_KNN_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let limits = ["k", "min_score", "max_distance"].iter().filter(|k| knn.contains_key(**k)).count();
+    if limits > 1 {
+        return Err(bad("give one of `k`, `min_score` and `max_distance`".into()));
+    }
+    if limits == 0 {
+        knn.insert("k".into(), Value::from(10));
+    }
+    Ok(NeuralQuery { at: at.to_string(), field: field.to_string(), model_id, text, knn })
+}
+
+/// Every OpenSearch `neural` query clause in `body` (in `bool`, `nested`, `hybrid`, filters,
+/// anywhere a query stands), checked. An object counts as one when its `neural` key holds one
+/// field whose parameters name `query_text`, `query_image` or `model_id`; a field that happens
+/// to be called `neural` is left alone.
+pub fn neural_queries(body: &Value) -> Result<Vec<NeuralQuery>, QueryError> {
+    fn walk(v: &Value, at: String, out: &mut Vec<NeuralQuery>) -> Result<(), QueryError> {
+        match v {
+            Value::Object(m) => {
+                let clause = m.get("neural").and_then(Value::as_object).filter(|n| n.len() == 1).and_then(|n| {
+                    let (field, params) = n.iter().next()?;
+                    let params = params.as_object()?;
+                    ["query_text", "query_image", "model_id"]
+                        .iter()
+                        .any(|k| params.contains_key(*k))
+                        .then_some((field, params))
+                });
+                if let Some((field, params)) = clause {
+                    let shown = if at.is_empty() { "/" } else { at.as_str() };
+                    out.push(neural_query(shown, field, params)?);
+                    if out.len() > MAX_BUILDERS {
+                        return Err(QueryError::Limit(format!("the body has more than {MAX_BUILDERS} neural queries")));
+                    }
+                    let mut inner = Vec::new();
+                    if let Some(f) = params.get("filter") {
+                        walk(f, String::new(), &mut inner)?;
+                    }
+                    if !inner.is_empty() {
+                        return Err(QueryError::Invalid(format!(
+                            "the neural query at {shown} on `{field}` has a neural query in its filter: filter with lexical queries"
+                        )));
+                    }
+                    return Ok(());
+                }
+                for (k, x) in m {
+                    walk(x, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out)?;
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(x, format!("{at}/{i}"), out)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(body, String::new(), &mut out)?;
+    Ok(out)
+}
+
+/// Puts the `knn` query of `n` (with `vector`) where its `neural` clause was.
+pub fn set_neural_vector(body: &mut Value, n: &NeuralQuery, vector: &[f32]) {
+    let at = if n.at == "/" { "" } else { n.at.as_str() };
+    if let Some(Value::Object(m)) = body.pointer_mut(at) {
+        m.remove("neural");
+        let mut knn = n.knn.clone();
+        knn.insert("vector".into(), Value::Array(vector.iter().map(|x| serde_json::json!(x)).collect()));
+        let mut clause = Map::new();
+        clause.insert(n.field.clone(), Value::Object(knn));
+        m.insert("knn".into(), Value::Object(clause));
+    }
+}
+
 /// Keys of a body that cannot go with a fused hybrid query.
 pub const CONFLICTING_KEYS: &[&str] = &["sort", "knn", "retriever", "search_after", "rescore", "collapse"];
 
@@ -400,6 +521,60 @@ mod tests {
             let _ = crate::query::request::check_clause(&v, "filter");
             let _ = crate::query::request::filters_of(Some(v.clone()));
             let _ = vector_builders(&v);
+        }
+    }
+
+    #[test]
+    fn neural_clauses_become_knn_queries_wherever_they_stand() {
+        let body = json!({"size": 5, "_source": {"excludes": ["neural"]}, "query": {"bool": {
+        "should": [
+            {"match": {"neural": {"query": "a field called neural"}}},
+            {"neural": {"text_vector": {"query_text": "stem cells", "model_id": "m", "k": 7,
+                "filter": {"term": {"group": "even"}}, "method_parameters": {"ef_search": 100}, "boost": 2}}},
+            {"nested": {"path": "passages", "query": {"neural": {"passages.vector": {"query_text": "t", "model_id": "m", "min_score": 0.5}}}}}
+        ]}}});
+        let found = super::neural_queries(&body).unwrap();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!((found[0].at.as_str(), found[0].field.as_str()), ("/query/bool/should/1", "text_vector"));
+        assert_eq!(found[1].at, "/query/bool/should/2/nested/query");
+        assert_eq!(found[1].knn, json!({"min_score": 0.5}).as_object().unwrap().clone(), "no k beside min_score");
+        let mut out = body.clone();
+        for n in &found {
+            super::set_neural_vector(&mut out, n, &[0.5, -0.25]);
+        }
+        assert_eq!(
+            out["query"]["bool"]["should"][1],
+            json!({"knn": {"text_vector": {"vector": [0.5, -0.25], "k": 7, "filter": {"term": {"group": "even"}},
+                "method_parameters": {"ef_search": 100}, "boost": 2}}})
+        );
+        assert_eq!(
+            out["query"]["bool"]["should"][0], body["query"]["bool"]["should"][0],
+            "a field called neural is kept"
+        );
+        let top = json!({"query": {"neural": {"v": {"query_text": "x", "model_id": "m"}}}});
+        let n = super::neural_queries(&top).unwrap();
+        assert_eq!(n[0].knn.get("k"), Some(&json!(10)), "k defaults to 10");
+        let mut whole = json!({"neural": {"v": {"query_text": "x", "model_id": "m"}}});
+        let n = super::neural_queries(&whole).unwrap();
+        super::set_neural_vector(&mut whole, &n[0], &[1.0]);
+        assert_eq!(whole, json!({"knn": {"v": {"vector": [1.0], "k": 10}}}));
+        for (params, want) in [
+            (json!({"query_text": "x"}), "model_id"),
+            (json!({"query_text": "", "model_id": "m"}), "query_text"),
+            (json!({"query_image": "aGk=", "model_id": "m"}), "image"),
+            (json!({"query_text": "x", "model_id": "m", "k": 3, "min_score": 0.2}), "one of"),
+            (
+                json!({"query_text": "x", "model_id": "m", "semantic_field_search_analyzer": "s"}),
+                "semantic_field_search_analyzer",
+            ),
+            (
+                json!({"query_text": "x", "model_id": "m", "filter": {"neural": {"w": {"query_text": "y", "model_id": "m"}}}}),
+                "filter",
+            ),
+        ] {
+            let e =
+                super::neural_queries(&json!({"query": {"neural": {"v": params.clone()}}})).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("`v`"), "{params} -> {e}");
         }
     }
 }

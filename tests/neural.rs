@@ -1,0 +1,136 @@
+//! OpenSearch's `neural` query served by the sidecar on a cluster without the neural-search
+//! and ml-commons plugins (the local OpenSearch has neither): the request shapes of OpenSearch's
+//! neural query page, sent through the sidecar's `_search` and `_msearch`, become `knn` queries
+//! with the query vector of the sidecar model the `model_id` names, and answer in OpenSearch's
+//! shape with the hits of the sidecar's own kNN search for the same parameters.
+//! Real engine, real model; OpenSearch only (Elasticsearch has no `neural` query).
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{unique_index, JsonClient};
+use reqwest::Method;
+use semantic_sidecar::commands::eval::Dataset;
+use serde_json::{json, Value};
+
+const MODEL: &str = "all-MiniLM-L6-v2";
+const TEXT: &str = "stem cells differentiate";
+
+struct Sidecar {
+    client: JsonClient,
+    index: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["hits"]["hits"].as_array().unwrap().iter().map(|h| h["_id"].as_str().unwrap().to_string()).collect()
+}
+
+/// A sidecar with a pipeline index of 80 SciFact documents (title and text embedded, passages
+/// of 64 tokens), half of them in group `even`; OpenSearch only.
+async fn sidecar() -> Option<Sidecar> {
+    if common::on_elasticsearch() {
+        common::not_on_this_engine("neural", "the neural query is OpenSearch's");
+        return None;
+    }
+    let (url, stop) = common::serve_with_cluster_pipelines().await;
+    let client = JsonClient::new(url);
+    let index = unique_index("neural");
+    let pipeline = json!({"index": index, "model": MODEL,
+        "fields": [{"source": ["title", "text"], "vector": "text_vector"}],
+        "chunking": {"max_tokens": 64, "overlap": 8, "passages_field": "passages"}});
+    client.ok(Method::PUT, &format!("/_sidecar/pipeline/{index}"), pipeline).await;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/scifact");
+    let data = Dataset::load(&dir, "train", Some(80)).unwrap();
+    let mut bulk = String::new();
+    for (i, d) in data.docs.iter().enumerate() {
+        bulk.push_str(&format!("{}\n", json!({"index": {"_index": index, "_id": d["_id"]}})));
+        let group = if i % 2 == 0 { "even" } else { "odd" };
+        bulk.push_str(&format!("{}\n", json!({"title": d["title"], "text": d["text"], "group": group})));
+    }
+    let r = common::post_ndjson(&format!("{}/_bulk?refresh=true", client.url), bulk).await;
+    assert_eq!(r["errors"], false, "{r}");
+    Some(Sidecar { client, index, _stop: stop })
+}
+
+fn neural(field: &str, extra: Value) -> Value {
+    let mut params = json!({"query_text": TEXT, "model_id": MODEL});
+    params.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    json!({"neural": {field: params}})
+}
+
+#[tokio::test]
+async fn the_neural_query_pages_shapes_run_on_a_cluster_without_the_plugins() {
+    let Some(s) = sidecar().await else { return };
+    let search = format!("/{}/_search", s.index);
+    // the plain shape, in OpenSearch's shape: the hits of the same knn query with the sidecar's
+    // query embedding of the text, sent straight to the engine
+    let v = s
+        .client
+        .ok(
+            Method::POST,
+            &search,
+            json!({"size": 10, "_source": false, "query": neural("text_vector", json!({"k": 10}))}),
+        )
+        .await;
+    assert!(v["_shards"].is_object() && v["hits"]["total"].is_object(), "{v}");
+    let vector = common::embed_model(&s.client.url, Some(MODEL), &[TEXT.to_string()], "query").await.remove(0);
+    let direct = json!({"size": 10, "_source": false, "query": {"knn": {"text_vector": {"vector": vector, "k": 10}}}});
+    let own = common::post_json(&format!("{}/{}/_search", common::engine_url(), s.index), &direct).await;
+    assert_eq!(ids(&v), ids(&own), "neural {v}\ndirect {own}");
+    assert_eq!(ids(&v).len(), 10);
+    // `filter` (and method parameters) in the clause, and the clause inside bool with a filter:
+    // only `even` documents
+    let filtered = neural(
+        "text_vector",
+        json!({"k": 10, "filter": {"term": {"group": "even"}}, "method_parameters": {"ef_search": 100}}),
+    );
+    let in_bool =
+        json!({"bool": {"must": [neural("text_vector", json!({"k": 40}))], "filter": [{"term": {"group": "even"}}]}});
+    for q in [filtered, in_bool] {
+        let v = s.client.ok(Method::POST, &search, json!({"size": 10, "query": q, "_source": ["group"]})).await;
+        let groups: Vec<&str> =
+            v["hits"]["hits"].as_array().unwrap().iter().map(|h| h["_source"]["group"].as_str().unwrap()).collect();
+        assert!(!groups.is_empty() && groups.iter().all(|g| *g == "even"), "{q} -> {v}");
+    }
+    // radial search: every hit at least `min_score`
+    let v =
+        s.client.ok(Method::POST, &search, json!({"query": neural("text_vector", json!({"min_score": 0.7}))})).await;
+    let scores: Vec<f64> =
+        v["hits"]["hits"].as_array().unwrap().iter().map(|h| h["_score"].as_f64().unwrap()).collect();
+    assert!(!scores.is_empty() && scores.iter().all(|x| *x >= 0.7), "{v}");
+    // the passages, through a nested query: the document of the best passage first
+    let nested = json!({"nested": {"path": "passages", "score_mode": "max",
+        "query": neural("passages.vector", json!({"k": 20}))}});
+    let v = s.client.ok(Method::POST, &search, json!({"size": 5, "query": nested})).await;
+    assert_eq!(ids(&v).len(), 5, "{v}");
+    // in _msearch, beside a plain search
+    let body = format!(
+        "{}\n{}\n{}\n{}\n",
+        json!({"index": s.index}),
+        json!({"size": 3, "_source": false, "query": neural("text_vector", json!({"k": 10}))}),
+        json!({"index": s.index}),
+        json!({"size": 1, "query": {"match_all": {}}})
+    );
+    let v = common::post_ndjson(&format!("{}/_msearch", s.client.url), body).await;
+    assert_eq!(ids(&v["responses"][0]), ids(&own)[..3], "{v}");
+    assert_eq!(ids(&v["responses"][1]).len(), 1, "{v}");
+}
+
+#[tokio::test]
+async fn a_neural_query_the_sidecar_cannot_serve_is_a_400_naming_the_problem() {
+    let Some(s) = sidecar().await else { return };
+    let search = format!("/{}/_search", s.index);
+    for (params, want) in [
+        (json!({"query_text": TEXT, "model_id": "aFj3xQ9ModelId", "k": 5}), MODEL),
+        (json!({"query_text": TEXT, "k": 5}), "model_id"),
+        (json!({"query_image": "aGVsbG8=", "model_id": MODEL}), "image"),
+        (json!({"query_text": TEXT, "model_id": MODEL, "k": 5, "max_distance": 0.5}), "one of"),
+    ] {
+        let body = json!({"query": {"neural": {"text_vector": params.clone()}}});
+        let (status, v) = s.client.call(Method::POST, &search, Some(body)).await;
+        assert_eq!(status, 400, "{params} -> {v}");
+        assert!(v["error"]["reason"].as_str().unwrap_or("").contains(want), "{params} -> {v}");
+    }
+}
