@@ -134,3 +134,70 @@ async fn a_neural_query_the_sidecar_cannot_serve_is_a_400_naming_the_problem() {
         assert!(v["error"]["reason"].as_str().unwrap_or("").contains(want), "{params} -> {v}");
     }
 }
+
+/// ml-commons' model API as discovery code uses it: search the models, read one, predict with
+/// it, then name its id in a neural query.
+#[tokio::test]
+async fn code_that_discovers_its_model_through_ml_commons_finds_the_sidecar_models() {
+    let Some(s) = sidecar().await else { return };
+    let found = s
+        .client
+        .ok(
+            Method::POST,
+            "/_plugins/_ml/models/_search",
+            json!({"query": {"term": {"model_state": "DEPLOYED"}}, "size": 100}),
+        )
+        .await;
+    let id = found["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["_source"]["name"] == MODEL)
+        .map(|h| h["_id"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("{found}"));
+    let none = s
+        .client
+        .ok(Method::GET, "/_plugins/_ml/models/_search", json!({"query": {"term": {"algorithm": "SPARSE_ENCODING"}}}))
+        .await;
+    assert_eq!(none["hits"]["total"]["value"], 0, "{none}");
+    let (status, m) = s.client.call(Method::GET, &format!("/_plugins/_ml/models/{id}"), None).await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!((m["algorithm"].as_str(), m["model_state"].as_str()), (Some("TEXT_EMBEDDING"), Some("DEPLOYED")), "{m}");
+    assert_eq!(m["model_config"]["embedding_dimension"], 384, "{m}");
+    let (status, e) = s.client.call(Method::GET, "/_plugins/_ml/models/aFj3xQ9ModelId", None).await;
+    assert_eq!(status, 404, "{e}");
+    assert!(e["error"]["reason"].as_str().unwrap().contains(MODEL), "{e}");
+    // _predict: the document embeddings /embed gives
+    let texts = ["Stem cells differentiate.".to_string(), "Tides follow the moon.".to_string()];
+    let p = s
+        .client
+        .ok(
+            Method::POST,
+            &format!("/_plugins/_ml/_predict/text_embedding/{id}"),
+            json!({"text_docs": texts, "return_number": true, "target_response": ["sentence_embedding"]}),
+        )
+        .await;
+    let want = common::embed_model(&s.client.url, Some(MODEL), &texts, "passage").await;
+    for (r, w) in p["inference_results"].as_array().unwrap().iter().zip(&want) {
+        let out = &r["output"][0];
+        assert_eq!((out["name"].as_str(), out["shape"][0].as_u64()), (Some("sentence_embedding"), Some(384)), "{out}");
+        let got: Vec<f32> = out["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        assert!(common::cosine(&got, w) > 0.9999, "predict and /embed agree");
+    }
+    let (status, e) = s
+        .client
+        .call(Method::POST, &format!("/_plugins/_ml/_predict/sparse_encoding/{id}"), Some(json!({"text_docs": ["x"]})))
+        .await;
+    assert_eq!(status, 400, "{e}");
+    // the id found is the one a neural query names
+    let v = s
+        .client
+        .ok(
+            Method::POST,
+            &format!("/{}/_search", s.index),
+            json!({"size": 3, "_source": false,
+        "query": {"neural": {"text_vector": {"query_text": TEXT, "model_id": id, "k": 3}}}}),
+        )
+        .await;
+    assert_eq!(ids(&v).len(), 3, "{v}");
+}

@@ -157,6 +157,9 @@ pub static APIS: &[Api] = &[
     api!("inference endpoint", G | P, [L("_inference"), N, N], Read, B::None, Named),
     api!("inference endpoint", U | D, [L("_inference"), N, N], Admin, B::None, All),
     // trained-model inference (embeddings of a sidecar model where the cluster has no ML)
+    api!("ml-commons model search", G | P, [L("_plugins"), L("_ml"), L("models"), L("_search")], Read, B::None, Named),
+    api!("ml-commons model", G, [L("_plugins"), L("_ml"), L("models"), N], Read, B::None, Named),
+    api!("ml-commons predict", P, [L("_plugins"), L("_ml"), L("_predict"), N, N], Read, B::None, Named),
     api!("trained model infer", P, [L("_ml"), L("trained_models"), N, L("_infer")], Read, B::None, Named),
     api!(
         "trained model infer",

@@ -20,7 +20,7 @@ use crate::error::ErrorCode;
 use crate::types::name::DocId;
 
 /// Most inputs one `POST _inference` embeds.
-const MAX_INPUTS: usize = 512;
+pub(super) const MAX_INPUTS: usize = 512;
 
 /// The task types this sidecar serves, and why it serves no other.
 fn check_task(task: &str) -> Result<(), ApiError> {
@@ -230,7 +230,12 @@ pub async fn ml_infer(
 }
 
 /// One vector per text from `model` (the bulk lane for more than one text).
-async fn embed(state: &AppState, model: &str, texts: Vec<String>, kind: TextKind) -> Result<Vec<Vec<f32>>, ApiError> {
+pub(super) async fn embed(
+    state: &AppState,
+    model: &str,
+    texts: Vec<String>,
+    kind: TextKind,
+) -> Result<Vec<Vec<f32>>, ApiError> {
     let lane = if texts.len() > 1 { Lane::Bulk } else { Lane::Interactive };
     let opts = EncodeOptions { kind, truncate: true, lane, ..EncodeOptions::default() };
     let out = state.encoders.get(Some(model))?.encode(texts.into_iter().map(Input::Text).collect(), opts).await?;

@@ -33,6 +33,7 @@ pub mod inference;
 pub mod ingest;
 pub mod jobs;
 pub mod middleware;
+pub mod ml_commons;
 pub mod passthrough;
 pub mod pipelines;
 pub mod search;
@@ -201,6 +202,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/_ml/trained_models/{id}/_infer", post(inference::ml_infer))
         .route("/_ml/trained_models/{id}/deployment/_infer", post(inference::ml_infer))
+        .route("/_plugins/_ml/models/_search", get(ml_commons::search_models).post(ml_commons::search_models))
+        .route("/_plugins/_ml/models/{id}", get(ml_commons::get_model))
+        .route("/_plugins/_ml/_predict/{algorithm}/{id}", post(ml_commons::predict))
         .route("/_search", get(search::search_all).post(search::search_all))
         .route("/{index}/_search", get(search::search_index).post(search::search_index))
         .route("/", get(passthrough::root).head(passthrough::root))

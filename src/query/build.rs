@@ -86,6 +86,11 @@ impl Capabilities {
             && self.surely_has(&["x-pack-inference", "inference"])
     }
 
+    /// OpenSearch's ml-commons plugin is on every node (its model API answers itself).
+    pub fn engine_serves_ml_commons(&self) -> bool {
+        self.dialect() == Dialect::Opensearch && self.surely_has(&["opensearch-ml", "opensearch-ml-plugin"])
+    }
+
     /// The engine has machine learning (deployed models can build query vectors).
     pub fn engine_serves_ml(&self) -> bool {
         self.dialect() == Dialect::Elasticsearch
