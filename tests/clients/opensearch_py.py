@@ -4,7 +4,8 @@
 Usage: opensearch_py.py SIDECAR_URL INDEX MAPPING_JSON_FILE
 The same day of calls as elasticsearch_py.py: info(), indices.create/exists, helpers.bulk with
 and without http_compress (gzip bodies), index, refresh, count, get, a hybrid-clause search, a
-k-NN search, delete, cluster.health, get_mapping.
+k-NN search, ml-commons' model search / get / predict and a neural query (neither plugin is on
+the cluster), delete, cluster.health, get_mapping.
 """
 import json
 import sys
@@ -60,6 +61,20 @@ knn = os_.search(index=index, body={"size": 3, "query": {"knn": {"text_vector": 
 ids = [h["_id"] for h in knn["hits"]["hits"]]
 assert len(ids) == 3 and all(i.startswith("gz") for i in ids), ids
 print("knn ids: " + ",".join(ids))
+
+# OpenSearch's neural search as its tutorial writes it, on a cluster without neural-search or
+# ml-commons: the model id found through ml-commons, then a neural query naming it
+found = os_.plugins.ml.search_models(body={"query": {"match": {"name": "all-MiniLM-L6-v2"}}, "size": 10})
+model_id = found["hits"]["hits"][0]["_id"]
+model = os_.plugins.ml.get_model(model_id=model_id)
+assert model["model_state"] == "DEPLOYED" and model["model_config"]["embedding_dimension"] == 384, model
+pred = os_.plugins.ml.predict(algorithm_name="text_embedding", model_id=model_id,
+                              body={"text_docs": ["protein folding"], "return_number": True, "target_response": ["sentence_embedding"]})
+assert pred["inference_results"][0]["output"][0]["shape"] == [384], pred
+neural = os_.search(index=index, body={"size": 3, "_source": ["title"],
+                                       "query": {"neural": {"text_vector": {"query_text": "protein folding", "model_id": model_id, "k": 3}}}})
+assert [h["_id"] for h in neural["hits"]["hits"]] == ids, (neural, ids)
+print(f"ml-commons search_models / get_model / predict, neural query with model {model_id}: the knn ids")
 
 r = os_.delete(index=index, id="single", refresh=True)
 assert r["result"] == "deleted", r
