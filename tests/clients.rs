@@ -177,6 +177,27 @@ async fn the_js_client_runs_elastics_semantic_apis_unchanged() {
     common::run_client(node).await;
 }
 
+/// OpenSearch's neural search with the official JS client, on a cluster without neural-search
+/// or ml-commons.
+#[tokio::test]
+async fn the_js_client_runs_opensearchs_neural_search_unchanged() {
+    if on_elasticsearch() {
+        common::not_on_this_engine("JS client neural search", "the neural query and ml-commons are OpenSearch's API");
+        return;
+    }
+    let modules = format!("{}/jsclients/node_modules", cache());
+    assert!(
+        std::path::Path::new(&modules).join("@opensearch-project/opensearch").is_dir(),
+        "no OpenSearch JS client at {modules}: run scripts/setup"
+    );
+    let (url, _stop) = common::serve_with_cluster_pipelines().await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/js/opensearch_neural.js");
+    let index = unique_index("clients-js-neural");
+    let mut node = Command::new("node");
+    node.arg(script).args([url, index, "all-MiniLM-L6-v2".into()]).env("NODE_PATH", modules);
+    common::run_client(node).await;
+}
+
 /// Elastic's semantic APIs with the official Java client, which always asks for `typed_keys`.
 #[tokio::test]
 async fn the_java_client_reads_typed_aggregations_of_semantic_and_fused_searches() {
