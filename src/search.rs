@@ -785,6 +785,12 @@ impl Searcher {
         Ok(Some((found.highlights, targets)))
     }
 
+    /// [`Searcher::resolve_neural`] for the search-like APIs the sidecar otherwise forwards
+    /// (`_count`, `_explain`, `_validate/query`): whether `body` changed.
+    pub async fn resolve_neural_in(&self, body: &mut Value) -> Result<bool, SearchError> {
+        self.resolve_neural(body, &mut StageTimes::default()).await
+    }
+
     /// OpenSearch's `neural` queries on a cluster without the neural-search plugin: each
     /// becomes a `knn` query with the query vector of the sidecar model its `model_id` names.
     /// Whether the body changed.

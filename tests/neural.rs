@@ -116,6 +116,15 @@ async fn the_neural_query_pages_shapes_run_on_a_cluster_without_the_plugins() {
     let v = common::post_ndjson(&format!("{}/_msearch", s.client.url), body).await;
     assert_eq!(ids(&v["responses"][0]), ids(&own)[..3], "{v}");
     assert_eq!(ids(&v["responses"][1]).len(), 1, "{v}");
+    // _count, _explain and _validate/query take the clause too
+    let q = json!({"query": neural("text_vector", json!({"k": 5}))});
+    let v = s.client.ok(Method::POST, &format!("/{}/_count", s.index), q.clone()).await;
+    assert_eq!(v["count"], 5, "{v}");
+    let top = &ids(&own)[0];
+    let v = s.client.ok(Method::POST, &format!("/{}/_explain/{top}", s.index), q.clone()).await;
+    assert_eq!(v["matched"], true, "{v}");
+    let v = s.client.ok(Method::POST, &format!("/{}/_validate/query", s.index), q).await;
+    assert_eq!(v["valid"], true, "{v}");
 }
 
 #[tokio::test]

@@ -187,6 +187,7 @@ pub async fn any(
     if let Some(r) = super::semantic::intercept(&state, &method, &segments, &path, &q, body.as_ref()).await? {
         return Ok(r);
     }
+    let body = neural_resolved(&state, &segments, body).await?;
     let read = safe_to_repeat(route, &method);
     let moves_names = moves_names(&method, &segments);
     let answer = forward(&state, method, path.query(&q), body, read).await;
@@ -195,6 +196,27 @@ pub async fn any(
         state.ingestor.owners().invalidate();
     }
     answer
+}
+
+/// The body of `_count`, `_explain` or `_validate/query` with each OpenSearch `neural` clause
+/// turned into a `knn` query where the cluster has no neural-search (as `_search` does); any
+/// other body as it came.
+async fn neural_resolved(
+    state: &AppState,
+    segments: &[String],
+    body: Option<Bytes>,
+) -> Result<Option<Bytes>, ApiError> {
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let search_like = matches!(seg.as_slice(), [.., "_count"] | [_, "_explain", _] | [.., "_validate", "query"]);
+    let Some(b) = body else { return Ok(None) };
+    if !search_like || !b.windows(8).any(|w| w == b"\"neural\"") {
+        return Ok(Some(b));
+    }
+    let Ok(mut v) = serde_json::from_slice::<Value>(&b) else { return Ok(Some(b)) };
+    Ok(Some(match state.searcher.resolve_neural_in(&mut v).await? {
+        true => Bytes::from(v.to_string()),
+        false => b,
+    }))
 }
 
 /// `_reindex` into an index a served pipeline owns (by its name or the pipeline's `index`),
