@@ -49,11 +49,7 @@ async fn forwarded(
     for s in segments {
         path = path.name(&DocId::try_from(*s).map_err(|e| invalid(format!("`{s}`: {e}")))?);
     }
-    let mut req = EngineRequest::new(method.clone(), path.build()).passthrough().idempotent(*method == Method::GET);
-    if let Some(b) = passthrough::json_body(body)? {
-        req = req.json_bytes(b);
-    }
-    Ok(Some(engine_answer(state.engine.send(req).await?)))
+    Ok(Some(passthrough::forward(state, method.clone(), path, passthrough::json_body(body)?, false).await?))
 }
 
 /// `GET /_inference`, `GET /_inference/_all`: every endpoint.

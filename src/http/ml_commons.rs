@@ -20,10 +20,9 @@ use serde_json::{json, Map, Value};
 
 use super::error::{invalid, ApiError};
 use super::inference::{embed, MAX_INPUTS};
-use super::{engine_answer, passthrough, AppState};
+use super::{passthrough, AppState};
 use crate::encoder::{ModelInfo, TextKind};
 use crate::engine::path::EnginePath;
-use crate::engine::EngineRequest;
 use crate::error::ErrorCode;
 use crate::types::name::DocId;
 
@@ -49,11 +48,7 @@ async fn forwarded(
             name => path.name(&DocId::try_from(name).map_err(|e| invalid(format!("`{name}`: {e}")))?),
         };
     }
-    let mut req = EngineRequest::new(method.clone(), path.build()).passthrough().idempotent(*method == Method::GET);
-    if let Some(b) = passthrough::json_body(body)? {
-        req = req.json_bytes(b);
-    }
-    Ok(Some(engine_answer(state.engine.send(req).await?)))
+    Ok(Some(passthrough::forward(state, method.clone(), path, passthrough::json_body(body)?, false).await?))
 }
 
 /// A sidecar model as ml-commons describes a deployed text-embedding model.

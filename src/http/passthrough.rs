@@ -48,7 +48,7 @@ pub(crate) fn json_body(body: &Bytes) -> Result<Option<Bytes>, ApiError> {
 
 /// Sends the request and returns the engine's answer; `read` marks a POST that is safe to repeat
 /// (`_count`, `_refresh`), GET and HEAD always are.
-async fn forward(
+pub(super) async fn forward(
     state: &AppState,
     method: Method,
     path: EnginePath,

@@ -261,9 +261,9 @@ async fn create_from_template(
     let Ok(name) = IndexName::try_from(index) else { return Ok(None) };
     let Some(p) = template_pipeline(state, &name).await? else { return Ok(None) };
     let mut req = EngineRequest::new(Method::PUT, EnginePath::root().index(&name).query(q).build()).passthrough();
-    if let Some(b) = body.filter(|b| !b.is_empty()) {
-        let v: Value = serde_json::from_slice(b).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
-        req = req.json(&v);
+    // the passthrough checked it: a JSON object
+    if let Some(b) = body {
+        req = req.json_bytes(b.clone());
     }
     let resp = state.engine.send(req).await?;
     state.ingestor.owners().invalidate();
@@ -281,9 +281,10 @@ async fn create_from_template(
 pub async fn adopt<'a>(state: &AppState, names: impl IntoIterator<Item = &'a str>) -> Result<(), ApiError> {
     // only one concrete index name can be made by a write; the rest is the engine's to refuse
     let snapshot = state.catalog.snapshot();
-    let names: std::collections::BTreeSet<&str> = names
+    let names: std::collections::BTreeMap<&str, IndexName> = names
         .into_iter()
-        .filter(|n| IndexName::try_from(*n).is_ok() && !snapshot.all().any(|(s, _)| s.pipeline.index == *n))
+        .filter(|n| !snapshot.all().any(|(s, _)| s.pipeline.index == *n))
+        .filter_map(|n| IndexName::try_from(n).ok().map(|i| (n, i)))
         .collect();
     if names.is_empty() || !state.catalog.is_stored() {
         return Ok(());
@@ -292,8 +293,7 @@ pub async fn adopt<'a>(state: &AppState, names: impl IntoIterator<Item = &'a str
     if caps.info.dialect != Dialect::Elasticsearch || caps.engine_serves_inference() {
         return Ok(());
     }
-    for n in names {
-        let name = IndexName::try_from(n)?;
+    for (n, name) in names {
         let r = state.ingestor.owners().resolve(&state.engine, n).await?;
         if r.write.is_some() || !r.indices.is_empty() {
             continue;
@@ -339,9 +339,9 @@ async fn get_app_view(
     body: Option<&Bytes>,
 ) -> Result<Response, ApiError> {
     let mut req = EngineRequest::new(method.clone(), path.clone().query(q).build()).passthrough().idempotent(true);
-    if let Some(b) = body.filter(|b| !b.is_empty()) {
-        let v: Value = serde_json::from_slice(b).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
-        req = req.json(&v);
+    // the passthrough checked it: a JSON object
+    if let Some(b) = body {
+        req = req.json_bytes(b.clone());
     }
     let resp = state.engine.send(req).await?;
     let recorded = resp.status.is_success() && resp.body.windows(13).any(|w| w == b"semantic_text");

@@ -150,19 +150,6 @@ pub fn read_msearch(body: &[u8]) -> Result<Vec<LegAnswer>, serde_json::Error> {
     Ok(out)
 }
 
-/// The leg of one answer (a `_search` response or one `_msearch` item, its hits taken out), or
-/// the `(type, reason)` of its error.
-pub fn leg_of(resp: &mut Value) -> Result<Leg, (String, String)> {
-    if let Some(e) = item_error(resp) {
-        return Err(e);
-    }
-    let hits = match resp.pointer_mut("/hits/hits").map(Value::take) {
-        Some(Value::Array(hits)) => hits.iter().map(Hit::of_value).collect(),
-        _ => Vec::new(),
-    };
-    Ok(Leg { hits, total: resp.pointer("/hits/total").cloned() })
-}
-
 /// A hit's identity across the legs: `_index/_id` (index names cannot hold `/`).
 pub fn key(hit: &Value) -> String {
     let s = |k: &str| hit.get(k).and_then(Value::as_str).unwrap_or("");
@@ -449,8 +436,8 @@ mod tests {
 
     #[test]
     fn an_error_item_names_its_type_and_reason() {
-        let mut item = json!({"error": {"root_cause": [{"type": "query_shard_exception", "reason": "no such field"}], "type": "search_phase_execution_exception", "reason": "all shards failed"}, "status": 400});
-        assert_eq!(leg_of(&mut item).unwrap_err(), ("query_shard_exception".into(), "no such field".into()));
+        let item = json!({"error": {"root_cause": [{"type": "query_shard_exception", "reason": "no such field"}], "type": "search_phase_execution_exception", "reason": "all shards failed"}, "status": 400});
+        assert_eq!(item_error(&item).unwrap(), ("query_shard_exception".into(), "no such field".into()));
     }
 
     #[test]

@@ -201,57 +201,76 @@ pub const MAX_BUILDERS: usize = 16;
 /// Every `query_vector_builder` in `body`, checked: only `text_embedding` with a string
 /// `model_id` and `model_text`, never beside a `query_vector`.
 pub fn vector_builders(body: &Value) -> Result<Vec<VectorBuilder>, QueryError> {
-    fn walk(v: &Value, at: String, out: &mut Vec<VectorBuilder>) -> Result<(), QueryError> {
-        match v {
-            Value::Object(m) => {
-                if let Some(b) = m.get("query_vector_builder") {
-                    let shown = if at.is_empty() { "the body" } else { at.as_str() };
-                    if m.contains_key("query_vector") {
-                        return Err(QueryError::Invalid(format!(
-                            "{shown}: give query_vector or query_vector_builder, not both"
-                        )));
-                    }
-                    let te = b.get("text_embedding").filter(|_| b.as_object().is_some_and(|o| o.len() == 1));
-                    let field = |k: &str| te.and_then(|t| t.get(k)).and_then(Value::as_str).map(String::from);
-                    match (te, field("model_id"), field("model_text")) {
-                        (Some(_), Some(model_id), Some(text)) => {
-                            out.push(VectorBuilder { at: at.clone(), model_id, text });
-                        }
-                        _ => {
-                            return Err(QueryError::Invalid(format!(
-                                "{shown}: query_vector_builder must be {{\"text_embedding\": {{\"model_id\": \"...\", \"model_text\": \"...\"}}}}"
-                            )))
-                        }
-                    }
-                    if out.len() > MAX_BUILDERS {
-                        return Err(QueryError::Limit(format!(
-                            "the body has more than {MAX_BUILDERS} query_vector_builders"
-                        )));
-                    }
-                }
-                for (k, x) in m.iter().filter(|(k, _)| k.as_str() != "query_vector_builder") {
-                    walk(x, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out)?;
-                }
-            }
-            Value::Array(a) => {
-                for (i, x) in a.iter().enumerate() {
-                    walk(x, format!("{at}/{i}"), out)?;
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
     let mut out = Vec::new();
-    walk(body, String::new(), &mut out)?;
+    walk_objects(body, String::new(), &mut |at, m| {
+        let Some(b) = m.get("query_vector_builder") else { return Ok(Descend::Into) };
+        let shown = if at.is_empty() { "the body" } else { at };
+        if m.contains_key("query_vector") {
+            return Err(QueryError::Invalid(format!("{shown}: give query_vector or query_vector_builder, not both")));
+        }
+        let te = b.get("text_embedding").filter(|_| b.as_object().is_some_and(|o| o.len() == 1));
+        let field = |k: &str| te.and_then(|t| t.get(k)).and_then(Value::as_str).map(String::from);
+        match (te, field("model_id"), field("model_text")) {
+            (Some(_), Some(model_id), Some(text)) => out.push(VectorBuilder { at: at.to_string(), model_id, text }),
+            _ => {
+                return Err(QueryError::Invalid(format!(
+                    "{shown}: query_vector_builder must be {{\"text_embedding\": {{\"model_id\": \"...\", \"model_text\": \"...\"}}}}"
+                )))
+            }
+        }
+        if out.len() > MAX_BUILDERS {
+            return Err(QueryError::Limit(format!("the body has more than {MAX_BUILDERS} query_vector_builders")));
+        }
+        Ok(Descend::IntoExcept("query_vector_builder"))
+    })?;
     Ok(out)
+}
+
+/// Where [`walk_objects`] goes after an object.
+enum Descend {
+    Into,
+    /// Into every key but this one.
+    IntoExcept(&'static str),
+    Not,
+}
+
+/// What [`walk_objects`] calls on each object: its JSON pointer and its keys.
+type ObjectVisitor<'a> = dyn FnMut(&str, &Map<String, Value>) -> Result<Descend, QueryError> + 'a;
+
+/// Calls `visit` on every object of `v` (document order, depth first) with its JSON pointer
+/// (`at`: the pointer of `v`); `visit` says whether to look inside the object.
+fn walk_objects(v: &Value, at: String, visit: &mut ObjectVisitor) -> Result<(), QueryError> {
+    match v {
+        Value::Object(m) => {
+            let skip = match visit(&at, m)? {
+                Descend::Not => return Ok(()),
+                Descend::Into => None,
+                Descend::IntoExcept(k) => Some(k),
+            };
+            for (k, x) in m.iter().filter(|(k, _)| Some(k.as_str()) != skip) {
+                walk_objects(x, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), visit)?;
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                walk_objects(x, format!("{at}/{i}"), visit)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A query vector as JSON.
+fn vector_value(vector: &[f32]) -> Value {
+    Value::Array(vector.iter().map(|x| serde_json::json!(x)).collect())
 }
 
 /// Puts `vector` where the builder at `at` was.
 pub fn set_query_vector(body: &mut Value, at: &str, vector: &[f32]) {
     if let Some(Value::Object(m)) = body.pointer_mut(at) {
         m.remove("query_vector_builder");
-        m.insert("query_vector".into(), Value::Array(vector.iter().map(|x| serde_json::json!(x)).collect()));
+        m.insert("query_vector".into(), vector_value(vector));
     }
 }
 
@@ -317,49 +336,26 @@ fn neural_query(at: &str, field: &str, params: &Map<String, Value>) -> Result<Ne
 /// field whose parameters name `query_text`, `query_image` or `model_id`; a field that happens
 /// to be called `neural` is left alone.
 pub fn neural_queries(body: &Value) -> Result<Vec<NeuralQuery>, QueryError> {
-    fn walk(v: &Value, at: String, out: &mut Vec<NeuralQuery>) -> Result<(), QueryError> {
-        match v {
-            Value::Object(m) => {
-                let clause = m.get("neural").and_then(Value::as_object).filter(|n| n.len() == 1).and_then(|n| {
-                    let (field, params) = n.iter().next()?;
-                    let params = params.as_object()?;
-                    ["query_text", "query_image", "model_id"]
-                        .iter()
-                        .any(|k| params.contains_key(*k))
-                        .then_some((field, params))
-                });
-                if let Some((field, params)) = clause {
-                    let shown = if at.is_empty() { "/" } else { at.as_str() };
-                    out.push(neural_query(shown, field, params)?);
-                    if out.len() > MAX_BUILDERS {
-                        return Err(QueryError::Limit(format!("the body has more than {MAX_BUILDERS} neural queries")));
-                    }
-                    let mut inner = Vec::new();
-                    if let Some(f) = params.get("filter") {
-                        walk(f, String::new(), &mut inner)?;
-                    }
-                    if !inner.is_empty() {
-                        return Err(QueryError::Invalid(format!(
-                            "the neural query at {shown} on `{field}` has a neural query in its filter: filter with lexical queries"
-                        )));
-                    }
-                    return Ok(());
-                }
-                for (k, x) in m {
-                    walk(x, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out)?;
-                }
-            }
-            Value::Array(a) => {
-                for (i, x) in a.iter().enumerate() {
-                    walk(x, format!("{at}/{i}"), out)?;
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
     let mut out = Vec::new();
-    walk(body, String::new(), &mut out)?;
+    walk_objects(body, String::new(), &mut |at, m| {
+        let clause = m.get("neural").and_then(Value::as_object).filter(|n| n.len() == 1).and_then(|n| {
+            let (field, params) = n.iter().next()?;
+            let params = params.as_object()?;
+            ["query_text", "query_image", "model_id"].iter().any(|k| params.contains_key(*k)).then_some((field, params))
+        });
+        let Some((field, params)) = clause else { return Ok(Descend::Into) };
+        let shown = if at.is_empty() { "/" } else { at };
+        out.push(neural_query(shown, field, params)?);
+        if out.len() > MAX_BUILDERS {
+            return Err(QueryError::Limit(format!("the body has more than {MAX_BUILDERS} neural queries")));
+        }
+        if !params.get("filter").map(neural_queries).transpose()?.unwrap_or_default().is_empty() {
+            return Err(QueryError::Invalid(format!(
+                "the neural query at {shown} on `{field}` has a neural query in its filter: filter with lexical queries"
+            )));
+        }
+        Ok(Descend::Not)
+    })?;
     Ok(out)
 }
 
@@ -369,7 +365,7 @@ pub fn set_neural_vector(body: &mut Value, n: &NeuralQuery, vector: &[f32]) {
     if let Some(Value::Object(m)) = body.pointer_mut(at) {
         m.remove("neural");
         let mut knn = n.knn.clone();
-        knn.insert("vector".into(), Value::Array(vector.iter().map(|x| serde_json::json!(x)).collect()));
+        knn.insert("vector".into(), vector_value(vector));
         let mut clause = Map::new();
         clause.insert(n.field.clone(), Value::Object(knn));
         m.insert("knn".into(), Value::Object(clause));
