@@ -21,10 +21,12 @@ use crate::error::ErrorCode;
 use crate::ingest::catalog::CatalogError;
 use crate::ingest::inference::Endpoints;
 use crate::ingest::owner::{Owner, Owners, ReadOwner};
+use crate::ingest::store::DocStore;
 use crate::query::answer::{engine_hits, item_error, read_msearch, sidecar_page, union_total, Leg, LegAnswer};
 use crate::query::build::{self, Capabilities};
 use crate::query::compat::{self, HybridClause, Rewrite, CONFLICTING_KEYS};
 use crate::query::fusion::Fusion;
+use crate::query::os_hybrid::{self, Enricher};
 use crate::query::params::{filter_path, fused_params, FusedParams};
 use crate::query::request::{self, Mode, Plan, QueryError, Resolved, SearchRequest, Target};
 use crate::query::retriever::{self, LeafKind};
@@ -34,6 +36,10 @@ use crate::telemetry::{SearchStage, StageTimes};
 use crate::types::name::{DocId, IndexPattern};
 use crate::types::pipeline::Pipeline;
 use crate::types::search::EngineMethod;
+
+mod opensearch;
+
+pub use opensearch::{PipelineUse, SEARCH_PIPELINES_INDEX};
 
 /// Why a search failed.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +132,10 @@ pub struct Searcher {
     endpoints: Endpoints,
     /// OpenSearch search pipelines already put by this process.
     made: Mutex<BTreeSet<String>>,
+    /// The OpenSearch search pipelines the sidecar keeps (cluster state).
+    search_pipelines: DocStore,
+    /// Indices' default search pipelines, as last read.
+    defaults: opensearch::Defaults,
 }
 
 fn rejected(status: u16, error_type: String, reason: String) -> EngineError {
@@ -166,13 +176,20 @@ impl Searcher {
     pub fn new(engine: EngineClient, encoders: Arc<EncoderSet>, owners: Arc<Owners>, limits: SearchSettings) -> Self {
         let endpoints = Endpoints::new(Some(engine.clone()), encoders.clone());
         Searcher {
-            engine,
             encoders,
             owners,
             limits,
             caps: OnceCell::new(),
+            search_pipelines: DocStore::new(
+                Some(engine.clone()),
+                SEARCH_PIPELINES_INDEX,
+                "search pipeline",
+                opensearch::SEARCH_PIPELINES_TTL,
+            ),
+            engine,
             endpoints,
             made: Mutex::new(BTreeSet::new()),
+            defaults: Default::default(),
         }
     }
 
@@ -607,6 +624,7 @@ impl Searcher {
     /// refusal comes from there.
     pub async fn rewrites(&self, index: &str, body: &Value) -> Result<bool, SearchError> {
         if body.get("retriever").is_some_and(retriever::needs_fusion)
+            || os_hybrid::hybrid_query(body).is_some()
             || compat::vector_builders(body).map_or(true, |b| !b.is_empty())
             || compat::neural_queries(body).map_or(true, |n| !n.is_empty())
         {
@@ -663,12 +681,13 @@ impl Searcher {
             }
         };
         let mut parsed = parsed;
+        let used = self.pipeline_use(pattern, query_string, parsed.as_ref()).await?;
         let semantic = match parsed.as_mut() {
             Some(v) => self.resolve_semantic(index, v, times).await?,
             None => None,
         };
         let resolved = match parsed.as_mut() {
-            Some(v) => self.resolve_builders(v, times).await? || semantic.is_some(),
+            Some(v) => self.resolve_builders(v, used.enricher(), times).await? || semantic.is_some(),
             None => false,
         };
         // a body changed here is sent as re-serialised, any other byte for byte
@@ -676,7 +695,7 @@ impl Searcher {
             (Some(v), true) => Bytes::from(v.to_string()),
             _ => body,
         };
-        let answer = self.es_search_resolved(pattern, parsed, body, query_string, started, times).await?;
+        let answer = self.es_search_resolved(pattern, parsed, body, &used, query_string, started, times).await?;
         match semantic {
             Some((highlights, targets)) if !highlights.is_empty() => {
                 let mut v = match answer {
@@ -693,11 +712,13 @@ impl Searcher {
 
     /// [`Searcher::es_search_timed`] once the body's builders and semantic queries are resolved
     /// (`body`: the bytes to forward, `parsed` as JSON).
+    #[allow(clippy::too_many_arguments)]
     async fn es_search_resolved(
         &self,
         pattern: &IndexPattern,
         parsed: Option<Value>,
         body: Bytes,
+        used: &PipelineUse,
         query_string: &QueryString,
         started: Instant,
         times: &mut StageTimes,
@@ -716,6 +737,12 @@ impl Searcher {
             if m.get("retriever").is_some_and(retriever::needs_fusion) && !caps.engine_runs_retrievers() {
                 let resp = self.run_retriever(index, m.clone(), query_string, started, times).await?;
                 return Ok(EsAnswer::Json(resp));
+            }
+            if caps.sidecar_runs_neural() {
+                if let Some(hq) = parsed.as_ref().and_then(os_hybrid::hybrid_query) {
+                    let resp = self.run_os_hybrid(index, m.clone(), &hq?, used, query_string, started, times).await?;
+                    return Ok(EsAnswer::Json(resp));
+                }
             }
         }
         let rewrite = match &parsed {
@@ -788,30 +815,38 @@ impl Searcher {
     /// [`Searcher::resolve_neural`] for the search-like APIs the sidecar otherwise forwards
     /// (`_count`, `_explain`, `_validate/query`): whether `body` changed.
     pub async fn resolve_neural_in(&self, body: &mut Value) -> Result<bool, SearchError> {
-        self.resolve_neural(body, &mut StageTimes::default()).await
+        self.resolve_neural(body, None, &mut StageTimes::default()).await
     }
 
     /// OpenSearch's `neural` queries on a cluster without the neural-search plugin: each
-    /// becomes a `knn` query with the query vector of the sidecar model its `model_id` names.
-    /// Whether the body changed.
-    async fn resolve_neural(&self, body: &mut Value, times: &mut StageTimes) -> Result<bool, SearchError> {
+    /// becomes a `knn` query with the query vector of the sidecar model its `model_id` (or
+    /// else the search pipeline's `neural_query_enricher`) names. Whether the body changed.
+    async fn resolve_neural(
+        &self,
+        body: &mut Value,
+        enricher: Option<&Enricher>,
+        times: &mut StageTimes,
+    ) -> Result<bool, SearchError> {
         let found = compat::neural_queries(body);
         if found.as_ref().is_ok_and(Vec::is_empty) {
             return Ok(false);
         }
         // Elasticsearch has no neural query, and a cluster with the plugin runs its own
-        let caps = self.capabilities().await?;
-        if caps.info.dialect != Dialect::Opensearch || caps.neural_search {
+        if !self.capabilities().await?.sidecar_runs_neural() {
             return Ok(false);
         }
         for n in &found? {
-            let model = match self.endpoints.model_for(&n.model_id).await {
-                Ok(m) => m,
-                Err(CatalogError::Invalid(why)) => {
-                    return Err(
-                        QueryError::Invalid(format!("the neural query at {} on `{}`: {why}", n.at, n.field)).into()
-                    )
+            let bad =
+                |why: String| QueryError::Invalid(format!("the neural query at {} on `{}`: {why}", n.at, n.field));
+            let id = match (n.model_id.as_deref(), enricher.and_then(|e| e.model_for(&n.field))) {
+                (Some(id), _) | (None, Some(id)) => id,
+                (None, None) => {
+                    return Err(bad("`model_id` is required, or a neural_query_enricher default in the search pipeline (`search_pipeline` or the index's `index.search.default_pipeline`)".into()).into())
                 }
+            };
+            let model = match self.endpoints.model_for(id).await {
+                Ok(m) => m,
+                Err(CatalogError::Invalid(why)) => return Err(bad(why).into()),
                 Err(CatalogError::Engine(e)) => return Err(e.into()),
                 Err(e) => return Err(SearchError::Unavailable(e.to_string())),
             };
@@ -826,8 +861,13 @@ impl Searcher {
     /// model of this sidecar); an id neither names is left to an engine with machine learning,
     /// and refused (400, naming the known ones) by one without. Returns whether it changed
     /// anything.
-    async fn resolve_builders(&self, body: &mut Value, times: &mut StageTimes) -> Result<bool, SearchError> {
-        let neural = self.resolve_neural(body, times).await?;
+    async fn resolve_builders(
+        &self,
+        body: &mut Value,
+        enricher: Option<&Enricher>,
+        times: &mut StageTimes,
+    ) -> Result<bool, SearchError> {
+        let neural = self.resolve_neural(body, enricher, times).await?;
         let found = compat::vector_builders(body)?;
         if found.is_empty() {
             return Ok(neural);

@@ -210,3 +210,154 @@ async fn code_that_discovers_its_model_through_ml_commons_finds_the_sidecar_mode
         .await;
     assert_eq!(ids(&v).len(), 3, "{v}");
 }
+
+/// The hits (id, score) of one sub-query sent straight to the engine, as a ranked list.
+async fn leg(index: &str, query: Value, size: usize) -> Vec<semantic_sidecar::query::fusion::LegHit> {
+    let v = common::post_json(
+        &format!("{}/{index}/_search", common::engine_url()),
+        &json!({"size": size, "_source": false, "query": query}),
+    )
+    .await;
+    v["hits"]["hits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|h| semantic_sidecar::query::fusion::LegHit {
+            id: format!("{index}/{}", h["_id"].as_str().unwrap()),
+            score: h["_score"].as_f64().unwrap(),
+        })
+        .collect()
+}
+
+/// What the sidecar's fusion gives for sub-queries sent straight to the engine.
+async fn expected(index: &str, queries: &[Value], depth: usize, pipeline: &Value) -> Vec<(String, f64)> {
+    let mut lists = Vec::new();
+    for q in queries {
+        lists.push(leg(index, q.clone(), depth).await);
+    }
+    let scoring = semantic_sidecar::query::os_hybrid::parse_pipeline(pipeline)
+        .unwrap()
+        .and_then(|p| p.scoring)
+        .unwrap_or_default();
+    semantic_sidecar::query::os_hybrid::combine(&lists, &scoring)
+        .into_iter()
+        .map(|r| (r.id.rsplit('/').next().unwrap().to_string(), r.score))
+        .collect()
+}
+
+fn scored(v: &Value) -> Vec<(String, f64)> {
+    v["hits"]["hits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_score"].as_f64().unwrap()))
+        .collect()
+}
+
+fn same_hits(got: &[(String, f64)], want: &[(String, f64)], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: {got:?} vs {want:?}");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.0, w.0, "{what}: {got:?} vs {want:?}");
+        assert!((g.1 - w.1).abs() < 1e-5, "{what}: {got:?} vs {want:?}");
+    }
+}
+
+/// The hybrid search page's shapes: a search pipeline with a normalization-processor (and
+/// one with a score-ranker-processor) kept by the sidecar, a `hybrid` query of a `match` and a
+/// `neural` query through `?search_pipeline=`, through the index's default pipeline, paged
+/// with `pagination_depth`, filtered, aggregated; each answer's hits are the sidecar's fusion
+/// of the same sub-queries sent straight to the engine.
+#[tokio::test]
+async fn hybrid_queries_are_scored_by_the_search_pipelines_the_sidecar_keeps() {
+    let Some(s) = sidecar().await else { return };
+    let search = format!("/{}/_search", s.index);
+    let norm_name = format!("nlp-search-pipeline-{}", s.index);
+    let norm = json!({"description": "Post processor for hybrid search", "phase_results_processors": [{
+        "normalization-processor": {"normalization": {"technique": "min_max"},
+            "combination": {"technique": "arithmetic_mean", "parameters": {"weights": [0.3, 0.7]}}}}]});
+    let v = s.client.ok(Method::PUT, &format!("/_search/pipeline/{norm_name}"), norm.clone()).await;
+    assert_eq!(v["acknowledged"], true, "{v}");
+    let (_, v) = s.client.call(Method::GET, &format!("/_search/pipeline/{norm_name}"), None).await;
+    assert_eq!(v[&norm_name], norm, "GET answers the pipeline as written");
+    let (_, all) = s.client.call(Method::GET, "/_search/pipeline", None).await;
+    assert_eq!(all[&norm_name], norm);
+    let queries = [json!({"match": {"text": {"query": TEXT}}}), neural("text_vector", json!({"k": 10}))];
+    let vector = common::embed_model(&s.client.url, Some(MODEL), &[TEXT.to_string()], "query").await.remove(0);
+    let direct = [queries[0].clone(), json!({"knn": {"text_vector": {"vector": vector, "k": 10}}})];
+    // the documented request: _source excludes, ?search_pipeline=
+    let body = json!({"_source": {"exclude": ["text_vector", "passages"]}, "query": {"hybrid": {"queries": queries}}});
+    let v = s.client.ok(Method::POST, &format!("{search}?search_pipeline={norm_name}"), body.clone()).await;
+    assert!(v["_shards"].is_object() && v["hits"]["total"]["value"].as_u64().unwrap() >= 10, "{v}");
+    let hit = &v["hits"]["hits"][0];
+    assert!(hit["_source"]["text"].is_string() && hit["_source"].get("text_vector").is_none(), "{hit}");
+    let want = expected(&s.index, &direct, 10, &norm).await;
+    same_hits(&scored(&v), &want[..10], "min_max arithmetic_mean");
+    // the pipeline named in the body works the same
+    let mut in_body = body.clone();
+    in_body["search_pipeline"] = json!(norm_name);
+    same_hits(&scored(&s.client.ok(Method::POST, &search, in_body).await), &want[..10], "body search_pipeline");
+    // pagination_depth with from and size: the second page of the same fused list
+    let paged = json!({"from": 5, "size": 5, "query": {"hybrid": {"pagination_depth": 20, "queries": queries}}});
+    let v = s.client.ok(Method::POST, &format!("{search}?search_pipeline={norm_name}"), paged).await;
+    let want20 = expected(&s.index, &direct, 20, &norm).await;
+    same_hits(&scored(&v), &want20[5..10], "page 2 at depth 20");
+    // the hybrid query's filter, and aggregations over what any sub-query matched
+    let filtered = json!({"size": 10, "aggs": {"groups": {"terms": {"field": "group.keyword"}}},
+        "query": {"hybrid": {"filter": {"term": {"group": "even"}}, "queries": queries}}});
+    let v = s.client.ok(Method::POST, &format!("{search}?search_pipeline={norm_name}"), filtered).await;
+    let buckets = v["aggregations"]["groups"]["buckets"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!((buckets.len(), buckets[0]["key"].as_str()), (1, Some("even")), "{v}");
+    let f = json!({"term": {"group": "even"}});
+    let filtered_direct = [
+        json!({"bool": {"must": [direct[0].clone()], "filter": [f.clone()]}}),
+        json!({"knn": {"text_vector": {"vector": direct[1]["knn"]["text_vector"]["vector"], "k": 10, "filter": f}}}),
+    ];
+    same_hits(&scored(&v), &expected(&s.index, &filtered_direct, 10, &norm).await[..10], "filtered");
+    // score-ranker (RRF) as the index's default search pipeline: no search_pipeline needed, and
+    // plain searches on the index still pass (the engine keeps the pipeline's empty rest)
+    let rrf_name = format!("rrf-pipeline-{}", s.index);
+    let rrf = json!({"description": "Post processor for hybrid RRF search", "phase_results_processors": [
+        {"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": 40}}}]});
+    s.client.ok(Method::PUT, &format!("/_search/pipeline/{rrf_name}"), rrf.clone()).await;
+    s.client
+        .ok(Method::PUT, &format!("/{}/_settings", s.index), json!({"index.search.default_pipeline": rrf_name}))
+        .await;
+    let v = s.client.ok(Method::POST, &search, json!({"query": {"hybrid": {"queries": queries}}})).await;
+    same_hits(&scored(&v), &expected(&s.index, &direct, 10, &rrf).await[..10], "rrf by default");
+    let v = s.client.ok(Method::POST, &search, json!({"query": {"match": {"text": TEXT}}})).await;
+    assert_eq!(ids(&v).len(), 10, "{v}");
+    // neural_query_enricher: a neural query without model_id takes the pipeline's default
+    let enrich_name = format!("enrich-{}", s.index);
+    let enrich = json!({"request_processors": [{"neural_query_enricher": {"default_model_id": MODEL}}],
+        "phase_results_processors": [{"normalization-processor": {"normalization": {"technique": "l2"},
+            "combination": {"technique": "harmonic_mean"}}}]});
+    s.client.ok(Method::PUT, &format!("/_search/pipeline/{enrich_name}"), enrich.clone()).await;
+    let bare = [queries[0].clone(), json!({"neural": {"text_vector": {"query_text": TEXT, "k": 10}}})];
+    let v = s
+        .client
+        .ok(
+            Method::POST,
+            &format!("{search}?search_pipeline={enrich_name}"),
+            json!({"query": {"hybrid": {"queries": bare}}}),
+        )
+        .await;
+    same_hits(&scored(&v), &expected(&s.index, &direct, 10, &enrich).await[..10], "l2 harmonic_mean, enriched");
+    // what the plugin refuses, the sidecar refuses, naming it
+    let bad = json!({"phase_results_processors": [{"normalization-processor": {"combination": {"parameters": {"weights": [0.5, 0.6]}}}}]});
+    let (status, e) = s.client.call(Method::PUT, "/_search/pipeline/bad-weights", Some(bad)).await;
+    assert!(status == 400 && e["error"]["reason"].as_str().unwrap().contains("sum of weights"), "{e}");
+    let three = json!({"query": {"hybrid": {"queries": [queries[0].clone(), queries[1].clone(), {"match_all": {}}]}}});
+    let (status, e) = s.client.call(Method::POST, &format!("{search}?search_pipeline={norm_name}"), Some(three)).await;
+    assert!(status == 400 && e["error"]["reason"].as_str().unwrap().contains("number of weights"), "{e}");
+    let sorted = json!({"sort": ["_doc"], "query": {"hybrid": {"queries": queries}}});
+    let (status, e) = s.client.call(Method::POST, &search, Some(sorted)).await;
+    assert!(status == 400 && e["error"]["reason"].as_str().unwrap().contains("`sort`"), "{e}");
+    // DELETE: gone from the sidecar and the engine
+    s.client.ok(Method::PUT, &format!("/{}/_settings", s.index), json!({"index.search.default_pipeline": null})).await;
+    for name in [&norm_name, &rrf_name, &enrich_name] {
+        let (_, v) = s.client.call(Method::DELETE, &format!("/_search/pipeline/{name}"), None).await;
+        assert_eq!(v["acknowledged"], true, "{v}");
+        let (status, _) = s.client.call(Method::GET, &format!("/_search/pipeline/{name}"), None).await;
+        assert_eq!(status, 404);
+    }
+}

@@ -169,6 +169,9 @@ pub static APIS: &[Api] = &[
         B::None,
         Named
     ),
+    // OpenSearch search pipelines (the sidecar keeps those it scores hybrid queries with)
+    api!("search pipelines", G, [L("_search"), L("pipeline")], Admin, B::None, All),
+    api!("search pipeline", G | U | D, [L("_search"), L("pipeline"), N], Admin, B::None, All),
     // scroll and point in time, before the searches whose paths they extend
     api!("clear every scroll", D, [L("_search"), L("scroll"), L("_all")], Admin, B::None, All),
     api!("scroll", G | P | D, [L("_search"), L("scroll")], Read, B::Scroll, Named),

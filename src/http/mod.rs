@@ -37,6 +37,7 @@ pub mod ml_commons;
 pub mod passthrough;
 pub mod pipelines;
 pub mod search;
+pub mod search_pipelines;
 pub mod semantic;
 
 use std::future::Future;
@@ -205,6 +206,11 @@ pub fn router(state: AppState) -> Router {
         .route("/_plugins/_ml/models/_search", get(ml_commons::search_models).post(ml_commons::search_models))
         .route("/_plugins/_ml/models/{id}", get(ml_commons::get_model))
         .route("/_plugins/_ml/_predict/{algorithm}/{id}", post(ml_commons::predict))
+        .route("/_search/pipeline", get(search_pipelines::list))
+        .route(
+            "/_search/pipeline/{id}",
+            get(search_pipelines::one).put(search_pipelines::put).delete(search_pipelines::one),
+        )
         .route("/_search", get(search::search_all).post(search::search_all))
         .route("/{index}/_search", get(search::search_index).post(search::search_index))
         .route("/", get(passthrough::root).head(passthrough::root))

@@ -23,4 +23,5 @@ pub mod inference;
 pub mod mapping;
 pub mod owner;
 pub mod semantic;
+pub mod store;
 pub mod writer;

@@ -86,6 +86,12 @@ impl Capabilities {
             && self.surely_has(&["x-pack-inference", "inference"])
     }
 
+    /// OpenSearch without the neural-search plugin: the sidecar serves the `neural` query, the
+    /// `hybrid` query and the search pipelines that score it.
+    pub fn sidecar_runs_neural(&self) -> bool {
+        self.dialect() == Dialect::Opensearch && !self.neural_search
+    }
+
     /// OpenSearch's ml-commons plugin is on every node (its model API answers itself).
     pub fn engine_serves_ml_commons(&self) -> bool {
         self.dialect() == Dialect::Opensearch && self.surely_has(&["opensearch-ml", "opensearch-ml-plugin"])

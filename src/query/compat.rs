@@ -280,7 +280,8 @@ pub fn set_query_vector(body: &mut Value, at: &str, vector: &[f32]) {
 pub struct NeuralQuery {
     pub at: String,
     pub field: String,
-    pub model_id: String,
+    /// `None`: the search pipeline's `neural_query_enricher` names it.
+    pub model_id: Option<String>,
     pub text: String,
     /// `k` / `min_score` / `max_distance`, `filter`, `method_parameters`, `rescore`,
     /// `expand_nested_docs`, `boost`: as the `knn` query takes them.
@@ -308,13 +309,9 @@ fn neural_query(at: &str, field: &str, params: &Map<String, Value>) -> Result<Ne
         _ => return Err(bad("`query_text` must be a non-empty string".into())),
     };
     let model_id = match params.get("model_id") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(Value::String(m)) if !m.is_empty() => Some(m.clone()),
         Some(_) => return Err(bad("`model_id` must be a non-empty string".into())),
-        None => {
-            return Err(bad(
-                "`model_id` is required (no neural_query_enricher default is served): name a sidecar model".into(),
-            ))
-        }
+        None => None,
     };
     let mut knn: Map<String, Value> = params
         .iter()
@@ -554,8 +551,9 @@ mod tests {
         let n = super::neural_queries(&whole).unwrap();
         super::set_neural_vector(&mut whole, &n[0], &[1.0]);
         assert_eq!(whole, json!({"knn": {"v": {"vector": [1.0], "k": 10}}}));
+        let unnamed = super::neural_queries(&json!({"query": {"neural": {"v": {"query_text": "x"}}}})).unwrap();
+        assert_eq!(unnamed[0].model_id, None, "a search pipeline's neural_query_enricher may name it");
         for (params, want) in [
-            (json!({"query_text": "x"}), "model_id"),
             (json!({"query_text": "", "model_id": "m"}), "query_text"),
             (json!({"query_image": "aGk=", "model_id": "m"}), "image"),
             (json!({"query_text": "x", "model_id": "m", "k": 3, "min_score": 0.2}), "one of"),

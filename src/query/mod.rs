@@ -10,6 +10,7 @@ pub mod answer;
 pub mod build;
 pub mod compat;
 pub mod fusion;
+pub mod os_hybrid;
 pub mod params;
 pub mod request;
 pub mod retriever;
