@@ -39,7 +39,7 @@ use crate::types::search::EngineMethod;
 
 mod opensearch;
 
-pub use opensearch::{PipelineUse, SEARCH_PIPELINES_INDEX};
+pub use opensearch::{PipelineUse, INGEST_PIPELINES_INDEX, SEARCH_PIPELINES_INDEX};
 
 /// Why a search failed.
 #[derive(Debug, thiserror::Error)]
@@ -132,8 +132,9 @@ pub struct Searcher {
     endpoints: Endpoints,
     /// OpenSearch search pipelines already put by this process.
     made: Mutex<BTreeSet<String>>,
-    /// The OpenSearch search pipelines the sidecar keeps (cluster state).
+    /// The OpenSearch search and ingest pipelines the sidecar keeps (cluster state).
     search_pipelines: DocStore,
+    ingest_pipelines: DocStore,
     /// Indices' default search pipelines, as last read.
     defaults: opensearch::Defaults,
 }
@@ -184,6 +185,12 @@ impl Searcher {
                 Some(engine.clone()),
                 SEARCH_PIPELINES_INDEX,
                 "search pipeline",
+                opensearch::SEARCH_PIPELINES_TTL,
+            ),
+            ingest_pipelines: DocStore::new(
+                Some(engine.clone()),
+                INGEST_PIPELINES_INDEX,
+                "ingest pipeline",
                 opensearch::SEARCH_PIPELINES_TTL,
             ),
             engine,

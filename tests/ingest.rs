@@ -405,6 +405,8 @@ async fn item_level_429s_from_the_engine_are_retried_until_every_document_is_sto
             format!("{}\n{}\n", json!({"index": {"_index": f.index}}), json!({"title": format!("t{i}"), "text": "x"}))
         })
         .collect();
+    // the sidecar's other reads (capabilities, kept ingest pipelines) are neither faulted nor counted
+    proxy.only_bulk(true);
     proxy.reset_count();
     proxy.inject(Fault::BulkItems429(3), 2); // first send: 3 rejected; their retry: all 3 rejected again
     let (st, resp) = bulk(&f.url, body).await;

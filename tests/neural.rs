@@ -16,6 +16,11 @@ use serde_json::{json, Value};
 
 const MODEL: &str = "all-MiniLM-L6-v2";
 const TEXT: &str = "stem cells differentiate";
+/// The k-NN method of the pages' mappings on the local OpenSearch, which has the Lucene engine
+/// only (the pages leave it to the default, a native library).
+fn lucene() -> Value {
+    json!({"name": "hnsw", "engine": "lucene"})
+}
 
 struct Sidecar {
     client: JsonClient,
@@ -358,6 +363,141 @@ async fn hybrid_queries_are_scored_by_the_search_pipelines_the_sidecar_keeps() {
         let (_, v) = s.client.call(Method::DELETE, &format!("/_search/pipeline/{name}"), None).await;
         assert_eq!(v["acknowledged"], true, "{v}");
         let (status, _) = s.client.call(Method::GET, &format!("/_search/pipeline/{name}"), None).await;
+        assert_eq!(status, 404);
+    }
+}
+
+/// The neural search tutorial's and the text chunking page's ingest pipelines, kept by the
+/// sidecar: documents written with `?pipeline=`, through the index's `default_pipeline`, by
+/// `_bulk`, `_doc`, `_create` and `_update` get the vectors the sidecar's model gives their
+/// text; `_simulate` shows the same. (The local OpenSearch has no ingest-common module, so the
+/// engine's part of each pipeline here is empty; `os_pipeline`'s unit tests split a pipeline
+/// with a `set` processor.)
+#[tokio::test]
+async fn text_embedding_and_text_chunking_ingest_pipelines_run_on_a_cluster_without_the_plugins() {
+    let Some(s) = sidecar().await else { return };
+    let embed_name = format!("nlp-ingest-pipeline-{}", s.index);
+    let embed = json!({"description": "A text embedding pipeline", "processors": [
+        {"text_embedding": {"model_id": MODEL, "field_map": {"passage_text": "passage_embedding"}}}]});
+    let v = s.client.ok(Method::PUT, &format!("/_ingest/pipeline/{embed_name}"), embed.clone()).await;
+    assert_eq!(v["acknowledged"], true, "{v}");
+    let (_, got) = s.client.call(Method::GET, &format!("/_ingest/pipeline/{embed_name}"), None).await;
+    assert_eq!(got[&embed_name], embed, "GET answers the pipeline as written");
+    let index = format!("{}-nlp", s.index);
+    s.client
+        .ok(
+            Method::PUT,
+            &format!("/{index}"),
+            json!({"settings": {"index.knn": true, "default_pipeline": embed_name},
+                "mappings": {"properties": {"id": {"type": "text"}, "passage_text": {"type": "text"},
+                    "passage_embedding": {"type": "knn_vector", "dimension": 384, "method": lucene()}}}}),
+        )
+        .await;
+    let texts =
+        ["Stem cells differentiate into many cell types.", "Tides follow the moon.", "Vaccines train immunity."];
+    let bulk: String = texts[..2]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            format!("{}\n{}\n", json!({"index": {"_index": index, "_id": i.to_string()}}), json!({"passage_text": t}))
+        })
+        .collect();
+    let r = common::post_ndjson(&format!("{}/_bulk?refresh=true", s.client.url), bulk).await;
+    assert_eq!(r["errors"], false, "{r}");
+    s.client.ok(Method::PUT, &format!("/{index}/_create/2?refresh=true"), json!({"passage_text": texts[2]})).await;
+    let want = common::embed_model(
+        &s.client.url,
+        Some(MODEL),
+        &texts.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+        "passage",
+    )
+    .await;
+    let vector_of = |v: &Value| -> Vec<f32> {
+        v["_source"]["passage_embedding"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    for (i, w) in want.iter().enumerate() {
+        let (_, d) = s.client.call(Method::GET, &format!("/{index}/_doc/{i}"), None).await;
+        assert!(common::cosine(&vector_of(&d), w) > 0.9999, "{d}");
+    }
+    // _update with a partial doc: the new text's vector
+    s.client
+        .ok(Method::POST, &format!("/{index}/_update/1?refresh=true"), json!({"doc": {"passage_text": texts[2]}}))
+        .await;
+    let (_, d) = s.client.call(Method::GET, &format!("/{index}/_doc/1"), None).await;
+    assert!(common::cosine(&vector_of(&d), &want[2]) > 0.9999, "{d}");
+    // a neural query finds them, and a hybrid query through a search pipeline too
+    let q =
+        json!({"query": {"neural": {"passage_embedding": {"query_text": "immune system", "model_id": MODEL, "k": 3}}}});
+    let v = s.client.ok(Method::POST, &format!("/{index}/_search"), q).await;
+    assert!(["1", "2"].contains(&ids(&v)[0].as_str()), "{v}");
+    // the text chunking page: chunks, then an embedding per chunk in a nested field
+    let chunk_name = format!("text-chunking-embedding-ingest-pipeline-{}", s.index);
+    let chunking = json!({"description": "A text chunking and embedding ingest pipeline", "processors": [
+        {"text_chunking": {"algorithm": {"fixed_token_length": {"token_limit": 10, "overlap_rate": 0.2, "tokenizer": "standard"}},
+            "field_map": {"passage_text": "passage_chunk"}}},
+        {"text_embedding": {"model_id": MODEL, "field_map": {"passage_chunk": "passage_chunk_embedding"}}}]});
+    s.client.ok(Method::PUT, &format!("/_ingest/pipeline/{chunk_name}"), chunking).await;
+    let chunked = format!("{}-chunked", s.index);
+    s.client
+        .ok(
+            Method::PUT,
+            &format!("/{chunked}"),
+            json!({"settings": {"index": {"knn": true}}, "mappings": {"properties": {"passage_text": {"type": "text"},
+                "passage_chunk_embedding": {"type": "nested", "properties": {"knn": {"type": "knn_vector", "dimension": 384, "method": lucene()}}}}}}),
+        )
+        .await;
+    let text = "This is an example document to be chunked. The document contains a single paragraph, two sentences and 24 tokens by standard tokenizer in OpenSearch.";
+    s.client
+        .ok(
+            Method::POST,
+            &format!("/{chunked}/_doc/1?pipeline={chunk_name}&refresh=true"),
+            json!({"passage_text": text}),
+        )
+        .await;
+    let (_, d) = s.client.call(Method::GET, &format!("/{chunked}/_doc/1"), None).await;
+    assert_eq!(
+        d["_source"]["passage_chunk"],
+        json!([
+            "This is an example document to be chunked. The document ",
+            "The document contains a single paragraph, two sentences and 24 ",
+            "and 24 tokens by standard tokenizer in OpenSearch."
+        ]),
+        "the documented passages"
+    );
+    let per_chunk = d["_source"]["passage_chunk_embedding"].as_array().unwrap_or_else(|| panic!("{d}"));
+    assert_eq!(per_chunk.len(), 3);
+    assert_eq!(per_chunk[0]["knn"].as_array().unwrap().len(), 384);
+    let nested = json!({"query": {"nested": {"score_mode": "max", "path": "passage_chunk_embedding",
+        "query": {"neural": {"passage_chunk_embedding.knn": {"query_text": "document", "model_id": MODEL}}}}}});
+    let v = s.client.ok(Method::POST, &format!("/{chunked}/_search"), nested).await;
+    assert_eq!(ids(&v), ["1"], "{v}");
+    // _simulate, by id and inline
+    let sim = json!({"docs": [{"_index": "testindex1", "_id": "1", "_source": {"passage_text": "hello world"}}]});
+    let v = s.client.ok(Method::POST, &format!("/_ingest/pipeline/{embed_name}/_simulate"), sim.clone()).await;
+    let src = &v["docs"][0]["doc"]["_source"];
+    assert_eq!(src["passage_embedding"].as_array().map(Vec::len), Some(384), "{v}");
+    let mut inline = sim;
+    inline["pipeline"] = embed.clone();
+    let v = s.client.ok(Method::POST, "/_ingest/pipeline/_simulate", inline).await;
+    assert_eq!(v["docs"][0]["doc"]["_source"]["passage_embedding"].as_array().map(Vec::len), Some(384), "{v}");
+    // what the sidecar cannot run is a 400 naming it
+    for (def, want) in [
+        (json!({"processors": [{"sparse_encoding": {"model_id": "x", "field_map": {"a": "b"}}}]}), "no sparse model"),
+        (json!({"processors": [{"text_embedding": {"model_id": "aFj3xQ9ModelId", "field_map": {"a": "b"}}}]}), MODEL),
+    ] {
+        let (status, e) = s.client.call(Method::PUT, "/_ingest/pipeline/refused", Some(def.clone())).await;
+        assert!(status == 400 && e["error"]["reason"].as_str().unwrap_or("").contains(want), "{def} -> {e}");
+    }
+    s.client.ok(Method::PUT, &format!("/{index}/_settings"), json!({"index.default_pipeline": null})).await;
+    for name in [&embed_name, &chunk_name] {
+        let (status, v) = s.client.call(Method::DELETE, &format!("/_ingest/pipeline/{name}"), None).await;
+        assert_eq!((status, v["acknowledged"].clone()), (200, json!(true)), "{v}");
+        let (status, _) = s.client.call(Method::GET, &format!("/_ingest/pipeline/{name}"), None).await;
         assert_eq!(status, 404);
     }
 }

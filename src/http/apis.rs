@@ -278,6 +278,7 @@ pub static APIS: &[Api] = &[
     api!("legacy template", G | H | P | U | D, [L("_template"), N], Admin, B::None, All),
     api!("ingest pipelines", G, [L("_ingest"), L("pipeline")], Admin, B::None, All),
     api!("ingest pipeline", G | P | U | D, [L("_ingest"), L("pipeline"), N], Admin, B::None, All),
+    api!("simulate ingest pipeline", G | P, [L("_ingest"), L("pipeline"), N, L("_simulate")], Admin, B::None, All),
     api!("stored script", G | P | U | D, [L("_scripts"), N], Admin, B::None, All),
     api!("tasks", G, [L("_tasks")], Admin, B::None, All),
     api!("task", G, [L("_tasks"), N], Admin, B::None, All),

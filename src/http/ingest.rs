@@ -70,10 +70,12 @@ async fn run_bulk(
     let default_index = index.as_deref();
     // an index a semantic_text template would make is made first, with its pipeline
     super::semantic::adopt(&state, items.iter().filter_map(|i| i.index(default_index))).await?;
+    // OpenSearch ingest pipelines the sidecar keeps (text_chunking, text_embedding) run first
+    let processed = super::os_ingest::run_bulk(&state, &mut items, default_index, &q).await?;
     // items through an alias, data stream or date math are embedded by the pipeline owning
     // where they land
     let routed = state.ingestor.route(&state.engine, &mut items, default_index).await?;
-    if !routed.touches_pipeline() {
+    if !routed.touches_pipeline() && !processed {
         // Nothing to embed: the body goes to the engine byte for byte.
         let req = EngineRequest::new(Method::POST, path).ndjson(body).passthrough().from_client();
         let resp = state.engine.send(req).await?;
@@ -137,8 +139,11 @@ async fn one_doc(state: &AppState, t: DocTarget, query: Option<String>, body: By
     if !source.is_object() {
         return Err(invalid("the document must be a JSON object"));
     }
+    let mut source = source;
+    let processed = super::os_ingest::run_one(state, &index, action, &q, &mut source).await?;
     let Some(pipeline) = pipeline else {
-        let req = EngineRequest::new(method, base.query(&q).build()).passthrough().json_bytes(body);
+        let req = EngineRequest::new(method, base.query(&q).build()).passthrough();
+        let req = if processed { req.json(&source) } else { req.json_bytes(body) };
         return Ok(engine_answer(state.engine.send(req).await?));
     };
     let mut meta = serde_json::Map::new();
@@ -228,7 +233,10 @@ pub async fn update(
     let Some(req) = req.as_object().cloned() else { return Err(invalid("the update body must be a JSON object")) };
     let Some(pipeline) = pipeline else {
         let path = EnginePath::root().index(&name).api("_update").id(&doc_id).query(&q).build();
-        let req = EngineRequest::new(Method::POST, path).passthrough().json_bytes(body);
+        let mut partial = Value::Object(req);
+        let processed = super::os_ingest::run_one(&state, &index, Action::Update, &q, &mut partial).await?;
+        let req = EngineRequest::new(Method::POST, path).passthrough();
+        let req = if processed { req.json(&partial) } else { req.json_bytes(body) };
         return Ok(engine_answer(state.engine.send(req).await?));
     };
     let update = Update::parse(&req, &q, &index, &pipeline)?;

@@ -32,12 +32,13 @@ pub mod handles;
 pub mod inference;
 pub mod ingest;
 pub mod jobs;
+pub mod kept_pipelines;
 pub mod middleware;
 pub mod ml_commons;
+pub mod os_ingest;
 pub mod passthrough;
 pub mod pipelines;
 pub mod search;
-pub mod search_pipelines;
 pub mod semantic;
 
 use std::future::Future;
@@ -167,6 +168,36 @@ impl Parts {
     }
 }
 
+/// The routes of the engines' own semantic APIs the sidecar stands in for: Elasticsearch's
+/// inference and trained-model inference, ml-commons' model API, and OpenSearch's search and
+/// ingest pipelines.
+fn engine_feature_routes() -> Router<AppState> {
+    Router::new()
+        .route("/_inference", get(inference::list))
+        .route("/_inference/{id}", get(inference::one).put(inference::one).post(inference::one).delete(inference::one))
+        .route(
+            "/_inference/{task}/{id}",
+            get(inference::two).put(inference::two).post(inference::two).delete(inference::two),
+        )
+        .route("/_ml/trained_models/{id}/_infer", post(inference::ml_infer))
+        .route("/_ml/trained_models/{id}/deployment/_infer", post(inference::ml_infer))
+        .route("/_plugins/_ml/models/_search", get(ml_commons::search_models).post(ml_commons::search_models))
+        .route("/_plugins/_ml/models/{id}", get(ml_commons::get_model))
+        .route("/_plugins/_ml/_predict/{algorithm}/{id}", post(ml_commons::predict))
+        .route("/_search/pipeline", get(kept_pipelines::search_list))
+        .route(
+            "/_search/pipeline/{id}",
+            get(kept_pipelines::search_one).put(kept_pipelines::search_one).delete(kept_pipelines::search_one),
+        )
+        .route("/_ingest/pipeline", get(kept_pipelines::ingest_list))
+        .route("/_ingest/pipeline/_simulate", get(kept_pipelines::simulate).post(kept_pipelines::simulate))
+        .route(
+            "/_ingest/pipeline/{id}",
+            get(kept_pipelines::ingest_one).put(kept_pipelines::ingest_one).delete(kept_pipelines::ingest_one),
+        )
+        .route("/_ingest/pipeline/{id}/_simulate", get(kept_pipelines::simulate).post(kept_pipelines::simulate))
+}
+
 /// The router with every route and middleware.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
@@ -195,22 +226,7 @@ pub fn router(state: AppState) -> Router {
         .route("/_jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/_sidecar/pipeline", get(pipelines::list))
         .route("/_sidecar/pipeline/{name}", get(pipelines::get).put(pipelines::put).delete(pipelines::delete))
-        .route("/_inference", get(inference::list))
-        .route("/_inference/{id}", get(inference::one).put(inference::one).post(inference::one).delete(inference::one))
-        .route(
-            "/_inference/{task}/{id}",
-            get(inference::two).put(inference::two).post(inference::two).delete(inference::two),
-        )
-        .route("/_ml/trained_models/{id}/_infer", post(inference::ml_infer))
-        .route("/_ml/trained_models/{id}/deployment/_infer", post(inference::ml_infer))
-        .route("/_plugins/_ml/models/_search", get(ml_commons::search_models).post(ml_commons::search_models))
-        .route("/_plugins/_ml/models/{id}", get(ml_commons::get_model))
-        .route("/_plugins/_ml/_predict/{algorithm}/{id}", post(ml_commons::predict))
-        .route("/_search/pipeline", get(search_pipelines::list))
-        .route(
-            "/_search/pipeline/{id}",
-            get(search_pipelines::one).put(search_pipelines::put).delete(search_pipelines::one),
-        )
+        .merge(engine_feature_routes())
         .route("/_search", get(search::search_all).post(search::search_all))
         .route("/{index}/_search", get(search::search_index).post(search::search_index))
         .route("/", get(passthrough::root).head(passthrough::root))

@@ -21,6 +21,7 @@ pub mod bulk;
 pub mod catalog;
 pub mod inference;
 pub mod mapping;
+pub mod os_pipeline;
 pub mod owner;
 pub mod semantic;
 pub mod store;

@@ -22,6 +22,8 @@ use crate::types::name::IndexPattern;
 
 /// The hidden index the search pipelines the sidecar keeps live in.
 pub const SEARCH_PIPELINES_INDEX: &str = ".semantic-sidecar-search-pipelines";
+/// The hidden index the ingest pipelines the sidecar keeps live in.
+pub const INGEST_PIPELINES_INDEX: &str = ".semantic-sidecar-ingest-pipelines";
 /// How long a replica trusts its copy of the search pipelines and of an index's default.
 pub const SEARCH_PIPELINES_TTL: Duration = Duration::from_secs(2);
 /// Most indices whose default search pipeline a replica remembers.
@@ -29,6 +31,13 @@ const MAX_DEFAULTS: usize = 1000;
 
 /// Each index pattern's `index.search.default_pipeline`, and when it was read.
 pub(super) type Defaults = std::sync::Mutex<HashMap<String, (Instant, Option<String>)>>;
+
+/// A remembered "default\nfinal" pair of write pipelines.
+fn split(v: Option<&str>) -> (Option<String>, Option<String>) {
+    let (d, f) = v.unwrap_or_default().split_once('\n').unwrap_or_default();
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    (some(d), some(f))
+}
 
 /// The search pipeline a search goes through, as far as the sidecar is concerned.
 #[derive(Debug, Default)]
@@ -58,6 +67,50 @@ impl Searcher {
     /// The search pipelines this sidecar keeps (cluster state).
     pub fn search_pipelines(&self) -> &crate::ingest::store::DocStore {
         &self.search_pipelines
+    }
+
+    /// The ingest pipelines this sidecar keeps (cluster state).
+    pub fn ingest_pipelines(&self) -> &crate::ingest::store::DocStore {
+        &self.ingest_pipelines
+    }
+
+    /// `index.default_pipeline` and `index.final_pipeline` of the index a write to `name`
+    /// lands in (a replica's copy, at most [`SEARCH_PIPELINES_TTL`] old).
+    pub async fn write_pipelines(&self, name: &str) -> Result<(Option<String>, Option<String>), SearchError> {
+        let pattern =
+            IndexPattern::try_from(name).map_err(|e| crate::query::request::QueryError::Invalid(e.to_string()))?;
+        let key = format!("write:{name}");
+        if let Some((at, v)) = self.defaults.lock().expect("defaults lock").get(&key) {
+            if at.elapsed() < SEARCH_PIPELINES_TTL {
+                return Ok(split(v.as_deref()));
+            }
+        }
+        let path = EnginePath::root()
+            .pattern(&pattern)
+            .api("_settings")
+            .param("filter_path", "*.settings.index.default_pipeline,*.settings.index.final_pipeline")
+            .param("ignore_unavailable", "true")
+            .param("allow_no_indices", "true")
+            .build();
+        let r =
+            self.engine.send(EngineRequest::new(axum::http::Method::GET, path).idempotent(true).passthrough()).await?;
+        let (default, last) = if r.status.is_success() {
+            let v: Value = r.json()?;
+            let first = v.as_object().and_then(|m| m.values().next().cloned()).unwrap_or(Value::Null);
+            let get =
+                |k: &str| first.pointer(&format!("/settings/index/{k}")).and_then(Value::as_str).map(String::from);
+            (get("default_pipeline"), get("final_pipeline"))
+        } else {
+            (None, None)
+        };
+        // remembered as one string: "default\nfinal"
+        let joined = format!("{}\n{}", default.clone().unwrap_or_default(), last.clone().unwrap_or_default());
+        let mut d = self.defaults.lock().expect("defaults lock");
+        if d.len() >= MAX_DEFAULTS {
+            d.clear();
+        }
+        d.insert(key, (Instant::now(), Some(joined)));
+        Ok((default, last))
     }
 
     /// The pipeline `body` goes through on `pattern`, when the sidecar has to know it: an

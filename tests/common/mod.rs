@@ -177,7 +177,8 @@ impl FaultProxy {
         *self.default_fault.lock().unwrap() = fault;
     }
 
-    /// Faults (scripted and default) apply only to `_bulk` requests; others are forwarded.
+    /// Faults (scripted and default) apply only to `_bulk` requests, and only they are counted;
+    /// others are forwarded.
     pub fn only_bulk(&self, yes: bool) {
         self.bulk_only.store(yes, Ordering::SeqCst);
     }
@@ -234,8 +235,10 @@ fn error_response(status: u16, kind: &str, reason: &str) -> Response<Full<Bytes>
 }
 
 async fn handle(ctx: Arc<ProxyCtx>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
-    ctx.requests.fetch_add(1, Ordering::SeqCst);
     let eligible = !ctx.bulk_only.load(Ordering::SeqCst) || req.uri().path().ends_with("_bulk");
+    if eligible {
+        ctx.requests.fetch_add(1, Ordering::SeqCst);
+    }
     let fault = if eligible {
         ctx.script.lock().unwrap().pop_front().or_else(|| ctx.default_fault.lock().unwrap().clone())
     } else {
