@@ -131,3 +131,35 @@ while True:
 os_.clear_scroll(scroll_id=page["_scroll_id"])
 assert seen == 50, seen
 print("mget, msearch with a hybrid item, update re-embeds / noop / upsert, scripted updates refused, _cat, alias, scroll 50: ok")
+
+# --- OpenSearch's hybrid search and ingest pipelines as its docs write them, on a cluster without
+# neural-search: search_pipeline.put with a normalization-processor, a hybrid query through
+# ?search_pipeline=, ingest.put_pipeline with text_embedding, index(pipeline=), ingest.simulate
+sp = index + "-nlp-search"
+assert os_.search_pipeline.put(id=sp, body={"description": "Post processor for hybrid search", "phase_results_processors": [
+    {"normalization-processor": {"normalization": {"technique": "min_max"},
+                                 "combination": {"technique": "arithmetic_mean", "parameters": {"weights": [0.3, 0.7]}}}}]})["acknowledged"]
+assert os_.search_pipeline.get(id=sp)[sp]["phase_results_processors"][0]["normalization-processor"]["combination"]["parameters"]["weights"] == [0.3, 0.7]
+body = {"size": 5, "_source": {"exclude": ["text_vector"]}, "query": {"hybrid": {"queries": [
+    {"match": {"text": {"query": "protein folding"}}},
+    {"neural": {"text_vector": {"query_text": "protein folding", "model_id": model_id, "k": 5}}}]}}}
+r = os_.search(index=index, body=body, search_pipeline=sp)
+hits = r["hits"]["hits"]
+assert len(hits) == 5 and all("text_vector" not in h["_source"] for h in hits), r
+assert hits[0]["_score"] <= 1.0 and hits[0]["_id"].startswith("gz"), r
+assert r["hits"]["total"]["value"] >= 5, r
+os_.search_pipeline.delete(id=sp)
+ip = index + "-nlp-ingest"
+assert os_.ingest.put_pipeline(id=ip, body={"description": "A text embedding pipeline", "processors": [
+    {"text_embedding": {"model_id": model_id, "field_map": {"passage_text": "passage_embedding"}}}]})["acknowledged"]
+sim = os_.ingest.simulate(id=ip, body={"docs": [{"_index": "testindex1", "_id": "1", "_source": {"passage_text": "hello world"}}]})
+assert len(sim["docs"][0]["doc"]["_source"]["passage_embedding"]) == 384, sim
+plain = index + "-nlp"
+os_.indices.create(index=plain, body={"settings": {"index.knn": True}, "mappings": {"properties": {
+    "passage_text": {"type": "text"},
+    "passage_embedding": {"type": "knn_vector", "dimension": 384, "method": {"name": "hnsw", "engine": "lucene"}}}}})
+os_.index(index=plain, id="1", body={"passage_text": "Gzipped proteins fold."}, pipeline=ip, refresh=True)
+assert len(os_.get(index=plain, id="1")["_source"]["passage_embedding"]) == 384
+os_.indices.delete(index=plain)
+os_.ingest.delete_pipeline(id=ip)
+print("search_pipeline.put/get/delete, hybrid query through it, ingest.put_pipeline text_embedding, simulate, index(pipeline=): ok")

@@ -2,7 +2,8 @@
 // unchanged, through the sidecar on a cluster without the neural-search and ml-commons plugins:
 // the model id found with ml.searchModels, checked with ml.getModel, ml.predict, documents
 // written with helpers.bulk into a sidecar pipeline index, then the neural query alone, in bool
-// with a filter, and in msearch. Arguments: the sidecar's URL, a fresh index name, a model name.
+// with a filter, and in msearch; a hybrid query through a score-ranker search pipeline
+// (searchPipeline.put/get/delete), and an ingest pipeline with text_embedding simulated. Arguments: the sidecar's URL, a fresh index name, a model name.
 'use strict'
 const assert = require('assert')
 const { Client } = require('@opensearch-project/opensearch')
@@ -60,6 +61,25 @@ async function main () {
   assert.deepStrictEqual(m.body.responses.map(x => x.hits.hits.length), [1, 1], JSON.stringify(m.body))
   assert.strictEqual(m.body.responses[0].hits.hits[0]._id, 'running')
   console.log('neural in bool with a filter, and in msearch: ok')
+
+  // hybrid search with a search pipeline, and an ingest pipeline with text_embedding
+  const sp = `${index}-rrf`
+  await client.searchPipeline.put({ id: sp, body: { phase_results_processors: [{ 'score-ranker-processor': { combination: { technique: 'rrf', rank_constant: 60 } } }] } })
+  const got = await client.searchPipeline.get({ id: sp })
+  assert.strictEqual(got.body[sp].phase_results_processors[0]['score-ranker-processor'].combination.rank_constant, 60)
+  const hybrid = { hybrid: { queries: [{ match: { text: 'sore muscles running' } }, neural] } }
+  const h = await client.search({ index, search_pipeline: sp, body: { size: 3, _source: false, query: hybrid } })
+  assert.strictEqual(h.body.hits.hits[0]._id, 'running', JSON.stringify(h.body))
+  // first on both lists: 2 / (60 + 1)
+  assert.ok(Math.abs(h.body.hits.hits[0]._score - 2 / 61) < 1e-6, JSON.stringify(h.body))
+  await client.searchPipeline.delete({ id: sp })
+  const ip = `${index}-embed`
+  await client.ingest.putPipeline({ id: ip, body: { processors: [{ text_embedding: { model_id: modelId, field_map: { text: 'text_embedding' } } }] } })
+  const sim = await client.ingest.simulate({ id: ip, body: { docs: [{ _source: { text: question } }] } })
+  const embedded = sim.body.docs[0].doc._source.text_embedding
+  assert.ok(embedded.length === vector.length, JSON.stringify(sim.body))
+  await client.ingest.deletePipeline({ id: ip })
+  console.log('searchPipeline put/get/delete with a hybrid query through it, ingest putPipeline / simulate: ok')
 
   await client.indices.delete({ index })
   await client.transport.request({ method: 'DELETE', path: `/_sidecar/pipeline/${index}` })
