@@ -478,6 +478,23 @@ impl Searcher {
         Ok(items)
     }
 
+    /// [`Searcher::msearch`] of `bodies` on `index`, with a fused search's URL parameters
+    /// ([`fused_params`]) in each header and on the `_msearch` URL.
+    async fn msearch_with_params(
+        &self,
+        index: &str,
+        params: &FusedParams,
+        bodies: &[Value],
+        times: &mut StageTimes,
+    ) -> Result<Vec<Value>, SearchError> {
+        let mut header = Map::new();
+        header.insert("index".into(), json!(index));
+        header.extend(params.header.clone());
+        let mut url = QueryString::default();
+        params.url.iter().for_each(|(k, v)| url.push(k, v));
+        self.msearch(&header, bodies, &url, times).await
+    }
+
     /// One `_msearch` of the legs `bodies`, read for fusion ([`read_msearch`]: a hit's
     /// `_source` is built only when it makes the page).
     async fn msearch_legs(
@@ -937,12 +954,7 @@ impl Searcher {
         }
         let plan = retriever::plan(&body["retriever"], from, size)?;
         let (bodies, with_aggs) = retriever_bodies(&plan, &body);
-        let mut header = Map::new();
-        header.insert("index".into(), json!(index));
-        header.extend(params.header.clone());
-        let mut url = QueryString::default();
-        params.url.iter().for_each(|(k, v)| url.push(k, v));
-        let mut items = self.msearch(&header, &bodies, &url, times).await?;
+        let mut items = self.msearch_with_params(index, &params, &bodies, times).await?;
         let aggs_answer = if with_aggs { items.pop() } else { None };
         let untracked = body.get("track_total_hits") == Some(&Value::Bool(false));
         Ok(times.time(SearchStage::Fusion, || {

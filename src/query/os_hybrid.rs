@@ -552,28 +552,10 @@ fn filtered(q: &Value, filter: Option<&Value>) -> Value {
     json!({"bool": {"must": [q], "filter": [f]}})
 }
 
-/// Body keys a hybrid search the sidecar scores takes; each leg gets those in [`LEG_KEYS`].
-pub const BODY_KEYS: &[&str] = &[
-    "query",
-    "size",
-    "from",
-    "_source",
-    "highlight",
-    "stored_fields",
-    "docvalue_fields",
-    "fields",
-    "script_fields",
-    "version",
-    "seq_no_primary_term",
-    "timeout",
-    "track_total_hits",
-    "aggs",
-    "aggregations",
-    "post_filter",
-    "rescore",
-    "search_pipeline",
-];
-const LEG_KEYS: &[&str] = &[
+/// Body keys of a hybrid search the sidecar scores besides [`LEG_KEYS`] (which every leg gets).
+pub const OWN_KEYS: &[&str] = &["query", "size", "from", "track_total_hits", "aggs", "aggregations", "search_pipeline"];
+/// Body keys every sub-query's search gets as they are.
+pub const LEG_KEYS: &[&str] = &[
     "_source",
     "highlight",
     "stored_fields",
@@ -606,10 +588,11 @@ pub fn plan(
     engine_pipeline: Option<&str>,
     max_depth: usize,
 ) -> Result<HybridPlan, QueryError> {
-    if let Some(k) = body.keys().find(|k| !BODY_KEYS.contains(&k.as_str())) {
+    if let Some(k) = body.keys().find(|k| !OWN_KEYS.contains(&k.as_str()) && !LEG_KEYS.contains(&k.as_str())) {
         return Err(invalid(format!(
-            "`{k}` cannot be combined with a hybrid query that the sidecar scores (known: {})",
-            BODY_KEYS.join(", ")
+            "`{k}` cannot be combined with a hybrid query that the sidecar scores (known: {}, {})",
+            OWN_KEYS.join(", "),
+            LEG_KEYS.join(", ")
         )));
     }
     let count = |k: &str, d: usize| -> Result<usize, QueryError> {

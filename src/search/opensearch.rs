@@ -221,12 +221,7 @@ impl Searcher {
         let plan = os_hybrid::plan(&body, hq, used.explicit.as_deref(), self.limits.max_k)?;
         let mut bodies = plan.legs.clone();
         bodies.extend(plan.union.clone());
-        let mut header = Map::new();
-        header.insert("index".into(), json!(index));
-        header.extend(params.header.clone());
-        let mut url = QueryString::default();
-        params.url.iter().for_each(|(k, v)| url.push(k, v));
-        let mut items = self.msearch(&header, &bodies, &url, times).await?;
+        let mut items = self.msearch_with_params(index, &params, &bodies, times).await?;
         let union = if plan.union.is_some() { items.pop() } else { None };
         Ok(times.time(SearchStage::Fusion, || {
             let mut v = os_hybrid::answer(&plan, &items, union.as_ref(), &scoring);
