@@ -677,6 +677,75 @@ async fn the_semantic_api_routes_need_their_scope_under_every_spelling() {
     assert_eq!(status, 200, "{v}");
 }
 
+/// OpenSearch's search and ingest pipeline APIs (kept by the sidecar where the cluster has no
+/// neural-search) under every spelling: admin on every index for each call, a scoped admin and a
+/// reader denied (naming the key), nothing stored by a denied PUT; and a `hybrid` query's
+/// sub-queries are checked for the indices they name like any query.
+#[tokio::test]
+async fn the_search_and_ingest_pipeline_apis_need_admin_on_every_index_under_every_spelling() {
+    let keys = vec![
+        scoped("reader", "read-key", Scope::Read, &["sec-*"]),
+        scoped("sec-admin", "sec-admin-key", Scope::Admin, &["sec-*"]),
+        ApiKeySetting::Plain(Secret::new("admin-key")),
+    ];
+    let s = sidecar_with("sec", keys, true).await;
+    let opensearch = !common::on_elasticsearch();
+    let (sp, ip) = (format!("{}-sp", s.index), format!("{}-ip", s.index));
+    let search_def =
+        json!({"phase_results_processors": [{"score-ranker-processor": {"combination": {"technique": "rrf"}}}]});
+    let ingest_def =
+        json!({"processors": [{"text_embedding": {"model_id": "all-MiniLM-L6-v2", "field_map": {"t": "v"}}}]});
+    let docs = json!({"docs": [{"_index": "sec-x", "_source": {"t": "hello"}}]});
+    let mut inline = docs.clone();
+    inline["pipeline"] = ingest_def.clone();
+    let calls: Vec<(&str, Method, String, Body)> = vec![
+        ("put search pipeline", Method::PUT, format!("/_search/pipeline/{sp}"), Body::Json(search_def)),
+        ("get search pipeline", Method::GET, format!("/_search/pipeline/{sp}"), Body::None),
+        ("list search pipelines", Method::GET, "/_search/pipeline".into(), Body::None),
+        ("delete search pipeline", Method::DELETE, format!("/_search/pipeline/{sp}"), Body::None),
+        ("put ingest pipeline", Method::PUT, format!("/_ingest/pipeline/{ip}"), Body::Json(ingest_def)),
+        ("simulate by id", Method::POST, format!("/_ingest/pipeline/{ip}/_simulate"), Body::Json(docs)),
+        ("simulate inline", Method::POST, "/_ingest/pipeline/_simulate".into(), Body::Json(inline)),
+        ("delete ingest pipeline", Method::DELETE, format!("/_ingest/pipeline/{ip}"), Body::None),
+    ];
+    for how in ["as is", "trailing slash", "double slash", "encoded underscore", "upper case"] {
+        for (what, method, path, body) in &calls {
+            let spelt = respell(path, how);
+            for (name, key) in [("reader", "read-key"), ("sec-admin", "sec-admin-key")] {
+                let (status, v) = s.call(Some(key), method.clone(), &spelt, body.clone()).await;
+                assert_eq!(status, 403, "{name} {what} {method} {spelt} must be denied: {v}");
+                assert!(v["error"]["reason"].as_str().unwrap().contains(name), "the reason names the key: {v}");
+            }
+            let (status, v) = s.call(Some("admin-key"), method.clone(), &spelt, body.clone()).await;
+            if how == "upper case" {
+                assert_eq!(status, 403, "admin {what} {spelt}: {v}");
+            } else if opensearch {
+                // Elasticsearch has no search pipelines or text_embedding: its own answer, not a denial
+                assert!(status < 300, "admin {what} {method} {spelt}: {status} {v}");
+            } else {
+                assert_ne!(status, 403, "admin {what} {method} {spelt}: {v}");
+            }
+        }
+        if opensearch {
+            let (status, _) =
+                s.call(Some("admin-key"), Method::GET, &format!("/_search/pipeline/{sp}"), Body::None).await;
+            assert_eq!(status, 404, "{how}: deleted, and no denied PUT stored it again");
+        }
+    }
+    if !opensearch {
+        common::not_on_this_engine("hybrid sub-query index checks", "the hybrid query is OpenSearch's");
+        return;
+    }
+    let lookup = json!({"terms": {"t": {"index": "other-secret", "id": "1", "path": "t"}}});
+    let body = json!({"query": {"hybrid": {"queries": [{"match_all": {}}, lookup]}}});
+    for how in ["as is", "double slash", "encoded underscore"] {
+        let path = respell(&format!("/{}/_search", s.index), how);
+        let (status, v) = s.call(Some("read-key"), Method::POST, &path, Body::Json(body.clone())).await;
+        assert_eq!(status, 403, "{how}: a sub-query's terms lookup names another index: {v}");
+        assert!(v["error"]["reason"].as_str().unwrap().contains("other-secret"), "{v}");
+    }
+}
+
 /// `path` spelt another way the engines read as the same request (`upper`: one they do not).
 fn respell(path: &str, how: &str) -> String {
     let (p, q) = match path.split_once('?') {
