@@ -871,8 +871,7 @@ impl Searcher {
             let model = match self.endpoints.model_for(id).await {
                 Ok(m) => m,
                 Err(CatalogError::Invalid(why)) => return Err(bad(why).into()),
-                Err(CatalogError::Engine(e)) => return Err(e.into()),
-                Err(e) => return Err(SearchError::Unavailable(e.to_string())),
+                Err(e) => return Err(opensearch::catalog(e)),
             };
             let vector = self.encode_query(&model, &n.text, times).await?;
             compat::set_neural_vector(body, n, &vector);
@@ -904,8 +903,7 @@ impl Searcher {
                 Err(CatalogError::Invalid(why)) => {
                     return Err(QueryError::Invalid(format!("query_vector_builder at {}: {why}", b.at)).into())
                 }
-                Err(CatalogError::Engine(e)) => return Err(e.into()),
-                Err(e) => return Err(SearchError::Unavailable(e.to_string())),
+                Err(e) => return Err(opensearch::catalog(e)),
             };
             let vector = self.encode_query(&model, &b.text, times).await?;
             compat::set_query_vector(body, &b.at, &vector);

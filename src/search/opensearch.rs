@@ -29,15 +29,8 @@ pub const SEARCH_PIPELINES_TTL: Duration = Duration::from_secs(2);
 /// Most indices whose default search pipeline a replica remembers.
 const MAX_DEFAULTS: usize = 1000;
 
-/// Each index pattern's `index.search.default_pipeline`, and when it was read.
-pub(super) type Defaults = std::sync::Mutex<HashMap<String, (Instant, Option<String>)>>;
-
-/// A remembered "default\nfinal" pair of write pipelines.
-fn split(v: Option<&str>) -> (Option<String>, Option<String>) {
-    let (d, f) = v.unwrap_or_default().split_once('\n').unwrap_or_default();
-    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    (some(d), some(f))
-}
+/// The settings the sidecar reads of index patterns (by filter and pattern), and when.
+pub(super) type Defaults = std::sync::Mutex<HashMap<String, (Instant, Value)>>;
 
 /// The search pipeline a search goes through, as far as the sidecar is concerned.
 #[derive(Debug, Default)]
@@ -56,7 +49,8 @@ impl PipelineUse {
     }
 }
 
-fn catalog(e: CatalogError) -> SearchError {
+/// A store or endpoint error as a search error: the engine's own, else unavailable.
+pub(super) fn catalog(e: CatalogError) -> SearchError {
     match e {
         CatalogError::Engine(e) => e.into(),
         other => SearchError::Unavailable(other.to_string()),
@@ -74,43 +68,43 @@ impl Searcher {
         &self.ingest_pipelines
     }
 
-    /// `index.default_pipeline` and `index.final_pipeline` of the index a write to `name`
-    /// lands in (a replica's copy, at most [`SEARCH_PIPELINES_TTL`] old).
-    pub async fn write_pipelines(&self, name: &str) -> Result<(Option<String>, Option<String>), SearchError> {
-        let pattern =
-            IndexPattern::try_from(name).map_err(|e| crate::query::request::QueryError::Invalid(e.to_string()))?;
-        let key = format!("write:{name}");
+    /// The settings of the indices `pattern` names, cut to `filter` (a `filter_path`): a
+    /// replica's copy, at most [`SEARCH_PIPELINES_TTL`] old; `Null` when the engine would not say.
+    async fn index_settings(&self, pattern: &IndexPattern, filter: &'static str) -> Result<Value, SearchError> {
+        let key = format!("{filter} {}", pattern.parts().collect::<Vec<_>>().join(","));
         if let Some((at, v)) = self.defaults.lock().expect("defaults lock").get(&key) {
             if at.elapsed() < SEARCH_PIPELINES_TTL {
-                return Ok(split(v.as_deref()));
+                return Ok(v.clone());
             }
         }
         let path = EnginePath::root()
-            .pattern(&pattern)
+            .pattern(pattern)
             .api("_settings")
-            .param("filter_path", "*.settings.index.default_pipeline,*.settings.index.final_pipeline")
+            .param("filter_path", filter)
             .param("ignore_unavailable", "true")
             .param("allow_no_indices", "true")
             .build();
         let r =
             self.engine.send(EngineRequest::new(axum::http::Method::GET, path).idempotent(true).passthrough()).await?;
-        let (default, last) = if r.status.is_success() {
-            let v: Value = r.json()?;
-            let first = v.as_object().and_then(|m| m.values().next().cloned()).unwrap_or(Value::Null);
-            let get =
-                |k: &str| first.pointer(&format!("/settings/index/{k}")).and_then(Value::as_str).map(String::from);
-            (get("default_pipeline"), get("final_pipeline"))
-        } else {
-            (None, None)
-        };
-        // remembered as one string: "default\nfinal"
-        let joined = format!("{}\n{}", default.clone().unwrap_or_default(), last.clone().unwrap_or_default());
+        let v: Value = if r.status.is_success() { r.json()? } else { Value::Null };
         let mut d = self.defaults.lock().expect("defaults lock");
         if d.len() >= MAX_DEFAULTS {
             d.clear();
         }
-        d.insert(key, (Instant::now(), Some(joined)));
-        Ok((default, last))
+        d.insert(key, (Instant::now(), v.clone()));
+        Ok(v)
+    }
+
+    /// `index.default_pipeline` and `index.final_pipeline` of the index a write to `name`
+    /// lands in.
+    pub async fn write_pipelines(&self, name: &str) -> Result<(Option<String>, Option<String>), SearchError> {
+        let pattern =
+            IndexPattern::try_from(name).map_err(|e| crate::query::request::QueryError::Invalid(e.to_string()))?;
+        let v =
+            self.index_settings(&pattern, "*.settings.index.default_pipeline,*.settings.index.final_pipeline").await?;
+        let first = v.as_object().and_then(|m| m.values().next().cloned()).unwrap_or(Value::Null);
+        let get = |k: &str| first.pointer(&format!("/settings/index/{k}")).and_then(Value::as_str).map(String::from);
+        Ok((get("default_pipeline"), get("final_pipeline")))
     }
 
     /// The pipeline `body` goes through on `pattern`, when the sidecar has to know it: an
@@ -156,47 +150,22 @@ impl Searcher {
     }
 
     /// `index.search.default_pipeline` of the indices `pattern` names, when they all have the
-    /// same one (a replica's copy, at most [`SEARCH_PIPELINES_TTL`] old).
+    /// same one.
     async fn default_search_pipeline(&self, pattern: &IndexPattern) -> Result<Option<String>, SearchError> {
-        let key = pattern.parts().collect::<Vec<_>>().join(",");
-        if key.is_empty() {
+        if pattern.parts().next().is_none() {
             return Ok(None);
         }
-        if let Some((at, v)) = self.defaults.lock().expect("defaults lock").get(&key) {
-            if at.elapsed() < SEARCH_PIPELINES_TTL {
-                return Ok(v.clone());
-            }
-        }
-        let path = EnginePath::root()
-            .pattern(pattern)
-            .api("_settings")
-            .param("filter_path", "*.settings.index.search.default_pipeline")
-            .param("ignore_unavailable", "true")
-            .param("allow_no_indices", "true")
-            .build();
-        let r =
-            self.engine.send(EngineRequest::new(axum::http::Method::GET, path).idempotent(true).passthrough()).await?;
-        let found: Option<String> = if r.status.is_success() {
-            let v: Value = r.json()?;
-            let names: Vec<Option<&str>> = v
-                .as_object()
-                .map(|m| {
-                    m.values()
-                        .map(|i| i.pointer("/settings/index/search/default_pipeline").and_then(Value::as_str))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let first = names.first().copied().flatten();
-            names.iter().all(|n| *n == first).then(|| first.map(String::from)).flatten()
-        } else {
-            None
-        };
-        let mut d = self.defaults.lock().expect("defaults lock");
-        if d.len() >= MAX_DEFAULTS {
-            d.clear();
-        }
-        d.insert(key, (Instant::now(), found.clone()));
-        Ok(found)
+        let v = self.index_settings(pattern, "*.settings.index.search.default_pipeline").await?;
+        let names: Vec<Option<&str>> = v
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .map(|i| i.pointer("/settings/index/search/default_pipeline").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let first = names.first().copied().flatten();
+        Ok(names.iter().all(|n| *n == first).then(|| first.map(String::from)).flatten())
     }
 
     /// OpenSearch's `hybrid` query, scored by the sidecar as the pipeline in `used` says (its
